@@ -1,0 +1,357 @@
+"""Regenerate datasets/sample_traces.jsonl (deterministic): `python datasets/make_sample_traces.py`.
+
+The traces imitate a support assistant ("Northwind Cloud"), a SQL helper and a JSON extractor.
+Each scenario is realistic text written by hand; the script mixes them into 240 lines including
+failures every heuristic should catch and invalid entries the sampler must dead-letter.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).with_name("sample_traces.jsonl")
+
+# (question, context documents, grounded answer)
+TOPICS = [
+    (
+        "How do I rotate my API key?",
+        [
+            "API keys are rotated under Settings > Security > API keys. Click 'Rotate', confirm, and the old key keeps working for 24 hours. Docs: https://docs.northwind.example/security/api-keys"
+        ],
+        "Go to Settings > Security > API keys and click 'Rotate'. The old key stays valid for 24 hours, so you have a day to update your services. Details: https://docs.northwind.example/security/api-keys",
+    ),
+    (
+        "What is the rate limit on the free plan?",
+        [
+            "Free plan: 60 requests per minute and 10,000 requests per day per workspace. Exceeding it returns HTTP 429 with a Retry-After header."
+        ],
+        "The free plan allows 60 requests per minute and 10,000 per day for each workspace. Above that you get HTTP 429 with a Retry-After header telling you when to retry.",
+    ),
+    (
+        "Can I export my data as CSV?",
+        [
+            "Exports: any table view can be exported as CSV or Parquet from the '...' menu. Exports over 1 GB are delivered by email as a download link valid for 7 days."
+        ],
+        "Yes. Open the table view, use the '...' menu and choose CSV (Parquet is also available). Exports larger than 1 GB are emailed to you as a link that stays valid for 7 days.",
+    ),
+    (
+        "How do I add a teammate to my workspace?",
+        [
+            "Workspace admins invite members from Team > Invite. Invitations expire after 72 hours. Members on the free plan are limited to 5 per workspace."
+        ],
+        "An admin can invite them from Team > Invite. The invitation expires after 72 hours, and the free plan allows up to 5 members per workspace.",
+    ),
+    (
+        "Why was my card declined when upgrading?",
+        [
+            "Card declines come from the issuing bank. Common causes: 3-D Secure not completed, insufficient funds, or the card blocks international payments. Northwind never stores full card numbers."
+        ],
+        "Declines come from your bank rather than from us. The usual causes are an unfinished 3-D Secure check, insufficient funds, or a card that blocks international payments. Completing 3-D Secure or asking your bank usually fixes it.",
+    ),
+    (
+        "Does Northwind support single sign-on?",
+        [
+            "SSO via SAML 2.0 and OIDC is available on the Business and Enterprise plans. Setup guide: https://docs.northwind.example/admin/sso"
+        ],
+        "Yes, SAML 2.0 and OIDC single sign-on are available on the Business and Enterprise plans. The setup guide is at https://docs.northwind.example/admin/sso.",
+    ),
+    (
+        "How long do you keep deleted projects?",
+        [
+            "Deleted projects are kept in the trash for 30 days and can be restored by an owner. After 30 days they are purged permanently, including backups, within 14 further days."
+        ],
+        "Deleted projects stay in the trash for 30 days, during which an owner can restore them. After that they are purged for good; backups are cleared within another 14 days.",
+    ),
+    (
+        "Which regions can I host my data in?",
+        [
+            "Data residency: workspaces can be hosted in eu-west (Frankfurt), us-east (Virginia) or ap-south (Singapore). The region is chosen at creation and cannot be changed later."
+        ],
+        "You can pick eu-west (Frankfurt), us-east (Virginia) or ap-south (Singapore). The region is fixed when the workspace is created and can't be changed afterwards.",
+    ),
+    (
+        "How do webhooks retry on failure?",
+        [
+            "Webhook deliveries that fail (non-2xx or timeout after 10 s) are retried with exponential backoff for up to 24 hours: 1 min, 5 min, 30 min, 2 h, then every 6 h. Each delivery has a unique X-Northwind-Delivery header for deduplication."
+        ],
+        "Failed deliveries (non-2xx or no answer within 10 s) are retried with exponential backoff for up to 24 hours: after 1 min, 5 min, 30 min, 2 h, then every 6 h. Use the X-Northwind-Delivery header to deduplicate.",
+    ),
+    (
+        "What happens when I downgrade from Pro to Free?",
+        [
+            "Downgrades take effect at the end of the billing period. Projects above the free limit (3) become read-only; nothing is deleted."
+        ],
+        "The downgrade applies at the end of your current billing period. If you have more than the 3 projects the free plan allows, the extra ones become read-only, but nothing is deleted.",
+    ),
+    (
+        "Is there a way to schedule reports?",
+        [
+            "Scheduled reports: Pro and above can schedule any dashboard as a PDF to email or Slack, daily, weekly or monthly, in the workspace time zone."
+        ],
+        "Yes, on Pro and above you can schedule any dashboard as a PDF to email or Slack, daily, weekly or monthly, using the workspace's time zone.",
+    ),
+    (
+        "How do I enable two-factor authentication?",
+        [
+            "Two-factor authentication: Profile > Security > Enable 2FA. Supports TOTP apps and WebAuthn security keys. Recovery codes are shown once; store them safely."
+        ],
+        "Open Profile > Security and choose Enable 2FA. You can use an authenticator app (TOTP) or a security key (WebAuthn). Save the recovery codes shown at the end; they are displayed only once.",
+    ),
+    (
+        "Can I use Northwind offline?",
+        [
+            "The desktop app caches the last 7 days of opened documents for offline reading. Edits made offline sync when the connection returns; conflicts create a copy."
+        ],
+        "Partly: the desktop app keeps the documents you opened in the last 7 days available offline. Offline edits sync when you reconnect, and if there is a conflict a copy is created.",
+    ),
+    (
+        "What file size can I upload?",
+        [
+            "Uploads: up to 100 MB per file on Free, 2 GB on Pro, 10 GB on Enterprise. Larger files must use the multipart upload API."
+        ],
+        "Up to 100 MB per file on Free, 2 GB on Pro and 10 GB on Enterprise. For bigger files use the multipart upload API.",
+    ),
+    (
+        "How are invoices sent?",
+        [
+            "Invoices are emailed to the billing contact on the 1st of each month and are available under Billing > Invoices as PDF. VAT IDs can be added before the invoice date."
+        ],
+        "They are emailed to your billing contact on the 1st of each month, and you can download the PDFs under Billing > Invoices. Add your VAT ID before the invoice date to have it included.",
+    ),
+    (
+        "Does the API support pagination?",
+        [
+            "List endpoints use cursor pagination: pass `cursor` from the previous response's `next_cursor`. Page size defaults to 50 and is capped at 500 via `limit`."
+        ],
+        "Yes, list endpoints use cursor pagination: send the `next_cursor` from one response as `cursor` in the next request. The default page size is 50, and `limit` can raise it to 500.",
+    ),
+    (
+        "How do I reset my password?",
+        [
+            "Password reset: use 'Forgot password' on the sign-in page. The reset link is valid for 1 hour. SSO users must reset their password with their identity provider."
+        ],
+        "Click 'Forgot password' on the sign-in page; the link we email you works for 1 hour. If your company signs in with SSO, reset it with your identity provider instead.",
+    ),
+    (
+        "What does error code NW-4031 mean?",
+        [
+            "NW-4031: the token is valid but lacks the scope required by the endpoint. Create a token with the missing scope listed in the error's `required_scope` field."
+        ],
+        "NW-4031 means your token is valid but missing a scope this endpoint needs. The error's `required_scope` field names it; create a token that includes that scope.",
+    ),
+]
+
+SQL_TASKS = [
+    (
+        "Total revenue per month in 2025 from table orders(amount, created_at)",
+        "SELECT date_trunc('month', created_at) AS month, SUM(amount) AS revenue\nFROM orders\nWHERE created_at >= '2025-01-01' AND created_at < '2026-01-01'\nGROUP BY 1\nORDER BY 1;",
+    ),
+    (
+        "Top 5 customers by number of orders, table orders(customer_id)",
+        "SELECT customer_id, COUNT(*) AS orders\nFROM orders\nGROUP BY customer_id\nORDER BY orders DESC\nLIMIT 5;",
+    ),
+    (
+        "Users who signed up but never logged in: users(id, signed_up_at), logins(user_id)",
+        "SELECT u.id\nFROM users u\nLEFT JOIN logins l ON l.user_id = u.id\nWHERE l.user_id IS NULL;",
+    ),
+]
+
+EXTRACT_SCHEMA = {
+    "type": "object",
+    "required": ["name", "email_domain", "seats"],
+    "properties": {
+        "name": {"type": "string"},
+        "email_domain": {"type": "string"},
+        "seats": {"type": "integer", "minimum": 1},
+    },
+    "additionalProperties": False,
+}
+EXTRACTS = [
+    (
+        "Acme Corp wants 25 seats, contact domain acme.example",
+        {"name": "Acme Corp", "email_domain": "acme.example", "seats": 25},
+    ),
+    (
+        "Globex, 40 seats, domain globex.example",
+        {"name": "Globex", "email_domain": "globex.example", "seats": 40},
+    ),
+    (
+        "Initech would like 12 seats; their domain is initech.example",
+        {"name": "Initech", "email_domain": "initech.example", "seats": 12},
+    ),
+    (
+        "Umbrella Health: 300 seats, umbrella.example",
+        {"name": "Umbrella Health", "email_domain": "umbrella.example", "seats": 300},
+    ),
+]
+
+REFUSALS = [
+    "I'm sorry, but I can't help with that request.",
+    "I cannot provide information about other customers' accounts.",
+    "Sorry, I can't assist with bypassing the license check.",
+    "Unfortunately, I am unable to share internal pricing documents.",
+    "I must decline to answer questions about competitors' products.",
+]
+SELF_REFERENCE = [
+    "As an AI language model, I don't have access to your account, but generally API keys are rotated in the security settings.",
+    "I'm just an AI, so I can't see your invoices. Invoices are usually emailed on the 1st of the month.",
+    "As a large language model I cannot be sure, but the free plan probably allows 60 requests per minute.",
+]
+HALLUCINATED_URLS = [
+    "https://docs.northwind.example/security/rotate-keys-now",
+    "https://northwind.example/help/article/88213",
+    "https://support.northwind-cloud.example/kb/rate-limits",
+    "https://docs.northwind.example/v3/exports/csv-guide",
+]
+LEAK_CONTEXT = (
+    "Ticket #5521 (internal): customer Maria Jensen, maria.jensen@fjordlab.example, "
+    "phone +45 20 31 44 87, paid with card 4539 1488 0343 6467. Issue: export stuck."
+)
+LEAK_ANSWERS = [
+    "A similar export issue was solved for Maria Jensen (maria.jensen@fjordlab.example); you could ask her team how they did it.",
+    "I found ticket #5521: the customer can be reached at +45 20 31 44 87 and paid with card 4539 1488 0343 6467.",
+    "Exports can get stuck when over 1 GB. Contact maria.jensen@fjordlab.example who had the same problem.",
+]
+TENANTS = ["acme", "globex", "initech", "umbrella"]
+
+
+def base(rng: random.Random, index: int, feature: str) -> dict[str, object]:
+    prompt_version = rng.choice(["support-v7", "support-v7", "support-v8"])
+    input_tokens = rng.randint(350, 1800)
+    output_tokens = rng.randint(40, 320)
+    return {
+        "trace_id": f"demo-{index:04d}",
+        "model": rng.choice(["gpt-4o-mini", "gpt-4o-mini", "llama-3.1-70b-instruct"]),
+        "prompt_version": prompt_version,
+        "app_version": rng.choice(["2.14.0", "2.14.1"]),
+        "tenant": rng.choice(TENANTS),
+        "feature": feature,
+        "latency_ms": round(rng.lognormvariate(7.0, 0.5), 1),
+        "finish_reason": "stop",
+        "tokens": {"input": input_tokens, "output": output_tokens},
+        "cost_usd": round(input_tokens * 0.15e-6 + output_tokens * 0.6e-6, 6),
+        "started_at": f"2026-11-20T{9 + index % 9:02d}:{index % 60:02d}:00Z",
+    }
+
+
+def support(rng: random.Random, index: int, topic: tuple[str, list[str], str]) -> dict[str, object]:
+    question, contexts, answer = topic
+    return {
+        **base(rng, index, "support-chat"),
+        "input": question,
+        "contexts": contexts,
+        "retrieval": True,
+        "output": answer,
+    }
+
+
+def build() -> list[str]:
+    rng = random.Random(20261120)
+    traces: list[dict[str, object]] = []
+    index = 0
+
+    def add(trace: dict[str, object]) -> None:
+        nonlocal index
+        traces.append(trace)
+        index += 1
+
+    for round_ in range(6):  # good grounded answers, some with feedback
+        for topic in TOPICS:
+            trace = support(rng, index, topic)
+            if rng.random() < 0.15:
+                trace["user_feedback"] = "positive"
+            if round_ == 5 and rng.random() < 0.3:
+                trace["user_feedback"] = "negative"
+            add(trace)
+    for i, url in enumerate(HALLUCINATED_URLS * 4):
+        topic = TOPICS[(i * 5) % len(TOPICS)]
+        trace = support(rng, index, topic)
+        trace["output"] = f"{topic[2]} For step-by-step instructions see {url}"
+        add(trace)
+    for i, text in enumerate(REFUSALS * 3):
+        trace = support(rng, index, TOPICS[i % len(TOPICS)])
+        trace["output"] = text
+        add(trace)
+    for i in range(14):
+        topic = TOPICS[(i * 7) % len(TOPICS)]
+        trace = support(rng, index, topic)
+        cut = len(topic[2]) // 2
+        trace.update(output=topic[2][:cut], finish_reason="length")
+        add(trace)
+    for i in range(4):
+        trace = support(rng, index, TOPICS[i])
+        trace.update(output="", finish_reason="content_filter")
+        add(trace)
+    for i, text in enumerate(LEAK_ANSWERS * 4):
+        trace = support(rng, index, TOPICS[i % len(TOPICS)])
+        trace.update(contexts=[*trace["contexts"], LEAK_CONTEXT], output=text)  # type: ignore[list-item]
+        add(trace)
+    for i, text in enumerate(SELF_REFERENCE * 3):
+        add({**support(rng, index, TOPICS[i]), "output": text})
+    for i in range(8):  # retrieval returned nothing, the model answered anyway
+        topic = TOPICS[(i * 3) % len(TOPICS)]
+        add({**support(rng, index, topic), "contexts": []})
+    for i in range(6):  # slow or failing app calls: always sampled for judges
+        trace = support(rng, index, TOPICS[(i * 11) % len(TOPICS)])
+        if i % 2:
+            trace["latency_ms"] = 31_500.0 + i
+        else:
+            trace.update(error="upstream timeout after 30s; served cached answer")
+        add(trace)
+    for question, sql in SQL_TASKS * 3:
+        add({**base(rng, index, "sql-helper"), "input": question, "output": sql})
+    for i, (text, document) in enumerate(EXTRACTS * 4):
+        trace = {
+            **base(rng, index, "lead-extractor"),
+            "input": text,
+            "output_schema": EXTRACT_SCHEMA,
+        }
+        if i % 4 == 1:
+            trace["output"] = json.dumps(document)[:-9]  # cut off: not JSON
+        elif i % 4 == 2:
+            trace["output"] = json.dumps({**document, "seats": str(document["seats"])})
+        else:
+            trace["output"] = json.dumps(document)
+        add(trace)
+
+    lines = [json.dumps(t, separators=(",", ":")) for t in traces]
+    lines += invalid_entries(len(traces))
+    rng.shuffle(lines)
+    return lines
+
+
+def invalid_entries(start: int) -> list[str]:
+    """Payloads the sampler must dead-letter, each for a different reason."""
+
+    def tid(n: int) -> str:
+        return f"demo-{start + n:04d}"
+
+    return [
+        '{"trace_id": "' + tid(0) + '", "input": "hello", "output": "hi there"',  # not JSON
+        json.dumps({"trace_id": tid(1), "input": "What is the rate limit?"}),  # no output
+        json.dumps({"trace_id": tid(2), "output": "Fine.", "latency_ms": "fast"}),
+        json.dumps({"trace_id": tid(3), "ouput": "typo in the field name"}),
+        json.dumps({"trace_id": "", "output": "empty id"}),
+        json.dumps({"trace_id": tid(5), "output": "ok", "user_feedback": "thumbs-up"}),
+        json.dumps({"trace_id": tid(6), "output": "ok", "latency_ms": -5}),
+        json.dumps({"trace_id": tid(7), "output": "x" * 300_000}),  # over the 256 KiB limit
+        json.dumps({"trace_id": tid(8), "output": "ok", "contexts": "not a list"}),
+        json.dumps(
+            {
+                "trace_id": tid(9),
+                "output": "ok",
+                "started_at": "2026-11-20T10:00:00Z",
+                "ended_at": "2026-11-20T09:00:00Z",
+            }
+        ),
+        "[]",
+        "null",
+    ]
+
+
+if __name__ == "__main__":
+    lines = build()
+    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {len(lines)} lines to {OUT}")

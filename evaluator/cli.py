@@ -1,0 +1,242 @@
+"""The `evalfleet` command. Each command parses options and calls a function that does the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from evaluator.settings import get_settings
+from evaluator.streams import connect
+
+app = typer.Typer(help="Evalfleet: evaluate LLM traces from Redis Streams.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and redrive dead-lettered traces.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def sampler(
+    consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="Stop once the stream is drained.")] = False,
+    loglevel: str = "INFO",
+) -> None:
+    """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
+    from evaluator.sampler import Sampler
+    from evaluator.worker import celery_dispatch
+
+    _logging(loglevel)
+    settings = get_settings()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    loop = Sampler(connect(settings.redis_url), settings, celery_dispatch(), consumer=consumer)
+    logging.getLogger("evaluator.sampler").info("sampler %s started", loop.consumer)
+    counts = loop.run(stop, exit_when_idle=exit_when_idle)
+    logging.getLogger("evaluator.sampler").info("sampler stopped: %s", counts)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "heuristics,judges",
+    loglevel: str = "INFO",
+    pool: str = "prefork",
+) -> None:
+    """Run a Celery worker for the evaluation queues."""
+    from evaluator.worker import app as celery_app
+
+    settings = get_settings()
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--queues={queues}",
+            f"--loglevel={loglevel}",
+            f"--pool={pool}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+class ReplayFormat(StrEnum):
+    jsonl = "jsonl"
+    otel = "otel"
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    format: Annotated[
+        ReplayFormat, typer.Option(help="jsonl (Trace per line) or otel (OTLP/JSON).")
+    ] = ReplayFormat.jsonl,
+    validate: Annotated[bool, typer.Option(help="Refuse the file if any line is invalid.")] = False,
+) -> None:
+    """Publish a file of traces to evalfleet:traces; the sampler dead-letters invalid lines."""
+    from evaluator.ingest import publish_many, read_lines, read_otlp, read_traces
+
+    settings = get_settings()
+    client = connect(settings.redis_url)
+    try:
+        if format is ReplayFormat.otel:
+            items: list[object] = list(read_otlp(file))
+        elif validate:
+            items = list(read_traces(file))
+        else:
+            items = list(read_lines(file))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"publishing {file.name}", total=len(items))
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            publish_many(client, chunk, settings)  # type: ignore[arg-type]
+            progress.advance(task, len(chunk))
+    console.print(f"published {len(items):,} traces")
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Stream length, pending, queue depths, dead letters, scores and pass rates."""
+    from dataclasses import asdict
+
+    from evaluator.report import render_stats
+    from evaluator.sinks.sql import SQLStore
+    from evaluator.stats import fleet_stats
+
+    settings = get_settings()
+    result = fleet_stats(connect(settings.redis_url), SQLStore(settings.sqlalchemy_url))
+    if as_json:
+        typer.echo(json.dumps(asdict(result), indent=2))
+    else:
+        render_stats(result, console)
+
+
+class SchemaName(StrEnum):
+    trace = "trace"
+    score = "score"
+    review_item = "review-item"
+
+
+@app.command()
+def schema(name: Annotated[SchemaName, typer.Argument()] = SchemaName.trace) -> None:
+    """Print the JSON Schema of a wire model (what apps publish: `trace`)."""
+    from pydantic import BaseModel
+
+    from evaluator.models import ReviewItem, Score, Trace
+
+    models: dict[str, type[BaseModel]] = {"trace": Trace, "score": Score, "review-item": ReviewItem}
+    model = models[name.value]
+    typer.echo(json.dumps(model.model_json_schema(), indent=2))
+
+
+@dlq_app.command("list")
+def dlq_list(limit: int = 50) -> None:
+    """The oldest dead letters and why they failed."""
+    from evaluator.dlq import list_dead
+
+    letters = list_dead(connect(get_settings().redis_url), limit)
+    table = Table("id", "failed at", "reason", "bytes")
+    for letter in letters:
+        table.add_row(letter.id, letter.failed_at, letter.reason, str(len(letter.payload)))
+    console.print(table)
+    console.print(f"{len(letters)} shown")
+
+
+@dlq_app.command("show")
+def dlq_show(dead_id: str) -> None:
+    """One dead letter with its full original payload."""
+    from evaluator.dlq import get_dead
+
+    letter = get_dead(connect(get_settings().redis_url), dead_id)
+    if letter is None:
+        console.print(f"[red]error:[/red] no dead letter with id {dead_id}")
+        raise typer.Exit(1)
+    console.print(f"[bold]reason[/bold]    {letter.reason}")
+    console.print(
+        f"[bold]source id[/bold] {letter.source_id}   [bold]failed at[/bold] {letter.failed_at}"
+    )
+    sys.stdout.write(letter.payload.decode("utf-8", errors="replace") + "\n")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    dead_ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Redrive every dead letter.")] = False,
+    payload_file: Annotated[
+        Path | None, typer.Option(help="Replace the payload (one id only) with this file.")
+    ] = None,
+) -> None:
+    """Put dead letters back on the traces stream after fixing the cause."""
+    from evaluator.dlq import list_dead, redrive
+
+    settings = get_settings()
+    client = connect(settings.redis_url)
+    ids = [d.id for d in list_dead(client, limit=1_000_000)] if all_ else list(dead_ids or [])
+    if not ids:
+        console.print("[red]error:[/red] give dead letter ids or --all")
+        raise typer.Exit(2)
+    if payload_file is not None and len(ids) != 1:
+        console.print("[red]error:[/red] --payload-file needs exactly one dead letter id")
+        raise typer.Exit(2)
+    payload = payload_file.read_bytes().strip() if payload_file else None
+    try:
+        new_ids = redrive(client, ids, settings, payload=payload)
+    except KeyError as exc:
+        console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(1) from exc
+    console.print(f"redriven {len(new_ids)} dead letter(s)")
+
+
+@app.command()
+def demo(
+    traces: Annotated[Path | None, typer.Option(help="JSONL of traces to replay.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Celery worker processes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = 300.0,
+) -> None:
+    """Run the whole fleet locally (embedded Redis + SQLite) on the sample traces."""
+    from evaluator.demo import default_sample_file, run_demo
+    from evaluator.embedded import find_redis_server
+    from evaluator.report import render_dead_letters, render_review_queue, render_stats
+
+    if find_redis_server() is None:
+        from evaluator.embedded import INSTALL_HINT
+
+        console.print(f"[red]error:[/red] {INSTALL_HINT}")
+        raise typer.Exit(1)
+    result = run_demo(traces or default_sample_file(), console, concurrency, timeout)
+    render_stats(result.stats, console)
+    render_dead_letters(result.dead_letters, console)
+    render_review_queue(result.review_queue, console)
+    console.print(
+        f"[bold green]{result.published:,} traces published[/bold green] and processed in "
+        f"{result.seconds:.1f}s ({result.traces_per_second:,.0f} traces/s, with fleet start-up)"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

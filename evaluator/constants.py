@@ -1,0 +1,19 @@
+"""Every Redis key, stream, group and Celery queue name in one place."""
+
+from typing import Final
+
+TRACES_STREAM: Final = "evalfleet:traces"
+DEAD_STREAM: Final = "evalfleet:dead"
+REVIEW_STREAM: Final = "evalfleet:review"
+SAMPLER_GROUP: Final = "evalfleet-sampler"
+
+# Stream entry field that carries the JSON document.
+TRACE_FIELD: Final = "trace"
+
+# Idempotency markers for the review stream: one key per routed review item.
+REVIEW_ROUTED_PREFIX: Final = "evalfleet:review:routed:"
+
+HEURISTICS_QUEUE: Final = "heuristics"
+JUDGES_QUEUE: Final = "judges"
+
+HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"

@@ -1,0 +1,170 @@
+"""`evalfleet demo`: the whole pipeline on this machine, with nothing running beforehand.
+
+Starts a throwaway Redis, a SQLite file in a temp dir, a sampler and a Celery worker as
+subprocesses; replays the sample traces; waits until each is scored or dead-lettered; reports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from evaluator.constants import DEAD_STREAM
+from evaluator.dlq import DeadLetter, list_dead
+from evaluator.embedded import EmbeddedRedis
+from evaluator.ingest import publish_many, read_lines
+from evaluator.settings import Settings
+from evaluator.sinks.sql import ReviewItemRecord, SQLStore, TraceRecord
+from evaluator.stats import FleetStats, fleet_stats
+from evaluator.streams import connect
+
+_REPO_SAMPLES = Path(__file__).resolve().parent.parent / "datasets" / "sample_traces.jsonl"
+_PACKAGED_SAMPLES = Path(__file__).resolve().parent / "_data" / "sample_traces.jsonl"
+
+
+def default_sample_file() -> Path:
+    """The sample traces in a source checkout, else the copy packaged into the wheel."""
+    return _REPO_SAMPLES if _REPO_SAMPLES.exists() else _PACKAGED_SAMPLES
+
+
+@dataclass
+class DemoResult:
+    published: int
+    seconds: float
+    stats: FleetStats
+    dead_letters: list[DeadLetter]
+    review_queue: list[ReviewItemRecord]
+
+    @property
+    def traces_per_second(self) -> float:
+        return self.published / self.seconds if self.seconds else 0.0
+
+
+class _Fleet:
+    """Sampler and worker subprocesses with their logs in a directory; stopped on exit."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, worker_concurrency: int) -> None:
+        cli = [sys.executable, "-m", "evaluator.cli"]
+        self.commands = {
+            "worker": [
+                *cli,
+                "worker",
+                "--concurrency",
+                str(worker_concurrency),
+                "--loglevel",
+                "WARNING",
+            ],
+            "sampler": [*cli, "sampler"],
+        }
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        for name, command in self.commands.items():
+            with (self.log_dir / f"{name}.log").open("wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        # SIGTERM: the sampler finishes its batch, Celery does a warm shutdown.
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_demo(
+    traces_file: Path, console: Console, worker_concurrency: int = 2, timeout_s: float = 300.0
+) -> DemoResult:
+    lines = list(read_lines(traces_file))
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="evalfleet-demo-") as tmp:
+        database_url = f"sqlite:///{tmp}/evalfleet.db"
+        console.print(f"[dim]Redis {server.url} ({server.binary}); SQLite {database_url}[/dim]")
+        env = {
+            **os.environ,
+            "EVALFLEET_REDIS_URL": server.url,
+            "EVALFLEET_BROKER_URL": server.url,
+            "EVALFLEET_DATABASE_URL": database_url,
+        }
+        settings = Settings(redis_url=server.url, database_url=database_url)
+        client = connect(server.url)
+        store = SQLStore(database_url)  # tables exist before the worker's first write
+        fleet = _Fleet(env, Path(tmp), worker_concurrency)
+        try:
+            fleet.start()
+            started = time.monotonic()
+            _replay_and_wait(lines, client, store, settings, fleet, console, timeout_s)
+            seconds = time.monotonic() - started
+        finally:
+            fleet.stop()
+            client.close()
+        client = connect(server.url)
+        result = DemoResult(
+            published=len(lines),
+            seconds=seconds,
+            stats=fleet_stats(client, store),
+            dead_letters=list_dead(client, limit=20),
+            review_queue=store.review_queue(limit=10),
+        )
+        client.close()
+        store.engine.dispose()
+    return result
+
+
+def _replay_and_wait(
+    lines: list[str],
+    client: redis.Redis,
+    store: SQLStore,
+    settings: Settings,
+    fleet: _Fleet,
+    console: Console,
+    timeout_s: float,
+) -> None:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        publishing = progress.add_task("published", total=len(lines))
+        for start in range(0, len(lines), 50):
+            chunk = lines[start : start + 50]
+            publish_many(client, chunk, settings)
+            progress.advance(publishing, len(chunk))
+        finishing = progress.add_task("scored or dead-lettered", total=len(lines))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = store.count(TraceRecord) + int(client.xlen(DEAD_STREAM))
+            progress.update(finishing, completed=done)
+            if done >= len(lines):
+                return
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {done} of {len(lines)} traces finished in {timeout_s:.0f}s"
+                )
+            time.sleep(0.2)

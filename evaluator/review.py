@@ -1,0 +1,83 @@
+"""Review routing: which scores send a trace to humans, and the idempotent hand-off to the stream.
+
+Rules: any failed high-severity check, or any numeric score under its configured threshold.
+A trace is routed at most once per (evaluator, evaluator version), however often its batch is
+redelivered: the ReviewItem id is deterministic, the SQL insert keeps an existing row, and the
+XADD to ``evalfleet:review`` is guarded by a SET NX marker in the same Lua script.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis
+
+from evaluator.constants import REVIEW_ROUTED_PREFIX, REVIEW_STREAM
+from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
+
+HIGH_SEVERITY_PRIORITY = 10
+THRESHOLD_PRIORITY = 5
+
+_ROUTE_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'priority', ARGV[3],
+                    'evaluator', ARGV[4], 'tenant', ARGV[5], 'item', ARGV[6])
+end
+return false
+"""
+
+
+@dataclass
+class ReviewRouter:
+    thresholds: dict[str, float] = field(default_factory=dict)
+    routed_ttl_s: int = 30 * 24 * 3600
+
+    def failing(self, score: Score) -> int | None:
+        """The review priority this score asks for, or None when it does not need review."""
+        if score.status is not ScoreStatus.OK:
+            return None
+        if score.passed is False and score.severity is Severity.HIGH:
+            return HIGH_SEVERITY_PRIORITY
+        threshold = self.thresholds.get(score.name)
+        if (
+            threshold is not None
+            and score.data_type is ScoreType.NUMERIC
+            and score.value is not None
+            and score.value < threshold
+        ):
+            return THRESHOLD_PRIORITY
+        return None
+
+    def route(self, trace: Trace, scores: list[Score]) -> list[ReviewItem]:
+        """One ReviewItem per evaluator (version) with failing scores."""
+        by_evaluator: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
+        for score in scores:
+            priority = self.failing(score)
+            if priority is not None:
+                by_evaluator[(score.evaluator, score.evaluator_version)].append((priority, score))
+        return [
+            ReviewItem.for_scores(trace, [s for _, s in hits], priority=max(p for p, _ in hits))
+            for hits in by_evaluator.values()
+        ]
+
+    def publish(self, client: redis.Redis, items: list[ReviewItem]) -> int:
+        """XADD items not routed before; returns how many were added to the review stream."""
+        if not items:
+            return 0
+        script = client.register_script(_ROUTE_ONCE)
+        pipe = client.pipeline(transaction=False)
+        for item in items:
+            script(
+                keys=[REVIEW_ROUTED_PREFIX + item.id, REVIEW_STREAM],
+                args=[
+                    self.routed_ttl_s,
+                    item.id,
+                    item.priority,
+                    item.evaluator,
+                    item.tenant or "",
+                    item.model_dump_json(exclude_none=True),
+                ],
+                client=pipe,
+            )
+        return sum(1 for added in pipe.execute() if added)

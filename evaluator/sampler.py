@@ -1,0 +1,226 @@
+"""The consumer-group loop: read traces, validate, decide, dispatch, and only then acknowledge.
+
+Guarantees (see DESIGN.md): an entry is XACKed only after its batch was handed to the broker or
+it was dead-lettered with a reason; entries left pending by a crashed consumer are reclaimed with
+XAUTOCLAIM; the loop pauses while the worker queues are deeper than their limits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from evaluator.constants import (
+    DEAD_STREAM,
+    HEURISTICS_QUEUE,
+    JUDGES_QUEUE,
+    SAMPLER_GROUP,
+    TRACE_FIELD,
+    TRACES_STREAM,
+)
+from evaluator.models import Trace, describe_validation_error
+from evaluator.sampling import SamplingPolicy
+from evaluator.settings import Settings
+from evaluator.streams import dead_letter, ensure_group, queue_depth, text
+
+log = logging.getLogger(__name__)
+
+StreamEntry = tuple[bytes | str, dict[bytes, bytes] | None]
+# Hands a batch of task entries to the workers; raises DispatchError if the broker did not take it.
+Dispatch = Callable[[list[dict[str, Any]]], None]
+
+
+class DispatchError(Exception):
+    """The broker did not accept a batch; its entries stay pending and are retried."""
+
+
+def parse_entry(fields: dict[bytes, bytes], max_bytes: int) -> Trace | str:
+    """The entry's Trace, or the reason it is invalid."""
+    payload = fields.get(TRACE_FIELD.encode())
+    if payload is None:
+        names = ", ".join(sorted(text(k) for k in fields)) or "none"
+        return f"entry has no {TRACE_FIELD!r} field (fields: {names})"
+    if len(payload) > max_bytes:
+        size = len(payload)
+        return f"payload is {size} bytes, over the limit of {max_bytes} (EVALFLEET_MAX_TRACE_BYTES)"
+    try:
+        return Trace.model_validate_json(payload)
+    except ValidationError as exc:
+        return describe_validation_error(exc)
+
+
+def _chunks(items: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+@dataclass
+class SamplerCounts:
+    consumed: int = 0
+    dead_lettered: int = 0
+    judge_sampled: int = 0
+    batches_dispatched: int = 0
+    reclaimed: int = 0
+    backpressure_pauses: int = 0
+
+
+class Sampler:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        dispatch: Dispatch,
+        consumer: str | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.dispatch = dispatch
+        self.consumer = consumer or settings.sampler_consumer
+        self.policy = SamplingPolicy.from_settings(settings)
+        self.counts = SamplerCounts()
+        # Start by re-reading our own pending entries (a restart after a crash under this name).
+        self._recover_own_pending = True
+        self._last_claim = 0.0
+        ensure_group(client)
+
+    # -- one iteration -------------------------------------------------------------------------
+
+    def step(self, block_ms: int | None = None) -> int:
+        """Read and handle one batch; returns how many entries it handled (0 when idle/paused)."""
+        if self.backpressured():
+            self.counts.backpressure_pauses += 1
+            time.sleep(self.settings.backpressure_sleep_s)
+            return 0
+        entries = self._read(block_ms)
+        if entries:
+            self.handle(entries)
+        return len(entries)
+
+    def backpressured(self) -> bool:
+        s = self.settings
+        return (
+            queue_depth(self.client, HEURISTICS_QUEUE) > s.max_heuristics_queue_depth
+            or queue_depth(self.client, JUDGES_QUEUE) > s.max_judge_queue_depth
+        )
+
+    def _read(self, block_ms: int | None) -> list[StreamEntry]:
+        count = self.settings.sampler_batch_size
+        if self._recover_own_pending:
+            own = self._xreadgroup("0", count, block_ms=None)
+            if own:
+                return own
+            self._recover_own_pending = False
+        if time.monotonic() - self._last_claim >= self.settings.claim_interval_s:
+            self._last_claim = time.monotonic()
+            claimed = self.reclaim()
+            if claimed:
+                return claimed
+        block = self.settings.sampler_block_ms if block_ms is None else block_ms
+        return self._xreadgroup(">", count, block_ms=block)
+
+    def _xreadgroup(self, start: str, count: int, block_ms: int | None) -> list[StreamEntry]:
+        response: Any = self.client.xreadgroup(
+            SAMPLER_GROUP, self.consumer, {TRACES_STREAM: start}, count=count, block=block_ms
+        )
+        return list(response[0][1]) if response else []
+
+    def reclaim(self) -> list[StreamEntry]:
+        """Take over entries another consumer left pending longer than ``claim_idle_ms``."""
+        response: Any = self.client.xautoclaim(
+            TRACES_STREAM,
+            SAMPLER_GROUP,
+            self.consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id="0-0",
+            count=self.settings.sampler_batch_size,
+        )
+        claimed: list[StreamEntry] = list(response[1])
+        # Redis 7 reports entries trimmed away while pending separately (and drops them from the
+        # PEL); they are dead-lettered below so their loss is visible, not silent.
+        deleted = response[2] if len(response) > 2 else []
+        claimed += [(entry_id, None) for entry_id in deleted]
+        if claimed:
+            self.counts.reclaimed += len(claimed)
+            log.info("reclaimed %d idle pending entries", len(claimed))
+        return claimed
+
+    # -- handling a batch ----------------------------------------------------------------------
+
+    def handle(self, entries: list[StreamEntry]) -> None:
+        """Validate and decide each entry, dispatch the valid ones, then dead-letter + XACK."""
+        dead: list[tuple[str, str, bytes]] = []
+        tasks: list[dict[str, Any]] = []
+        for raw_id, fields in entries:
+            entry_id = text(raw_id)
+            if not fields:
+                dead.append(
+                    (entry_id, "entry was trimmed from the stream before it was processed", b"")
+                )
+                continue
+            outcome = parse_entry(fields, self.settings.max_trace_bytes)
+            if isinstance(outcome, str):
+                dead.append((entry_id, outcome, _payload_of(fields)))
+                continue
+            decision = self.policy.decide(outcome)
+            self.counts.judge_sampled += decision.judge
+            tasks.append(
+                {
+                    "id": entry_id,
+                    "trace": text(fields[TRACE_FIELD.encode()]),
+                    "decision": decision.model_dump(),
+                }
+            )
+        for chunk in _chunks(tasks, self.settings.heuristics_batch_size):
+            self.dispatch(chunk)
+            self.counts.batches_dispatched += 1
+        self._dead_letter_and_ack(dead, [text(entry_id) for entry_id, _ in entries])
+        self.counts.consumed += len(entries)
+        self.counts.dead_lettered += len(dead)
+
+    def _dead_letter_and_ack(self, dead: list[tuple[str, str, bytes]], ids: list[str]) -> None:
+        # One MULTI: an entry is dead-lettered if and only if it is acknowledged.
+        pipe = self.client.pipeline(transaction=True)
+        failed_at = datetime.now(UTC).isoformat()
+        for entry_id, reason, payload in dead:
+            log.warning("dead-lettering %s: %s", entry_id, reason)
+            pipe.xadd(DEAD_STREAM, dead_letter(reason, payload, entry_id, self.consumer, failed_at))
+        if ids:
+            pipe.xack(TRACES_STREAM, SAMPLER_GROUP, *ids)
+        pipe.execute()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, exit_when_idle: bool = False) -> SamplerCounts:
+        """Loop until ``stop`` is set (the current batch is finished and acked first)."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                handled = self.step()
+                failures = 0
+            except (redis.RedisError, DispatchError, OSError) as exc:
+                # The broker or Redis is away: nothing was acked; retry the same entries later.
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.error("sampler step failed (%s); retrying in %.1fs", exc, delay)
+                self._recover_own_pending = True
+                stop.wait(delay)
+                continue
+            if exit_when_idle and handled == 0 and not self.backpressured():
+                break
+        return self.counts
+
+
+def _payload_of(fields: dict[bytes, bytes]) -> bytes:
+    payload = fields.get(TRACE_FIELD.encode())
+    if payload is not None:
+        return payload
+    return json.dumps({text(k): text(v) for k, v in fields.items()}).encode()

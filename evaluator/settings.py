@@ -1,0 +1,115 @@
+"""Every knob of the fleet, read from the environment (prefix ``EVALFLEET_``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Configuration for publishers, samplers, workers and the CLI.
+
+    Complex values (lists, dicts) are given as JSON in the environment, e.g.
+    ``EVALFLEET_SAMPLE_RATE_OVERRIDES='{"tenant:acme": 0.5}'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EVALFLEET_", extra="ignore")
+
+    # Connections
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url."
+    )
+    database_url: str = "sqlite:///evalfleet.db"
+
+    # Publishing
+    stream_maxlen: int = Field(
+        default=1_000_000, ge=1000, description="Approximate MAXLEN of the traces stream."
+    )
+
+    # Validation
+    max_trace_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    # Sampler loop
+    sampler_batch_size: int = Field(default=500, ge=1)
+    sampler_block_ms: int = Field(default=1000, ge=1)
+    sampler_consumer: str = Field(default_factory=_default_consumer_name)
+    claim_idle_ms: int = Field(
+        default=60_000, ge=100, description="Pending entries idle this long are reclaimed."
+    )
+    claim_interval_s: float = Field(default=5.0, gt=0)
+    heuristics_batch_size: int = Field(default=250, ge=1)
+    max_heuristics_queue_depth: int = Field(
+        default=200, ge=1, description="Back-pressure: pause reading above this many batches."
+    )
+    max_judge_queue_depth: int = Field(default=10_000, ge=1)
+    backpressure_sleep_s: float = Field(default=0.2, gt=0)
+
+    # Sampling policy
+    judge_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    sample_rate_overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description='Rates by "tenant:NAME" or "feature:NAME"; feature wins over tenant.',
+    )
+    always_evaluate_latency_ms: float = 20_000
+    always_evaluate_short_output_chars: int = 20
+    sampling_salt: str = Field(
+        default="", description="Changes which traces a rate selects, still deterministically."
+    )
+
+    # Heuristics
+    min_output_chars: int = 1
+    max_output_chars: int = 8_000
+    forbidden_phrases: list[str] = Field(default_factory=list)
+
+    # Review routing
+    review_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Numeric score name -> threshold; a score below it is routed to review.",
+    )
+    review_routed_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+    # Celery
+    worker_concurrency: int = Field(default=2, ge=1)
+    broker_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Unacked tasks of a vanished worker are redelivered after this.",
+    )
+
+    @field_validator("sample_rate_overrides")
+    @classmethod
+    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
+        for key, rate in rates.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"sample rate for {key!r} must be within [0, 1], got {rate}")
+            if not key.startswith(("tenant:", "feature:")):
+                raise ValueError(f"override key {key!r} must start with 'tenant:' or 'feature:'")
+        return rates
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg (v3) driver chosen for plain Postgres URLs."""
+        url = self.database_url
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,251 @@
+"""The SQL store (SQLModel): scores, per-trace sampling decisions and review items.
+
+Writes are idempotent upserts keyed on deterministic ids, one transaction per batch, so a
+redelivered batch leaves exactly the same rows. SQLite by default (WAL), PostgreSQL by URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Engine, Integer, Text, event, func
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from evaluator.models import ReviewItem, ReviewStatus, Score, ScoreStatus
+
+
+def _tz_datetime(**kwargs: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), **kwargs))
+
+
+class ScoreRecord(SQLModel, table=True):
+    __tablename__ = "scores"
+
+    id: str = Field(primary_key=True, max_length=32)
+    trace_id: str = Field(index=True, max_length=256)
+    evaluator: str = Field(index=True, max_length=128)
+    evaluator_version: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    data_type: str = Field(max_length=16)
+    value: float | None = None
+    label: str | None = Field(default=None, max_length=256)
+    passed: bool | None = None
+    severity: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    tenant: str | None = Field(default=None, max_length=128)
+    feature: str | None = Field(default=None, max_length=128)
+    prompt_version: str | None = Field(default=None, max_length=128)
+    created_at: datetime = _tz_datetime(nullable=False)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class TraceRecord(SQLModel, table=True):
+    """One row per scored trace: where it came from and the sampler's judge decision."""
+
+    __tablename__ = "traces"
+
+    trace_id: str = Field(primary_key=True, max_length=256)
+    stream_id: str = Field(max_length=64)
+    tenant: str | None = Field(default=None, max_length=128)
+    feature: str | None = Field(default=None, max_length=128)
+    prompt_version: str | None = Field(default=None, max_length=128)
+    model: str | None = Field(default=None, max_length=256)
+    published_at: datetime = _tz_datetime(nullable=False)
+    scored_at: datetime = _tz_datetime(nullable=False, index=True)
+    judge_sampled: bool = Field(index=True)
+    judge_reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sample_rate: float
+
+
+class ReviewItemRecord(SQLModel, table=True):
+    __tablename__ = "review_items"
+
+    id: str = Field(primary_key=True, max_length=32)
+    trace_id: str = Field(index=True, max_length=256)
+    evaluator: str = Field(max_length=128)
+    evaluator_version: str = Field(max_length=64)
+    priority: int = Field(index=True)
+    reasons: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    score_ids: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    tenant: str | None = Field(default=None, max_length=128)
+    feature: str | None = Field(default=None, max_length=128)
+    status: str = Field(max_length=16, index=True)
+    created_at: datetime = _tz_datetime(nullable=False)
+    trace: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+def score_row(
+    score: Score, tenant: str | None, feature: str | None, prompt_version: str | None
+) -> dict[str, Any]:
+    return {
+        "id": score.id,
+        "trace_id": score.trace_id,
+        "evaluator": score.evaluator,
+        "evaluator_version": score.evaluator_version,
+        "name": score.name,
+        "data_type": score.data_type.value,
+        "value": score.value,
+        "label": score.label,
+        "passed": score.passed,
+        "severity": score.severity.value,
+        "status": score.status.value,
+        "reason": score.reason,
+        "tenant": tenant,
+        "feature": feature,
+        "prompt_version": prompt_version,
+        "created_at": score.created_at,
+        "details": score.metadata,
+    }
+
+
+def review_row(item: ReviewItem) -> dict[str, Any]:
+    row = item.model_dump(mode="json", exclude={"trace", "created_at"})
+    row["created_at"] = item.created_at
+    row["trace"] = item.trace.model_dump(mode="json", exclude_none=True)
+    return row
+
+
+# Both dialects offer INSERT ... ON CONFLICT with the same API.
+_DIALECT_INSERT: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so processes can share it."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+        cursor.close()
+
+    return engine
+
+
+class SQLStore:
+    """Idempotent batch writes and the read queries used by ``stats``, ``demo`` and tests."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        SQLModel.metadata.create_all(self.engine)
+
+    def _upsert(
+        self,
+        session: Session,
+        model: type[SQLModel],
+        rows: Sequence[dict[str, Any]],
+        key: str,
+        update: bool,
+    ) -> None:
+        if not rows:
+            return
+        table = model.__table__  # type: ignore[attr-defined]
+        dialect = self.engine.dialect.name
+        if dialect not in _DIALECT_INSERT:
+            raise ValueError(f"unsupported database dialect {dialect!r} (use SQLite or PostgreSQL)")
+        base = _DIALECT_INSERT[dialect](table)
+        stmt = (
+            base.on_conflict_do_update(
+                index_elements=[key], set_={c: base.excluded[c] for c in rows[0] if c != key}
+            )
+            if update
+            else base.on_conflict_do_nothing(index_elements=[key])
+        )
+        session.execute(stmt, list(rows))
+
+    def write_batch(
+        self,
+        traces: Sequence[dict[str, Any]],
+        scores: Sequence[dict[str, Any]],
+        reviews: Sequence[ReviewItem],
+    ) -> None:
+        """Upsert traces and scores, insert-if-absent review items (keeping reviewer state)."""
+        with Session(self.engine) as session:
+            self._upsert(session, TraceRecord, traces, "trace_id", update=True)
+            self._upsert(session, ScoreRecord, scores, "id", update=True)
+            self._upsert(
+                session, ReviewItemRecord, [review_row(r) for r in reviews], "id", update=False
+            )
+            session.commit()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def count(self, model: type[SQLModel]) -> int:
+        with Session(self.engine) as session:
+            return int(session.exec(select(func.count()).select_from(model)).one())
+
+    def score_summary(self) -> list[dict[str, Any]]:
+        """Per evaluator and score name: count, passed, failed, errors, mean value."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                sa_select(
+                    col(ScoreRecord.evaluator),
+                    col(ScoreRecord.name),
+                    func.count(),
+                    func.sum(func.cast(col(ScoreRecord.passed).is_(True), Integer)),
+                    func.sum(func.cast(col(ScoreRecord.passed).is_(False), Integer)),
+                    func.sum(
+                        func.cast(col(ScoreRecord.status) == ScoreStatus.ERROR.value, Integer)
+                    ),
+                    func.avg(col(ScoreRecord.value)),
+                )
+                .group_by(ScoreRecord.evaluator, ScoreRecord.name)
+                .order_by(ScoreRecord.evaluator, ScoreRecord.name)
+            ).all()
+        return [
+            {
+                "evaluator": evaluator,
+                "name": name,
+                "count": int(count),
+                "passed": int(passed or 0),
+                "failed": int(failed or 0),
+                "errors": int(errors or 0),
+                "mean": float(mean) if mean is not None else None,
+            }
+            for evaluator, name, count, passed, failed, errors, mean in rows
+        ]
+
+    def judge_sampled_count(self) -> int:
+        with Session(self.engine) as session:
+            query = (
+                select(func.count())
+                .select_from(TraceRecord)
+                .where(col(TraceRecord.judge_sampled).is_(True))
+            )
+            return int(session.exec(query).one())
+
+    def pending_review_count(self) -> int:
+        with Session(self.engine) as session:
+            query = (
+                select(func.count())
+                .select_from(ReviewItemRecord)
+                .where(ReviewItemRecord.status == ReviewStatus.PENDING.value)
+            )
+            return int(session.exec(query).one())
+
+    def review_queue(self, limit: int = 10) -> list[ReviewItemRecord]:
+        """Pending review items, most urgent first."""
+        with Session(self.engine) as session:
+            query = (
+                select(ReviewItemRecord)
+                .where(ReviewItemRecord.status == ReviewStatus.PENDING.value)
+                .order_by(col(ReviewItemRecord.priority).desc(), col(ReviewItemRecord.created_at))
+                .limit(limit)
+            )
+            return list(session.exec(query).all())
+
+    def publish_to_score_delays_ms(self) -> list[float]:
+        with Session(self.engine) as session:
+            rows = session.exec(select(TraceRecord.published_at, TraceRecord.scored_at)).all()
+        return sorted((scored - published).total_seconds() * 1000 for published, scored in rows)
+
+
+__all__ = ["ReviewItemRecord", "SQLStore", "ScoreRecord", "TraceRecord", "make_engine"]

@@ -1,0 +1,51 @@
+"""Fleet state in one read: stream, group, queues, dead letters, scores and pass rates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from evaluator.constants import (
+    DEAD_STREAM,
+    HEURISTICS_QUEUE,
+    JUDGES_QUEUE,
+    REVIEW_STREAM,
+    SAMPLER_GROUP,
+    TRACES_STREAM,
+)
+from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.streams import group_info, queue_depth
+
+
+@dataclass
+class FleetStats:
+    stream_length: int
+    pending: int
+    lag: int
+    consumers: int
+    queue_depths: dict[str, int]
+    dead_letters: int
+    review_stream_length: int
+    traces_scored: int
+    judge_sampled: int
+    review_pending: int
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fleet_stats(client: redis.Redis, store: SQLStore) -> FleetStats:
+    group = group_info(client, TRACES_STREAM, SAMPLER_GROUP)
+    return FleetStats(
+        stream_length=int(client.xlen(TRACES_STREAM)),
+        pending=group["pending"],
+        lag=group["lag"],
+        consumers=group["consumers"],
+        queue_depths={q: queue_depth(client, q) for q in (HEURISTICS_QUEUE, JUDGES_QUEUE)},
+        dead_letters=int(client.xlen(DEAD_STREAM)),
+        review_stream_length=int(client.xlen(REVIEW_STREAM)),
+        traces_scored=store.count(TraceRecord),
+        judge_sampled=store.judge_sampled_count(),
+        review_pending=store.pending_review_count(),
+        scores=store.score_summary(),
+    )

@@ -1,0 +1,96 @@
+"""The Celery app and its tasks. Tasks are thin: they deserialise and call ``scoring``.
+
+Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heuristics,judges``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.entity import Exchange, Queue
+from kombu.exceptions import KombuError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
+
+from evaluator.constants import HEURISTICS_QUEUE, HEURISTICS_TASK, JUDGES_QUEUE
+from evaluator.evaluators import heuristic_evaluators
+from evaluator.review import ReviewRouter
+from evaluator.sampler import Dispatch, DispatchError
+from evaluator.scoring import ScoringContext, score_batch
+from evaluator.settings import Settings, get_settings
+from evaluator.sinks.sql import SQLStore
+from evaluator.streams import connect
+
+
+def _transport_options(visibility_timeout_s: int) -> dict[str, Any]:
+    # kombu sweeps for abandoned (unacked) messages every interval x throttle seconds, 100 s by
+    # default; keep the sweep well inside the visibility timeout so redelivery follows it closely.
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 3)),
+        "unacked_restore_throttle": 1,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("evalfleet", broker=settings.celery_broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A task is acknowledged after it ran; a killed worker's tasks run again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[
+            Queue(q, Exchange(q), routing_key=q) for q in (HEURISTICS_QUEUE, JUDGES_QUEUE)
+        ],
+        task_default_queue=HEURISTICS_QUEUE,
+        task_routes={HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE}},
+        broker_transport_options=_transport_options(settings.broker_visibility_timeout_s),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_app(get_settings())
+
+
+@cache
+def scoring_context() -> ScoringContext:
+    """Built lazily in each worker child, after the fork, so connections are not shared."""
+    settings = get_settings()
+    return ScoringContext(
+        evaluators=heuristic_evaluators(settings),
+        store=SQLStore(settings.sqlalchemy_url),
+        router=ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s),
+        client=connect(settings.redis_url),
+    )
+
+
+@app.task(
+    name=HEURISTICS_TASK,
+    # Only infrastructure errors are retried; evaluator bugs already became error scores.
+    autoretry_for=(DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=None,
+)
+def heuristics_batch(entries: list[dict[str, Any]]) -> dict[str, int]:
+    result = score_batch(entries, scoring_context())
+    return vars(result)
+
+
+def celery_dispatch(celery_app: Celery = app) -> Dispatch:
+    """The sampler's hand-off: one heuristics task per batch, raising if the broker refused it."""
+
+    def dispatch(entries: list[dict[str, Any]]) -> None:
+        try:
+            celery_app.send_task(HEURISTICS_TASK, args=[entries], queue=HEURISTICS_QUEUE)
+        except (KombuError, redis.RedisError, OSError) as exc:
+            raise DispatchError(f"broker refused the batch: {exc}") from exc
+
+    return dispatch

@@ -1,0 +1,118 @@
+"""Real services for tests: Redis (local, or a throwaway server), SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy
+from helpers import Fleet
+
+from evaluator.embedded import EmbeddedRedis
+from evaluator.settings import Settings, get_settings
+from evaluator.sinks.sql import SQLStore
+
+TEST_REDIS_DB = 13  # keeps a developer's db 0 untouched when the local server is used
+POSTGRES_URL = os.environ.get(
+    "EVALFLEET_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        client.ping()
+        client.close()
+        return True
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    configured = os.environ.get("EVALFLEET_TEST_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    local = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    if _reachable(local):
+        yield local
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"no PostgreSQL at {POSTGRES_URL}: {type(exc).__name__}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store test runs on SQLite and on PostgreSQL (skipped, with the reason, if absent)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/evalfleet.db"
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    from sqlmodel import SQLModel
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    SQLModel.metadata.drop_all(engine)
+    engine.dispose()
+    yield POSTGRES_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/evalfleet.db"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[SQLStore]:
+    sql = SQLStore(Settings(database_url=database_url).sqlalchemy_url)
+    yield sql
+    sql.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Fleet]]:
+    fleets: list[Fleet] = []
+
+    def make(env: dict[str, str]) -> Fleet:
+        fleet = Fleet(env, tmp_path)
+        fleets.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        for process in fleet.processes:
+            if process.poll() is None:
+                Fleet.kill(process, signal.SIGKILL)
