@@ -6,13 +6,29 @@ redelivered batch leaves exactly the same rows. SQLite by default (WAL), Postgre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Engine, Integer, Text, event, func
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    Text,
+    bindparam,
+    cast,
+    column,
+    event,
+    func,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from evaluator.models import ReviewItem, ReviewStatus, Score, ScoreStatus
@@ -110,10 +126,6 @@ def review_row(item: ReviewItem) -> dict[str, Any]:
     return row
 
 
-# Both dialects offer INSERT ... ON CONFLICT with the same API.
-_DIALECT_INSERT: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-
-
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so processes can share it."""
     if not url.startswith("sqlite"):
@@ -128,6 +140,35 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in a JSON batch")
+
+
+@dataclass(frozen=True)
+class _CompiledUpsert:
+    """An INSERT ... ON CONFLICT compiled once per table, and how to pass a batch of rows to it."""
+
+    sql: str
+    # SQLite: executemany; each value converted by its column type's bind processor.
+    processors: list[tuple[str, Callable[[Any], Any]]]
+    order: list[str]
+    # PostgreSQL: the whole batch as one JSON document, expanded by jsonb_to_recordset.
+    json_batch: bool
+
+    def parameters(self, rows: Sequence[dict[str, Any]]) -> Any:
+        if self.json_batch:
+            return {"rows": json.dumps(rows, default=_json_default)}
+        converted = []
+        for row in rows:
+            values = dict(row)
+            for name, process in self.processors:
+                values[name] = process(values[name])
+            converted.append(tuple(values[name] for name in self.order))
+        return converted
 
 
 class SQLStore:
@@ -147,19 +188,48 @@ class SQLStore:
     ) -> None:
         if not rows:
             return
+        upsert = self._compiled_upsert(model, tuple(rows[0]), key, update)
+        session.connection().exec_driver_sql(upsert.sql, upsert.parameters(rows))
+
+    @cache  # noqa: B019 - one entry per (table, columns, mode); the store lives as long as the process
+    def _compiled_upsert(
+        self, model: type[SQLModel], columns: tuple[str, ...], key: str, update: bool
+    ) -> _CompiledUpsert:
+        """Compile the upsert once; batches then skip SQLAlchemy's per-row parameter handling.
+
+        That per-row work dominated batches of thousands of score rows. On PostgreSQL a batch is
+        one statement (one JSON parameter through jsonb_to_recordset) instead of a row each.
+        """
         table = model.__table__  # type: ignore[attr-defined]
-        dialect = self.engine.dialect.name
-        if dialect not in _DIALECT_INSERT:
-            raise ValueError(f"unsupported database dialect {dialect!r} (use SQLite or PostgreSQL)")
-        base = _DIALECT_INSERT[dialect](table)
+        dialect = self.engine.dialect
+        if dialect.name == "postgresql":
+            record = (
+                func.jsonb_to_recordset(cast(bindparam("rows"), JSONB))
+                .table_valued(*[column(c, table.c[c].type) for c in columns])
+                .render_derived(with_types=True)
+            )
+            base: Any = postgresql.insert(table).from_select(
+                list(columns), sa_select(*[record.c[c] for c in columns])
+            )
+        elif dialect.name == "sqlite":
+            base = sqlite.insert(table)
+        else:
+            raise ValueError(f"unsupported database {dialect.name!r} (use SQLite or PostgreSQL)")
         stmt = (
             base.on_conflict_do_update(
-                index_elements=[key], set_={c: base.excluded[c] for c in rows[0] if c != key}
+                index_elements=[key], set_={c: base.excluded[c] for c in columns if c != key}
             )
             if update
             else base.on_conflict_do_nothing(index_elements=[key])
         )
-        session.execute(stmt, list(rows))
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+        processors = [
+            (name, process)
+            for name in columns
+            if (process := table.c[name].type._cached_bind_processor(dialect)) is not None
+        ]
+        order = list(compiled.positiontup or columns)
+        return _CompiledUpsert(compiled.string, processors, order, dialect.name == "postgresql")
 
     def write_batch(
         self,
