@@ -32,6 +32,7 @@ from evaluator.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, TraceRecord
 from evaluator.streams import connect
+from evaluator.worker import celery_dispatch, create_app
 
 
 def traces(n: int, prefix: str) -> list[Trace]:
@@ -68,16 +69,11 @@ def traces(n: int, prefix: str) -> list[Trace]:
 
 def bench_sampler(client_url: str, n: int) -> float:
     """Sampler alone: validation, sampling decision, Celery publish, XACK. Returns traces/s."""
-    from evaluator.worker import create_app
-
     settings = Settings(redis_url=client_url, max_heuristics_queue_depth=10**9)
     client = connect(client_url)
     client.flushdb()
     publish_many(client, traces(n, "s"), settings)
-    app = create_app(settings)
-    from evaluator.worker import celery_dispatch
-
-    loop = Sampler(client, settings, celery_dispatch(app), consumer="bench")
+    loop = Sampler(client, settings, celery_dispatch(create_app(settings)), consumer="bench")
     started = time.perf_counter()
     while loop.step(block_ms=1):
         pass
@@ -90,7 +86,9 @@ def bench_sampler(client_url: str, n: int) -> float:
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "evaluator.cli", *args], env=env, stdout=handle,
+            [sys.executable, "-m", "evaluator.cli", *args],
+            env=env,
+            stdout=handle,
             stderr=subprocess.STDOUT,
         )
 
@@ -105,8 +103,12 @@ def bench_end_to_end(
     SQLModel.metadata.drop_all(store.engine)  # a reused database must start empty
     SQLModel.metadata.create_all(store.engine)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "EVALFLEET_REDIS_URL": redis_url, "EVALFLEET_BROKER_URL": redis_url,
-               "EVALFLEET_DATABASE_URL": database_url}
+        env = {
+            **os.environ,
+            "EVALFLEET_REDIS_URL": redis_url,
+            "EVALFLEET_BROKER_URL": redis_url,
+            "EVALFLEET_DATABASE_URL": database_url,
+        }
         worker = _spawn(["worker", "--loglevel", "WARNING", *worker_args], env, Path(tmp, "w.log"))
         sampler = _spawn(["sampler", "--loglevel", "WARNING"], env, Path(tmp, "s.log"))
         time.sleep(4)  # both processes up before the clock starts
@@ -136,7 +138,9 @@ def bench_end_to_end(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--redis-url", default=None, help="default: a throwaway redis-server")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
@@ -150,16 +154,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         database_url = args.database_url or f"sqlite:///{tmp}/bench.db"
         try:
-            print(f"n={args.n:,}  redis={redis_url}  db={database_url.split('@')[-1]}  cores={os.cpu_count()}")
+            db = database_url.split("@")[-1]
+            print(f"n={args.n:,}  redis={redis_url}  db={db}  cores={os.cpu_count()}")
             if not args.skip_sampler:
-                print(f"sampler only (dispatch to Celery): {bench_sampler(redis_url, args.n):,.0f} traces/s")
+                rate = bench_sampler(redis_url, args.n)
+                print(f"sampler only (dispatch to Celery): {rate:,.0f} traces/s")
             worker_args = ["--concurrency", str(args.concurrency), "--pool", args.pool]
             result = bench_end_to_end(redis_url, database_url, args.n, args.rate, worker_args)
             mode = f"paced at {args.rate:,.0f}/s" if args.rate else "burst"
             print(
                 f"end to end ({mode}, 1 sampler, worker {args.pool} x{args.concurrency}): "
                 f"{result['traces_per_s']:,.0f} traces/s; "
-                f"publish->score delay p50 {result['p50_ms']:,.0f} ms, p99 {result['p99_ms']:,.0f} ms"
+                f"publish->score delay p50 {result['p50_ms']:,.0f} ms, "
+                f"p99 {result['p99_ms']:,.0f} ms"
             )
         finally:
             if server:

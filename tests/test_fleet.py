@@ -10,9 +10,12 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from helpers import Fleet, fleet_env, make_trace, wait_for
+from typer.testing import CliRunner
 
+from evaluator.cli import app
 from evaluator.constants import HEURISTICS_QUEUE, REVIEW_STREAM, SAMPLER_GROUP, TRACES_STREAM
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
@@ -37,6 +40,7 @@ def mixed_traces(n: int) -> list[Any]:
 
 
 def test_end_to_end_exact_counts(
+    monkeypatch: pytest.MonkeyPatch,
     redis_client: redis.Redis,
     redis_url: str,
     database_url: str,
@@ -78,6 +82,15 @@ def test_end_to_end_exact_counts(
         "consumers": 1,
     }
     assert redis_client.llen(HEURISTICS_QUEUE) == 0
+
+    for name, value in fleet_env(redis_url, database_url).items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["stats", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["traces_scored"] == n and stats["pending"] == 0 and stats["dead_letters"] == 0
+    assert stats["review_stream_length"] == stats["review_pending"] == n // 10
+    assert {row["evaluator"] for row in stats["scores"]} == set(summary)
 
 
 def _freeze_when(
