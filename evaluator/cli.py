@@ -125,7 +125,13 @@ def stats(
     from evaluator.stats import fleet_stats
 
     settings = get_settings()
-    result = fleet_stats(connect(settings.redis_url), SQLStore(settings.sqlalchemy_url))
+    store = SQLStore(settings.sqlalchemy_url)
+    client = connect(settings.redis_url)
+    try:
+        result = fleet_stats(client, store)
+    finally:
+        store.close()
+        client.close()
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
     else:

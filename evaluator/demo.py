@@ -130,7 +130,7 @@ def run_demo(
             review_queue=store.review_queue(limit=10),
         )
         client.close()
-        store.engine.dispose()
+        store.close()
     return result
 
 

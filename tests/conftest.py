@@ -92,7 +92,7 @@ def sqlite_url(tmp_path: Path) -> str:
 def store(database_url: str) -> Iterator[SQLStore]:
     sql = SQLStore(Settings(database_url=database_url).sqlalchemy_url)
     yield sql
-    sql.engine.dispose()
+    sql.close()
 
 
 @pytest.fixture(autouse=True)

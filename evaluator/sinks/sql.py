@@ -178,6 +178,9 @@ class SQLStore:
         self.engine = make_engine(url)
         SQLModel.metadata.create_all(self.engine)
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     def _upsert(
         self,
         session: Session,
