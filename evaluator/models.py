@@ -105,8 +105,11 @@ class ScoreType(StrEnum):
 
 
 class Severity(StrEnum):
+    """How urgently a failure needs a human: decides whether and how early it is reviewed."""
+
     LOW = "low"
     HIGH = "high"
+    CRITICAL = "critical"
 
 
 class Score(BaseModel):

@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 import socket
 from functools import cache
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# USD per 1M input / output tokens (public list prices; override with EVALFLEET_MODEL_PRICES).
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1": (2.00, 8.00),
+}
 
 
 def _default_consumer_name() -> str:
@@ -77,6 +87,47 @@ class Settings(BaseSettings):
     )
     review_routed_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
 
+    # Judges (LLM-as-judge)
+    judges_dir: Path | None = Field(
+        default=None, description="Judge files; default ./judges of the repo."
+    )
+    enabled_judges: list[str] = Field(
+        default_factory=lambda: ["groundedness", "answer_relevance", "correctness", "safety"],
+        description="Judges run on sampled traces (each only where its applies_when holds).",
+    )
+    judge_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint; a judge file's base_url wins."
+    )
+    judge_api_key: SecretStr | None = Field(
+        default=None, description="Falls back to OPENAI_API_KEY; a judge's api_key_env wins."
+    )
+    judge_timeout_s: float = Field(default=30.0, gt=0)
+    judge_max_attempts: int = Field(
+        default=5, ge=1, description="Calls per evaluation on 429/5xx/timeouts."
+    )
+    judge_backoff_base_s: float = Field(default=0.5, gt=0)
+    judge_backoff_max_s: float = Field(default=30.0, gt=0)
+    judge_max_in_flight: int = Field(
+        default=64, ge=1, description="Concurrent judge calls per process."
+    )
+    judge_batch_size: int = Field(default=64, ge=1, description="Traces per judge task.")
+    judge_redact_pii: bool = False
+    judge_requests_per_minute: dict[str, int] = Field(
+        default_factory=dict, description='Fleet-wide limit per model, e.g. {"gpt-4o-mini": 5000}.'
+    )
+    judge_tokens_per_minute: dict[str, int] = Field(default_factory=dict)
+    judge_circuit_failures: int = Field(
+        default=5, ge=1, description="Failures in a row that open it."
+    )
+    judge_circuit_open_s: float = Field(default=30.0, gt=0)
+    judge_give_up_after_s: float = Field(
+        default=6 * 3600, gt=0, description="Deferred evaluations older than this become errors."
+    )
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        description="USD per 1M (input, output) tokens by model name or name prefix.",
+    )
+
     # Celery
     worker_concurrency: int = Field(default=2, ge=1)
     broker_visibility_timeout_s: int = Field(
@@ -94,6 +145,13 @@ class Settings(BaseSettings):
             if not key.startswith(("tenant:", "feature:")):
                 raise ValueError(f"override key {key!r} must start with 'tenant:' or 'feature:'")
         return rates
+
+    def price_for(self, model: str) -> tuple[float, float] | None:
+        """(input, output) USD per 1M tokens: exact name, else the longest matching prefix."""
+        if model in self.model_prices:
+            return self.model_prices[model]
+        prefixes = [p for p in self.model_prices if model.startswith(p)]
+        return self.model_prices[max(prefixes, key=len)] if prefixes else None
 
     @property
     def celery_broker_url(self) -> str:

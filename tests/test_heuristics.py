@@ -18,10 +18,9 @@ from evaluator.evaluators.heuristics import (
     RAGNoContext,
     Refusal,
     UnsupportedURLs,
-    find_pii,
-    luhn_valid,
 )
 from evaluator.models import Score, ScoreStatus, Trace
+from evaluator.pii import find_pii, luhn_valid, redact_pii
 from evaluator.settings import Settings
 
 
@@ -150,6 +149,11 @@ def test_find_pii_kinds() -> None:
     )
     assert kinds == ["card", "email", "phone"]
     assert find_pii("order 1234 5678 9012 3456 shipped in 2026") == []  # fails Luhn, not a phone
+
+
+def test_redact_pii() -> None:
+    text = "Mail bob@corp.example or call +1 415 555 0132; card 4111 1111 1111 1111, order 12345."
+    assert redact_pii(text) == "Mail [EMAIL] or call [PHONE]; card [CARD], order 12345."
 
 
 def test_pii_leak_flags_pii_from_contexts_without_echoing_values() -> None:

@@ -1,0 +1,358 @@
+"""LLM-as-judge: render a judge file for a trace, call any OpenAI-compatible endpoint, parse the
+structured output into Scores.
+
+Failures come back as data, never as an exception loop:
+* 429 / 5xx / timeouts / connection errors: retried with exponential backoff and full jitter,
+  honouring ``Retry-After``, at most ``judge_max_attempts`` calls; then the evaluation is
+  *deferred* (re-queued by the caller), because the endpoint may come back.
+* the fleet-wide circuit is open: deferred at once, without a call.
+* output that fails its schema: one repair request; then a ``status=error`` Score with the reason.
+* other 4xx (bad key, unknown model): a ``status=error`` Score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import redis.asyncio as aioredis
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ValidationError
+
+from evaluator.judges import JudgeSpec, render_messages
+from evaluator.models import (
+    Score,
+    ScoreStatus,
+    ScoreType,
+    Severity,
+    Trace,
+    describe_validation_error,
+)
+from evaluator.ratelimit import CircuitBreaker, RateLimiter, endpoint_key
+from evaluator.settings import Settings
+
+_REPAIR = (
+    "Your reply did not match the required JSON schema: {error}. "
+    "Reply again with only the JSON object, matching the schema exactly."
+)
+
+
+@dataclass
+class CallOutcome:
+    output: BaseModel | None = None
+    error: str | None = None
+    deferred: bool = False  # transient: worth trying again later
+    defer_s: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: float = 0.0
+    attempts: int = 0
+    mode: str = "json_schema"
+
+
+@dataclass
+class JudgeResult:
+    scores: list[Score]
+    call: dict[str, Any]
+    deferred: bool = False
+    defer_s: float = 0.0
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                return None
+    return None
+
+
+def _unsupported_json_schema(exc: openai.BadRequestError) -> bool:
+    text = str(exc).lower()
+    return "response_format" in text or "json_schema" in text
+
+
+def _parse(spec: JudgeSpec, content: str | None) -> tuple[BaseModel | None, str | None]:
+    try:
+        return spec.output_model.model_validate_json(content or ""), None
+    except ValidationError as exc:
+        return None, describe_validation_error(exc)
+
+
+@dataclass
+class JudgeRuntime:
+    """Clients, limiter and breaker for one event loop (AsyncOpenAI must not outlive its loop)."""
+
+    settings: Settings
+    limiter: RateLimiter
+    breaker: CircuitBreaker
+    _clients: dict[tuple[str | None, str], AsyncOpenAI] = field(default_factory=dict)
+    _no_json_schema: set[str] = field(default_factory=set)
+
+    def client_for(self, spec: JudgeSpec) -> AsyncOpenAI:
+        base_url = spec.base_url or self.settings.judge_base_url
+        if spec.api_key_env:
+            api_key = os.environ.get(spec.api_key_env, "")
+        elif self.settings.judge_api_key is not None:
+            api_key = self.settings.judge_api_key.get_secret_value()
+        else:
+            api_key = os.environ.get("OPENAI_API_KEY", "")
+        key = (base_url, api_key)
+        if key not in self._clients:
+            # Retries are ours (fleet-wide limiter, breaker, Retry-After), not the SDK's.
+            self._clients[key] = AsyncOpenAI(
+                base_url=base_url,
+                api_key=api_key or "unset",
+                max_retries=0,
+                timeout=self.settings.judge_timeout_s,
+            )
+        return self._clients[key]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(
+            self.settings.judge_backoff_max_s, self.settings.judge_backoff_base_s * 2**attempt
+        )
+        return random.uniform(0, cap)  # full jitter: workers do not retry in lockstep
+
+    async def call(self, spec: JudgeSpec, messages: list[dict[str, str]]) -> CallOutcome:
+        """One judged output: the request, its retries, and at most one repair round."""
+        outcome = CallOutcome()
+        endpoint = endpoint_key(spec.base_url or self.settings.judge_base_url, spec.model)
+        if endpoint in self._no_json_schema:
+            outcome.mode = "json_object"
+        conversation = list(messages)
+        for repair in (False, True):
+            content = await self._request(spec, conversation, outcome, endpoint)
+            if outcome.error or outcome.deferred:
+                return outcome
+            parsed, problem = _parse(spec, content)
+            if parsed is not None:
+                outcome.output = parsed
+                return outcome
+            if repair:
+                outcome.error = f"judge output failed its schema after one repair: {problem}"
+                return outcome
+            conversation += [
+                {"role": "assistant", "content": content or ""},
+                {"role": "user", "content": _REPAIR.format(error=problem)},
+            ]
+        return outcome
+
+    def _request_args(
+        self, spec: JudgeSpec, messages: list[dict[str, str]], mode: str
+    ) -> dict[str, Any]:
+        if mode == "json_schema":
+            response_format: dict[str, Any] = {
+                "type": "json_schema",
+                "json_schema": {"name": spec.name, "schema": spec.json_schema(), "strict": True},
+            }
+        else:
+            # No server-side schema: state it in the (static) system prompt and validate after.
+            schema = json.dumps(spec.json_schema(), separators=(",", ":"))
+            system = f"{messages[0]['content']}\nThe JSON schema of your reply:\n{schema}"
+            messages = [{"role": "system", "content": system}, *messages[1:]]
+            response_format = {"type": "json_object"}
+        return {
+            "model": spec.model,
+            "messages": messages,
+            "temperature": spec.temperature,
+            "max_tokens": spec.max_tokens,
+            "response_format": response_format,
+        }
+
+    async def _request(
+        self, spec: JudgeSpec, messages: list[dict[str, str]], outcome: CallOutcome, endpoint: str
+    ) -> str | None:
+        estimate = sum(len(m["content"]) for m in messages) // 4 + spec.max_tokens
+        client = self.client_for(spec)
+        attempts_here = 0
+        while attempts_here < self.settings.judge_max_attempts:
+            if (open_s := await self.breaker.open_for(endpoint)) > 0:
+                outcome.deferred, outcome.defer_s = True, open_s
+                outcome.error = None
+                return None
+            await self.limiter.acquire(spec.model, estimate)
+            attempts_here += 1
+            outcome.attempts += 1
+            started = time.perf_counter()
+            try:
+                response = await client.chat.completions.create(
+                    **self._request_args(spec, messages, outcome.mode)
+                )
+            except openai.BadRequestError as exc:
+                if outcome.mode == "json_schema" and _unsupported_json_schema(exc):
+                    self._no_json_schema.add(endpoint)
+                    outcome.mode = "json_object"
+                    attempts_here -= 1  # a mode switch is not a failure
+                    continue
+                outcome.error = f"judge request rejected: {exc.status_code} {exc.message}"[:500]
+                return None
+            except openai.RateLimitError as exc:
+                await asyncio.sleep(_retry_after(exc) or self._backoff(attempts_here))
+                continue
+            except (
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                openai.InternalServerError,
+            ) as exc:
+                await self.breaker.failure(endpoint)
+                outcome.error = f"{type(exc).__name__}: {exc}"[:300]
+                await asyncio.sleep(self._backoff(attempts_here))
+                continue
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500:
+                    await self.breaker.failure(endpoint)
+                    await asyncio.sleep(_retry_after(exc) or self._backoff(attempts_here))
+                    continue
+                outcome.error = f"judge request failed: {exc.status_code} {exc.message}"[:500]
+                return None
+            outcome.latency_ms += (time.perf_counter() - started) * 1000
+            outcome.error = None
+            await self.breaker.success(endpoint)
+            if response.usage is not None:
+                outcome.input_tokens += response.usage.prompt_tokens
+                outcome.output_tokens += response.usage.completion_tokens
+            return response.choices[0].message.content if response.choices else None
+        # Transient failures on every attempt: the endpoint may recover; try again later.
+        outcome.deferred = True
+        outcome.defer_s = self.settings.judge_backoff_max_s
+        return None
+
+    async def judge(self, spec: JudgeSpec, trace: Trace) -> JudgeResult:
+        messages = render_messages(spec, trace, redact=self.settings.judge_redact_pii)
+        outcome = await self.call(spec, messages)
+        return JudgeResult(
+            scores=[] if outcome.deferred else judge_scores(spec, trace, outcome, self.settings),
+            call=call_row(spec, trace, outcome, self.settings),
+            deferred=outcome.deferred,
+            defer_s=outcome.defer_s,
+        )
+
+
+def call_cost(
+    settings: Settings, model: str, input_tokens: int, output_tokens: int
+) -> float | None:
+    price = settings.price_for(model)
+    if price is None:
+        return None
+    return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
+
+def call_row(
+    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, settings: Settings
+) -> dict[str, Any]:
+    return {
+        "trace_id": trace.trace_id,
+        "judge": spec.name,
+        "judge_version": spec.version,
+        "model": spec.model,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "cost_usd": call_cost(settings, spec.model, outcome.input_tokens, outcome.output_tokens),
+        "latency_ms": outcome.latency_ms,
+        "attempts": outcome.attempts,
+        "mode": outcome.mode,
+        "status": "deferred" if outcome.deferred else ("error" if outcome.error else "ok"),
+        "error": outcome.error,
+    }
+
+
+def judge_scores(
+    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, settings: Settings
+) -> list[Score]:
+    """One Score per output field (an error Score for the judge when there is no output)."""
+    details = {
+        "judge": spec.name,
+        "judge_version": spec.version,
+        "model": spec.model,
+        "call_input_tokens": outcome.input_tokens,
+        "call_output_tokens": outcome.output_tokens,
+        "call_cost_usd": call_cost(
+            settings, spec.model, outcome.input_tokens, outcome.output_tokens
+        ),
+        "latency_ms": round(outcome.latency_ms, 1),
+        "attempts": outcome.attempts,
+        "mode": outcome.mode,
+    }
+    if outcome.output is None:
+        return [
+            Score.for_trace(
+                trace.trace_id,
+                spec.name,
+                spec.version,
+                spec.name,
+                status=ScoreStatus.ERROR,
+                reason=outcome.error or "no output",
+                metadata=details,
+            )
+        ]
+    values = outcome.output.model_dump()
+    reasoning = str(values.get("reasoning", ""))[:2000]
+    scores = []
+    for name, spec_field in spec.score_fields.items():
+        value = values[name]
+        threshold = spec.review_thresholds.get(name)
+        numeric = None if spec_field.type == "enum" else float(value)
+        scores.append(
+            Score.for_trace(
+                trace.trace_id,
+                spec.name,
+                spec.version,
+                name,
+                data_type={"boolean": ScoreType.BOOLEAN, "enum": ScoreType.CATEGORICAL}.get(
+                    spec_field.type, ScoreType.NUMERIC
+                ),
+                value=numeric,
+                label=str(value) if spec_field.type == "enum" else None,
+                passed=None if threshold is None or numeric is None else numeric >= threshold,
+                severity=spec.severity if threshold is not None else Severity.LOW,
+                reason=reasoning,
+                metadata=details,
+            )
+        )
+    return scores
+
+
+@asynccontextmanager
+async def judge_runtime(settings: Settings) -> AsyncIterator[JudgeRuntime]:
+    """A runtime bound to the running event loop; closes its clients on exit."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    runtime = JudgeRuntime(
+        settings,
+        RateLimiter(client, settings.judge_requests_per_minute, settings.judge_tokens_per_minute),
+        CircuitBreaker(client, settings.judge_circuit_failures, settings.judge_circuit_open_s),
+    )
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
+        await client.aclose()
+
+
+async def run_judgements(
+    settings: Settings, work: list[tuple[JudgeSpec, Trace]]
+) -> list[JudgeResult]:
+    """Judge every (judge, trace) pair, at most ``judge_max_in_flight`` calls at a time."""
+    in_flight = asyncio.Semaphore(settings.judge_max_in_flight)
+    async with judge_runtime(settings) as runtime:
+
+        async def one(spec: JudgeSpec, trace: Trace) -> JudgeResult:
+            async with in_flight:
+                return await runtime.judge(spec, trace)
+
+        return list(await asyncio.gather(*(one(spec, trace) for spec, trace in work)))

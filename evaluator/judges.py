@@ -1,0 +1,311 @@
+"""Judge files (``judges/*.yaml``): load, validate, render prompts, and check the lock file.
+
+A judge file is the unit of review and versioning: prompt templates, model settings and the
+output schema. Trace text is untrusted data: templates must pass it through the ``fence``
+filter, which wraps it in markers the instructions point at and neutralises look-alike markers
+inside the text, so an answer cannot close the fence and speak as the instructions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from evaluator.models import Severity, Trace, describe_validation_error
+from evaluator.pii import redact_pii
+
+LOCK_FILE = "judges.lock"
+FENCE_OPEN = '<untrusted-data name="{label}">'
+FENCE_CLOSE = "</untrusted-data>"
+_MARKER_LOOKALIKE = re.compile(r"<(\s*/?\s*)(untrusted-data)", re.IGNORECASE)
+
+
+class JudgeFileError(ValueError):
+    """A judge file that does not parse, validate or render; the message names the file."""
+
+
+def default_judges_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "judges"
+
+
+class OutputField(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["number", "integer", "boolean", "string", "enum"]
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutputField:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum field needs 'values'")
+        if self.type not in ("number", "integer") and (
+            self.minimum is not None or self.maximum is not None
+        ):
+            raise ValueError("minimum/maximum only apply to number and integer fields")
+        return self
+
+    def json_schema(self) -> dict[str, Any]:
+        if self.type == "enum":
+            return {"type": "string", "enum": self.values, "description": self.description}
+        schema: dict[str, Any] = {"type": self.type, "description": self.description}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+    def python_field(self) -> tuple[Any, Any]:
+        types: dict[str, Any] = {"number": float, "integer": int, "boolean": bool, "string": str}
+        annotation = Literal[tuple(self.values or ())] if self.type == "enum" else types[self.type]
+        return annotation, Field(ge=self.minimum, le=self.maximum, description=self.description)
+
+
+class AppliesWhen(BaseModel):
+    """Which traces a judge is meant for; a judge that does not apply is not called."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    has_contexts: bool | None = None
+    has_reference: bool | None = None
+    has_input: bool | None = None
+    features: list[str] | None = None
+
+    def why_not(self, trace: Trace) -> str | None:
+        """None when the judge applies to ``trace``, else the reason it does not."""
+        checks = [
+            (self.has_contexts, bool(trace.contexts), "retrieved contexts"),
+            (self.has_reference, trace.reference is not None, "a reference answer"),
+            (self.has_input, bool(trace.input.strip()), "an input"),
+        ]
+        for wanted, present, what in checks:
+            if wanted is not None and wanted != present:
+                return f"needs {what}" if wanted else f"only for traces without {what}"
+        if self.features is not None and trace.feature not in self.features:
+            return f"feature {trace.feature!r} not in {self.features}"
+        return None
+
+
+class JudgeSpec(BaseModel):
+    """One judge file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$", description="semver; bump on every change")
+    description: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=16, le=16_384)
+    severity: Severity = Severity.HIGH
+    applies_when: AppliesWhen = AppliesWhen()
+    system: str
+    user: str
+    output: dict[str, OutputField]
+    review_thresholds: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _schema_rules(self) -> JudgeSpec:
+        fields = list(self.output)
+        if not fields or fields[0] != "reasoning" or self.output["reasoning"].type != "string":
+            raise ValueError("the output schema must start with a 'reasoning' string field")
+        numeric = {n for n, f in self.output.items() if f.type in ("number", "integer", "boolean")}
+        for name in self.review_thresholds:
+            if name not in numeric:
+                raise ValueError(f"review threshold {name!r} is not a number/boolean output field")
+        return self
+
+    @property
+    def score_fields(self) -> dict[str, OutputField]:
+        return {n: f for n, f in self.output.items() if n != "reasoning"}
+
+    def json_schema(self) -> dict[str, Any]:
+        """The strict JSON Schema sent as ``response_format`` (all fields required, no extras)."""
+        return {
+            "type": "object",
+            "properties": {name: f.json_schema() for name, f in self.output.items()},
+            "required": list(self.output),
+            "additionalProperties": False,
+        }
+
+    @property
+    def output_model(self) -> type[BaseModel]:
+        return _output_model(
+            self.name, json.dumps(self.model_dump(include={"output"}), sort_keys=True)
+        )
+
+
+@cache
+def _output_model(name: str, output_json: str) -> type[BaseModel]:
+    fields = {
+        n: OutputField(**f).python_field() for n, f in json.loads(output_json)["output"].items()
+    }
+    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        f"{name.title().replace('_', '')}Output", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_judge(path: Path) -> JudgeSpec:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = JudgeSpec.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise JudgeFileError(f"{path.name}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise JudgeFileError(f"{path.name}: {describe_validation_error(exc)}") from exc
+    if spec.name != path.stem:
+        raise JudgeFileError(f"{path.name}: name {spec.name!r} must match the file name")
+    return spec
+
+
+def load_judges(directory: Path) -> dict[str, JudgeSpec]:
+    """Every ``*.yaml`` judge in ``directory`` by name."""
+    return {spec.name: spec for spec in (load_judge(p) for p in sorted(directory.glob("*.yaml")))}
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+class Untrusted(str):
+    """Trace text inside a template: it may only be printed through ``fence``."""
+
+
+def neutralise(text: str) -> str:
+    """Break anything in trace text that looks like a fence marker (``<untrusted-data``)."""
+    return _MARKER_LOOKALIKE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), text)
+
+
+def fence(text: Any, label: str) -> str:
+    return f"{FENCE_OPEN.format(label=label)}\n{neutralise(str(text))}\n{FENCE_CLOSE}"
+
+
+def fence_each(items: Any, label: str) -> str:
+    return "\n".join(fence(item, f"{label} {i}") for i, item in enumerate(items, start=1))
+
+
+def _refuse_unfenced(value: Any) -> Any:
+    if isinstance(value, Untrusted):
+        raise TemplateError(
+            "trace text must be printed through the fence filter: {{ output | fence('answer') }}"
+        )
+    return value
+
+
+_ENV = SandboxedEnvironment(
+    undefined=StrictUndefined, finalize=_refuse_unfenced, keep_trailing_newline=True
+)
+_ENV.filters["fence"] = fence
+_ENV.filters["fence_each"] = fence_each
+
+
+def _template_variables(trace: Trace, redact: bool) -> dict[str, Any]:
+    def clean(text: str) -> Untrusted:
+        return Untrusted(redact_pii(text) if redact else text)
+
+    return {
+        "input": clean(trace.input),
+        "output": clean(trace.output),
+        "contexts": [clean(c) for c in trace.contexts],
+        "reference": clean(trace.reference) if trace.reference is not None else None,
+        "metadata": {k: clean(json.dumps(v)) for k, v in trace.metadata.items()},
+    }
+
+
+def render_messages(spec: JudgeSpec, trace: Trace, redact: bool = False) -> list[dict[str, str]]:
+    """Chat messages for ``trace``: the static system prompt first (prefix caching), then data."""
+    try:
+        system = _ENV.from_string(spec.system).render()
+        user = _ENV.from_string(spec.user).render(**_template_variables(trace, redact))
+    except TemplateError as exc:
+        raise JudgeFileError(f"{spec.name}.yaml: template error: {exc}") from exc
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+# -- validation and the lock file -------------------------------------------------------------
+
+_CANARY = "CANARY-7f3a"
+_SAMPLE = Trace(
+    trace_id="validate",
+    input=f"question {_CANARY}",
+    output=f"answer {_CANARY}",
+    contexts=[f"context one {_CANARY}", f"context two {_CANARY}"],
+    reference=f"reference {_CANARY}",
+)
+_FENCED_BLOCK = re.compile(r'<untrusted-data name="[^"]*">\n.*?\n</untrusted-data>', re.DOTALL)
+
+
+def validate_judge(spec: JudgeSpec) -> list[str]:
+    """Problems that parsing alone does not catch: templates, fencing, the output schema."""
+    problems = []
+    try:
+        messages = render_messages(spec, _SAMPLE)
+    except JudgeFileError as exc:
+        return [str(exc)]
+    if _CANARY in _FENCED_BLOCK.sub("", messages[1]["content"]):
+        problems.append(f"{spec.name}: trace text reaches the prompt outside a fence")
+    if _CANARY not in messages[1]["content"]:
+        problems.append(f"{spec.name}: the user template shows no trace text")
+    try:
+        spec.output_model.model_json_schema()
+    except Exception as exc:
+        problems.append(f"{spec.name}: output schema: {exc}")
+    return problems
+
+
+def read_lock(directory: Path) -> dict[str, dict[str, str]]:
+    path = directory / LOCK_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_lock(directory: Path) -> dict[str, dict[str, str]]:
+    """Record every judge's version and content hash (run after bumping versions)."""
+    lock = {
+        path.stem: {"version": load_judge(path).version, "sha256": file_hash(path)}
+        for path in sorted(directory.glob("*.yaml"))
+    }
+    (directory / LOCK_FILE).write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    return lock
+
+
+def check_lock(directory: Path) -> list[str]:
+    """Judges whose content changed without a version bump, or that the lock does not match."""
+    lock = read_lock(directory)
+    problems = []
+    for path in sorted(directory.glob("*.yaml")):
+        spec = load_judge(path)
+        entry = lock.get(spec.name)
+        if entry is None:
+            problems.append(f"{spec.name}: not in {LOCK_FILE}; run `evalfleet judges lock`")
+        elif entry["sha256"] != file_hash(path):
+            if entry["version"] == spec.version:
+                problems.append(
+                    f"{spec.name}: content changed but version is still {spec.version}; bump it"
+                )
+            else:
+                problems.append(
+                    f"{spec.name}: {LOCK_FILE} is out of date; run `evalfleet judges lock`"
+                )
+    for name in sorted(set(lock) - {p.stem for p in directory.glob("*.yaml")}):
+        problems.append(f"{name}: in {LOCK_FILE} but the file is gone; run `evalfleet judges lock`")
+    return problems

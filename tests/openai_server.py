@@ -1,0 +1,201 @@
+"""A real HTTP server speaking the OpenAI chat-completions protocol, for judge tests.
+
+Answers are deterministic: every number in the requested JSON schema gets the value of a
+``[[score=X]]`` directive found in the user prompt (default 0.9), booleans are ``X >= 0.5``,
+enums take their first value (or the one named by ``[[label=Y]]``). Behaviour can be injected:
+``latency_s``, ``reject_json_schema`` (a 400 like servers without structured output), and a
+``script`` of per-request actions consumed in order: ``429`` (with Retry-After), ``500``,
+``timeout`` (no answer before the client gives up), ``malformed`` (not JSON), ``violating``
+(JSON that breaks the schema) and ``ok``. Every request is recorded with its arrival time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_SCORE = re.compile(r"\[\[score=([0-9.]+)\]\]")
+_LABEL = re.compile(r"\[\[label=([a-z_]+)\]\]")
+_SCHEMA_IN_PROMPT = re.compile(r"The JSON schema of your reply:\n(\{.*\})", re.DOTALL)
+
+
+@dataclass
+class Recorded:
+    at: float
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeOpenAI:
+    latency_s: float = 0.0
+    timeout_sleep_s: float = 3.0
+    retry_after_s: float = 0.2
+    reject_json_schema: bool = False
+    script: deque[str] = field(default_factory=deque)
+    requests: list[Recorded] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_action(self) -> str:
+        with self.lock:
+            return self.script.popleft() if self.script else "ok"
+
+    def record(self, body: dict[str, Any]) -> None:
+        with self.lock:
+            self.requests.append(Recorded(time.time(), body))
+
+
+def _value(schema: dict[str, Any], score: float, label: str | None) -> Any:
+    if "enum" in schema:
+        return label if label in schema["enum"] else schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "number":
+        return score
+    if kind == "integer":
+        return 0 if score >= 0.5 else 2
+    if kind == "boolean":
+        return score >= 0.5
+    return f"fake judge reasoning (score {score})"
+
+
+def answer_for(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object a perfectly obedient judge would return for this request."""
+    messages = body["messages"]
+    text = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = fmt["json_schema"]["schema"]
+    else:
+        match = _SCHEMA_IN_PROMPT.search(messages[0]["content"])
+        schema = json.loads(match.group(1)) if match else {"properties": {}}
+    score_match, label_match = _SCORE.search(text), _LABEL.search(text)
+    score = float(score_match.group(1)) if score_match else 0.9
+    label = label_match.group(1) if label_match else None
+    return {name: _value(prop, score, label) for name, prop in schema["properties"].items()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        fake.record(body)
+        if fake.latency_s:
+            time.sleep(fake.latency_s)
+        if self.path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [
+                {"object": "embedding", "index": i, "embedding": _embed(str(t))}
+                for i, t in enumerate(inputs)
+            ]
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                },
+            )
+            return
+        action = fake.next_action()
+        if action == "429":
+            error = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
+            self._send(429, error, {"Retry-After": str(fake.retry_after_s)})
+            return
+        if action == "500":
+            self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+            return
+        if action == "timeout":
+            time.sleep(fake.timeout_sleep_s)
+        if (
+            fake.reject_json_schema
+            and (body.get("response_format") or {}).get("type") == "json_schema"
+        ):
+            message = "Invalid parameter: response_format of type 'json_schema' is not supported"
+            self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
+            return
+        answer = answer_for(body)
+        if action == "malformed":
+            content = '{"reasoning": "cut off'
+        elif action == "violating":
+            content = json.dumps(
+                {k: (7.5 if isinstance(v, float) else v) for k, v in answer.items()}
+            )
+        else:
+            content = json.dumps(answer)
+        prompt_chars = sum(len(m["content"]) for m in body["messages"])
+        usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{len(fake.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": usage,
+            },
+        )
+
+
+def _embed(text: str) -> list[float]:
+    """A deterministic 16-dim bag-of-letters embedding (enough for similarity-based metrics)."""
+    vector = [0.0] * 16
+    for char in text.lower():
+        vector[ord(char) % 16] += 1.0
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeOpenAI
+
+
+class OpenAIServer:
+    """Runs FakeOpenAI on a free loopback port in a background thread."""
+
+    def __init__(self) -> None:
+        self.fake = FakeOpenAI()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self.fake
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> OpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
