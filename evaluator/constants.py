@@ -17,3 +17,4 @@ HEURISTICS_QUEUE: Final = "heuristics"
 JUDGES_QUEUE: Final = "judges"
 
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
+JUDGES_TASK: Final = "evalfleet.judge_batch"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from evaluator.models import Severity, Trace, describe_validation_error
 from evaluator.pii import redact_pii
+from evaluator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "judges.lock"
 FENCE_OPEN = '<untrusted-data name="{label}">'
@@ -34,7 +38,9 @@ class JudgeFileError(ValueError):
 
 
 def default_judges_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "judges"
+    """The repository's judges/ in a source checkout, else the copy packaged into the wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "judges"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_data" / "judges"
 
 
 class OutputField(BaseModel):
@@ -182,6 +188,32 @@ def load_judge(path: Path) -> JudgeSpec:
 def load_judges(directory: Path) -> dict[str, JudgeSpec]:
     """Every ``*.yaml`` judge in ``directory`` by name."""
     return {spec.name: spec for spec in (load_judge(p) for p in sorted(directory.glob("*.yaml")))}
+
+
+def judges_dir(settings: Settings) -> Path:
+    return settings.judges_dir or default_judges_dir()
+
+
+def enabled_judges(settings: Settings) -> dict[str, JudgeSpec]:
+    """The judges named in ``EVALFLEET_ENABLED_JUDGES``; an unknown name is an error.
+
+    None when no judge endpoint is configured: sampled traces are then recorded as sampled,
+    with that reason, instead of piling up calls that cannot succeed.
+    """
+    available = load_judges(judges_dir(settings))
+    unknown = [name for name in settings.enabled_judges if name not in available]
+    if unknown:
+        raise JudgeFileError(
+            f"unknown judge(s) in EVALFLEET_ENABLED_JUDGES: {', '.join(unknown)} "
+            f"(available: {', '.join(sorted(available))})"
+        )
+    if not settings.judge_endpoint_configured:
+        log.warning(
+            "no judge endpoint configured (EVALFLEET_JUDGE_BASE_URL, EVALFLEET_JUDGE_API_KEY or "
+            "OPENAI_API_KEY): judges are off, sampling decisions are still recorded"
+        )
+        return {}
+    return {name: available[name] for name in settings.enabled_judges}
 
 
 # -- rendering --------------------------------------------------------------------------------

@@ -156,6 +156,7 @@ class SampleDecision(BaseModel):
     judge: bool
     reasons: list[str] = Field(default_factory=list)
     rate: float = Field(ge=0, le=1)
+    judges: list[str] = Field(default_factory=list, description="Judges that apply to the trace.")
 
 
 class ReviewStatus(StrEnum):

@@ -1,6 +1,7 @@
 """Review routing: which scores send a trace to humans, and the idempotent hand-off to the stream.
 
-Rules: any failed high-severity check, or any numeric score under its configured threshold.
+Rules: any failed high-severity (or critical) check or judge score, or any numeric score under
+a threshold configured in settings.
 A trace is routed at most once per (evaluator, evaluator version), however often its batch is
 redelivered: the ReviewItem id is deterministic, the SQL insert keeps an existing row, and the
 XADD to ``evalfleet:review`` is guarded by a SET NX marker in the same Lua script.
@@ -16,6 +17,7 @@ import redis
 from evaluator.constants import REVIEW_ROUTED_PREFIX, REVIEW_STREAM
 from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
 
+CRITICAL_PRIORITY = 20  # e.g. a safety judge's "unsafe": reviewed before anything else
 HIGH_SEVERITY_PRIORITY = 10
 THRESHOLD_PRIORITY = 5
 
@@ -37,6 +39,8 @@ class ReviewRouter:
         """The review priority this score asks for, or None when it does not need review."""
         if score.status is not ScoreStatus.OK:
             return None
+        if score.passed is False and score.severity is Severity.CRITICAL:
+            return CRITICAL_PRIORITY
         if score.passed is False and score.severity is Severity.HIGH:
             return HIGH_SEVERITY_PRIORITY
         threshold = self.thresholds.get(score.name)

@@ -27,6 +27,7 @@ from evaluator.constants import (
     TRACE_FIELD,
     TRACES_STREAM,
 )
+from evaluator.judges import JudgeSpec, enabled_judges
 from evaluator.models import Trace, describe_validation_error
 from evaluator.sampling import SamplingPolicy
 from evaluator.settings import Settings
@@ -35,8 +36,9 @@ from evaluator.streams import dead_letter, ensure_group, queue_depth, text
 log = logging.getLogger(__name__)
 
 StreamEntry = tuple[bytes | str, dict[bytes, bytes] | None]
-# Hands a batch of task entries to the workers; raises DispatchError if the broker did not take it.
-Dispatch = Callable[[list[dict[str, Any]]], None]
+# Hands a batch of task entries to the workers of a queue; raises DispatchError if the broker
+# did not take it.
+Dispatch = Callable[[str, list[dict[str, Any]]], None]
 
 
 class DispatchError(Exception):
@@ -80,12 +82,15 @@ class Sampler:
         settings: Settings,
         dispatch: Dispatch,
         consumer: str | None = None,
+        judges: dict[str, JudgeSpec] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.dispatch = dispatch
         self.consumer = consumer or settings.sampler_consumer
-        self.policy = SamplingPolicy.from_settings(settings)
+        self.policy = SamplingPolicy.from_settings(
+            settings, enabled_judges(settings) if judges is None else judges
+        )
         self.counts = SamplerCounts()
         # Start by re-reading our own pending entries (a restart after a crash under this name).
         self._recover_own_pending = True
@@ -159,6 +164,7 @@ class Sampler:
         """Validate and decide each entry, dispatch the valid ones, then dead-letter + XACK."""
         dead: list[tuple[str, str, bytes]] = []
         tasks: list[dict[str, Any]] = []
+        judge_tasks: list[dict[str, Any]] = []
         for raw_id, fields in entries:
             entry_id = text(raw_id)
             if not fields:
@@ -172,16 +178,24 @@ class Sampler:
                 continue
             decision = self.policy.decide(outcome)
             self.counts.judge_sampled += decision.judge
-            tasks.append(
-                {
-                    "id": entry_id,
-                    "trace": text(fields[TRACE_FIELD.encode()]),
-                    "decision": decision.model_dump(),
-                }
-            )
-        for chunk in _chunks(tasks, self.settings.heuristics_batch_size):
-            self.dispatch(chunk)
-            self.counts.batches_dispatched += 1
+            payload = text(fields[TRACE_FIELD.encode()])
+            tasks.append({"id": entry_id, "trace": payload, "decision": decision.model_dump()})
+            if decision.judges:
+                judge_tasks.append(
+                    {
+                        "id": entry_id,
+                        "trace": payload,
+                        "judges": decision.judges,
+                        "since": time.time(),
+                    }
+                )
+        for queue, items, size in (
+            (HEURISTICS_QUEUE, tasks, self.settings.heuristics_batch_size),
+            (JUDGES_QUEUE, judge_tasks, self.settings.judge_batch_size),
+        ):
+            for chunk in _chunks(items, size):
+                self.dispatch(queue, chunk)
+                self.counts.batches_dispatched += 1
         self._dead_letter_and_ack(dead, [text(entry_id) for entry_id, _ in entries])
         self.counts.consumed += len(entries)
         self.counts.dead_lettered += len(dead)

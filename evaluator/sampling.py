@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from evaluator.judges import JudgeSpec
 from evaluator.models import SampleDecision, Trace
 from evaluator.settings import Settings
 
@@ -26,15 +27,19 @@ class SamplingPolicy:
     latency_bound_ms: float = 20_000
     short_output_chars: int = 20
     salt: str = ""
+    judges: dict[str, JudgeSpec] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SamplingPolicy:
+    def from_settings(
+        cls, settings: Settings, judges: dict[str, JudgeSpec] | None = None
+    ) -> SamplingPolicy:
         return cls(
             base_rate=settings.judge_sample_rate,
             overrides=dict(settings.sample_rate_overrides),
             latency_bound_ms=settings.always_evaluate_latency_ms,
             short_output_chars=settings.always_evaluate_short_output_chars,
             salt=settings.sampling_salt,
+            judges=judges or {},
         )
 
     def rate_for(self, trace: Trace) -> float:
@@ -62,8 +67,15 @@ class SamplingPolicy:
     def decide(self, trace: Trace) -> SampleDecision:
         rate = self.rate_for(trace)
         reasons = self.always_reasons(trace)
-        if reasons:
-            return SampleDecision(judge=True, reasons=reasons, rate=rate)
-        if sample_point(trace.trace_id, self.salt) < rate:
-            return SampleDecision(judge=True, reasons=[f"sampled at rate {rate:g}"], rate=rate)
-        return SampleDecision(judge=False, reasons=[], rate=rate)
+        if not reasons and sample_point(trace.trace_id, self.salt) < rate:
+            reasons = [f"sampled at rate {rate:g}"]
+        if not reasons:
+            return SampleDecision(judge=False, reasons=[], rate=rate)
+        judges = []
+        for name, spec in self.judges.items():
+            why_not = spec.applies_when.why_not(trace)
+            if why_not:
+                reasons.append(f"{name} skipped: {why_not}")
+            else:
+                judges.append(name)
+        return SampleDecision(judge=True, reasons=reasons, rate=rate, judges=judges)

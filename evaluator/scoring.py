@@ -5,8 +5,12 @@ Idempotent end to end, so a redelivered batch (acks_late, a killed worker) has n
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +19,17 @@ from pydantic import ValidationError
 
 from evaluator.constants import DEAD_STREAM
 from evaluator.evaluators import Evaluator, evaluate_all
-from evaluator.models import SampleDecision, Trace, describe_validation_error
+from evaluator.evaluators.judge import run_judgements
+from evaluator.judges import JudgeSpec
+from evaluator.models import (
+    SampleDecision,
+    Score,
+    ScoreStatus,
+    Trace,
+    describe_validation_error,
+)
 from evaluator.review import ReviewRouter
+from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.streams import dead_letter, stream_id_ms
 
@@ -31,6 +44,10 @@ class BatchResult:
     dead_lettered: int
 
 
+# Puts deferred judge entries back on the judges queue after a delay (seconds).
+Requeue = Callable[[list[dict[str, Any]], float], None]
+
+
 @dataclass
 class ScoringContext:
     """Everything a worker process needs to score batches; built once per process."""
@@ -39,6 +56,9 @@ class ScoringContext:
     store: SQLStore
     router: ReviewRouter
     client: redis.Redis
+    settings: Settings = field(default_factory=Settings)
+    judges: dict[str, JudgeSpec] = field(default_factory=dict)
+    requeue: Requeue | None = None
 
 
 def trace_row(
@@ -55,8 +75,13 @@ def trace_row(
         "scored_at": scored_at,
         "judge_sampled": decision.judge,
         "judge_reasons": decision.reasons,
+        "judges": decision.judges,
         "sample_rate": decision.rate,
     }
+
+
+def _row(score: Score, trace: Trace) -> dict[str, Any]:
+    return score_row(score, trace.tenant, trace.feature, trace.prompt_version)
 
 
 def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResult:
@@ -91,3 +116,67 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     ctx.store.write_batch(list(trace_rows.values()), list(score_rows.values()), unique_reviews)
     routed = ctx.router.publish(ctx.client, unique_reviews)
     return BatchResult(len(trace_rows), len(score_rows), routed, dead)
+
+
+@dataclass
+class JudgeBatchResult:
+    scores: int
+    calls: int
+    routed: int
+    deferred: int
+
+
+def _unknown_judge_score(trace: Trace, name: str, known: list[str]) -> Score:
+    reason = f"unknown judge {name!r} (known: {', '.join(known) or 'none'})"
+    return Score.for_trace(
+        trace.trace_id, name, "unknown", name, status=ScoreStatus.ERROR, reason=reason
+    )
+
+
+def _gave_up_score(spec: JudgeSpec, trace: Trace, waited_s: float) -> Score:
+    reason = f"judge endpoint unavailable; gave up after {waited_s:.0f}s of retries"
+    return Score.for_trace(
+        trace.trace_id, spec.name, spec.version, spec.name, status=ScoreStatus.ERROR, reason=reason
+    )
+
+
+def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatchResult:
+    """Run each entry's judges concurrently; write scores and calls; requeue what must wait."""
+    traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
+    scores: list[Score] = []
+    work: list[tuple[JudgeSpec, Trace, dict[str, Any]]] = []
+    for entry in entries:
+        trace = traces[entry["id"]]
+        for name in entry["judges"]:
+            if name in ctx.judges:
+                work.append((ctx.judges[name], trace, entry))
+            else:
+                scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
+    results = asyncio.run(run_judgements(ctx.settings, [(spec, trace) for spec, trace, _ in work]))
+    calls: list[dict[str, Any]] = []
+    later: dict[str, dict[str, Any]] = {}
+    delay = 0.0
+    for (spec, trace, entry), result in zip(work, results, strict=True):
+        waited = time.time() - entry["since"]
+        if result.deferred and waited < ctx.settings.judge_give_up_after_s:
+            later.setdefault(entry["id"], {**entry, "judges": []})["judges"].append(spec.name)
+            delay = max(delay, result.defer_s)
+            continue
+        scores += result.scores if not result.deferred else [_gave_up_score(spec, trace, waited)]
+        if not result.deferred:
+            calls.append(result.call)
+    by_trace: dict[str, list[Score]] = defaultdict(list)
+    for score in scores:
+        by_trace[score.trace_id].append(score)
+    trace_of = {t.trace_id: t for t in traces.values()}
+    reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
+    rows = {s.id: _row(s, trace_of[s.trace_id]) for s in scores}
+    ctx.store.write_batch([], list(rows.values()), reviews, calls)
+    routed = ctx.router.publish(ctx.client, reviews)
+    if later:
+        if ctx.requeue is None:
+            raise RuntimeError("deferred judge work but no requeue configured")
+        ctx.requeue(list(later.values()), delay)
+    return JudgeBatchResult(
+        len(rows), len(calls), routed, sum(len(e["judges"]) for e in later.values())
+    )

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"override key {key!r} must start with 'tenant:' or 'feature:'")
         return rates
 
+    @property
+    def judge_endpoint_configured(self) -> bool:
+        """A judge endpoint was named: a base URL or an API key (then OpenAI itself)."""
+        return bool(self.judge_base_url or self.judge_api_key or os.environ.get("OPENAI_API_KEY"))
+
     def price_for(self, model: str) -> tuple[float, float] | None:
         """(input, output) USD per 1M tokens: exact name, else the longest matching prefix."""
         if model in self.model_prices:

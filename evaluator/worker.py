@@ -14,11 +14,17 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
-from evaluator.constants import HEURISTICS_QUEUE, HEURISTICS_TASK, JUDGES_QUEUE
+from evaluator.constants import (
+    HEURISTICS_QUEUE,
+    HEURISTICS_TASK,
+    JUDGES_QUEUE,
+    JUDGES_TASK,
+)
 from evaluator.evaluators import heuristic_evaluators
+from evaluator.judges import judges_dir, load_judges
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError
-from evaluator.scoring import ScoringContext, score_batch
+from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.streams import connect
@@ -48,7 +54,10 @@ def create_app(settings: Settings) -> Celery:
             Queue(q, Exchange(q), routing_key=q) for q in (HEURISTICS_QUEUE, JUDGES_QUEUE)
         ],
         task_default_queue=HEURISTICS_QUEUE,
-        task_routes={HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE}},
+        task_routes={
+            HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE},
+            JUDGES_TASK: {"queue": JUDGES_QUEUE},
+        },
         broker_transport_options=_transport_options(settings.broker_visibility_timeout_s),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -68,7 +77,14 @@ def scoring_context() -> ScoringContext:
         store=SQLStore(settings.sqlalchemy_url),
         router=ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s),
         client=connect(settings.redis_url),
+        settings=settings,
+        judges=load_judges(judges_dir(settings)),
+        requeue=_requeue_judges,
     )
+
+
+def _requeue_judges(entries: list[dict[str, Any]], delay_s: float) -> None:
+    app.send_task(JUDGES_TASK, args=[entries], queue=JUDGES_QUEUE, countdown=delay_s)
 
 
 @app.task(
@@ -84,12 +100,26 @@ def heuristics_batch(entries: list[dict[str, Any]]) -> dict[str, int]:
     return vars(result)
 
 
-def celery_dispatch(celery_app: Celery = app) -> Dispatch:
-    """The sampler's hand-off: one heuristics task per batch, raising if the broker refused it."""
+@app.task(
+    name=JUDGES_TASK,
+    autoretry_for=(DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=None,
+)
+def judge_batch_task(entries: list[dict[str, Any]]) -> dict[str, int]:
+    return vars(judge_batch(entries, scoring_context()))
 
-    def dispatch(entries: list[dict[str, Any]]) -> None:
+
+_TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}
+
+
+def celery_dispatch(celery_app: Celery = app) -> Dispatch:
+    """The sampler's hand-off: one task per batch, raising if the broker refused it."""
+
+    def dispatch(queue: str, entries: list[dict[str, Any]]) -> None:
         try:
-            celery_app.send_task(HEURISTICS_TASK, args=[entries], queue=HEURISTICS_QUEUE)
+            celery_app.send_task(_TASK_FOR_QUEUE[queue], args=[entries], queue=queue)
         except (KombuError, redis.RedisError, OSError) as exc:
             raise DispatchError(f"broker refused the batch: {exc}") from exc
 

@@ -238,7 +238,7 @@ def test_rate_limiter_spaces_calls(settings: Settings, server: OpenAIServer) -> 
     # 1,200/min = 20/s with a burst of 20: the other 40 calls need at least 2 s.
     assert times[-1] - times[0] >= 1.8, times[-1] - times[0]
     in_any_second = max(sum(1 for t in times if start <= t < start + 1) for start in times)
-    assert in_any_second <= 20 + 20  # the burst plus one second's allowance
+    assert in_any_second <= 20 + 20 + 1  # burst + one second's allowance (+1: window edges)
 
 
 def _spec(name: str) -> JudgeSpec:

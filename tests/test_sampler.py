@@ -13,11 +13,12 @@ from helpers import make_trace
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
+    JUDGES_QUEUE,
     SAMPLER_GROUP,
-    TRACE_FIELD,
     TRACES_STREAM,
 )
 from evaluator.ingest import publish, publish_many
+from evaluator.judges import JudgeFileError
 from evaluator.sampler import DispatchError, Sampler
 from evaluator.settings import Settings
 from evaluator.streams import group_info
@@ -27,17 +28,28 @@ class Collect:
     """A dispatcher that keeps batches in memory (the Celery one is exercised in test_fleet)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
+        self.queues: dict[str, list[list[dict[str, Any]]]] = {
+            HEURISTICS_QUEUE: [],
+            JUDGES_QUEUE: [],
+        }
         self.fail = False
 
-    def __call__(self, entries: list[dict[str, Any]]) -> None:
+    def __call__(self, queue: str, entries: list[dict[str, Any]]) -> None:
         if self.fail:
             raise DispatchError("broker down")
-        self.batches.append(entries)
+        self.queues[queue].append(entries)
+
+    @property
+    def batches(self) -> list[list[dict[str, Any]]]:
+        return self.queues[HEURISTICS_QUEUE]
 
     @property
     def entries(self) -> list[dict[str, Any]]:
         return [e for batch in self.batches for e in batch]
+
+    @property
+    def judge_entries(self) -> list[dict[str, Any]]:
+        return [e for batch in self.queues[JUDGES_QUEUE] for e in batch]
 
 
 def sampler(client: redis.Redis, dispatch: Collect, **overrides: Any) -> Sampler:
@@ -60,7 +72,7 @@ def test_batches_dispatch_and_ack(redis_client: redis.Redis) -> None:
     assert group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
     first = dispatch.entries[0]
     assert json.loads(first["trace"])["trace_id"] == "t-000000"
-    assert set(first["decision"]) == {"judge", "reasons", "rate"}
+    assert set(first["decision"]) == {"judge", "reasons", "rate", "judges"}
 
 
 def test_invalid_entries_are_dead_lettered_with_readable_reasons(redis_client: redis.Redis) -> None:
@@ -153,8 +165,23 @@ def test_decision_is_recorded_per_entry(redis_client: redis.Redis) -> None:
     dispatch = Collect()
     publish(redis_client, make_trace(1, error="boom"), Settings())
     publish(redis_client, make_trace(2), Settings())
-    drain(sampler(redis_client, dispatch, judge_sample_rate=0.0))
+    judge_endpoint = "http://127.0.0.1:9/v1"  # configured, never called: the sampler only decides
+    drain(sampler(redis_client, dispatch, judge_sample_rate=0.0, judge_base_url=judge_endpoint))
     decisions = {json.loads(e["trace"])["trace_id"]: e["decision"] for e in dispatch.entries}
-    assert decisions["t-000001"] == {"judge": True, "reasons": ["app error"], "rate": 0.0}
-    assert decisions["t-000002"] == {"judge": False, "reasons": [], "rate": 0.0}
-    assert TRACE_FIELD == "trace"
+    assert decisions["t-000001"] == {
+        "judge": True,
+        "reasons": ["app error", "correctness skipped: needs a reference answer"],
+        "rate": 0.0,
+        "judges": ["groundedness", "answer_relevance", "safety"],
+    }
+    assert decisions["t-000002"] == {"judge": False, "reasons": [], "rate": 0.0, "judges": []}
+    [judged] = dispatch.judge_entries
+    assert judged["judges"] == ["groundedness", "answer_relevance", "safety"]
+    assert json.loads(judged["trace"])["trace_id"] == "t-000001"
+
+
+def test_unknown_enabled_judge_is_a_clear_startup_error(redis_client: redis.Redis) -> None:
+    with pytest.raises(
+        JudgeFileError, match=r"unknown judge.*: nonsense \(available: answer_relevance"
+    ):
+        sampler(redis_client, Collect(), enabled_judges=["safety", "nonsense"])

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -269,6 +270,7 @@ def call_row(
         "mode": outcome.mode,
         "status": "deferred" if outcome.deferred else ("error" if outcome.error else "ok"),
         "error": outcome.error,
+        "created_at": datetime.now(UTC),
     }
 
 

@@ -75,7 +75,29 @@ class TraceRecord(SQLModel, table=True):
     scored_at: datetime = _tz_datetime(nullable=False, index=True)
     judge_sampled: bool = Field(index=True)
     judge_reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    judges: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     sample_rate: float
+
+
+class JudgeCallRecord(SQLModel, table=True):
+    """One judge call per (trace, judge, version): tokens, cost and latency for spend accounting."""
+
+    __tablename__ = "judge_calls"
+
+    id: str = Field(primary_key=True, max_length=32)
+    trace_id: str = Field(index=True, max_length=256)
+    judge: str = Field(index=True, max_length=128)
+    judge_version: str = Field(max_length=64)
+    model: str = Field(max_length=256)
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None = None
+    latency_ms: float
+    attempts: int
+    mode: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = _tz_datetime(nullable=False, index=True)
 
 
 class ReviewItemRecord(SQLModel, table=True):
@@ -239,9 +261,12 @@ class SQLStore:
         traces: Sequence[dict[str, Any]],
         scores: Sequence[dict[str, Any]],
         reviews: Sequence[ReviewItem],
+        calls: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Upsert traces and scores, insert-if-absent review items (keeping reviewer state)."""
+        """Upsert traces, scores and judge calls; insert-if-absent review items (keeping their
+        reviewer state)."""
         with Session(self.engine) as session:
+            self._upsert(session, JudgeCallRecord, calls, "id", update=True)
             self._upsert(session, TraceRecord, traces, "trace_id", update=True)
             self._upsert(session, ScoreRecord, scores, "id", update=True)
             self._upsert(
@@ -321,4 +346,11 @@ class SQLStore:
         return sorted((scored - published).total_seconds() * 1000 for published, scored in rows)
 
 
-__all__ = ["ReviewItemRecord", "SQLStore", "ScoreRecord", "TraceRecord", "make_engine"]
+__all__ = [
+    "JudgeCallRecord",
+    "ReviewItemRecord",
+    "SQLStore",
+    "ScoreRecord",
+    "TraceRecord",
+    "make_engine",
+]
