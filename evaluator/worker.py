@@ -5,6 +5,9 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -15,6 +18,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
 from evaluator.constants import (
+    DEAD_STREAM,
     HEURISTICS_QUEUE,
     HEURISTICS_TASK,
     JUDGES_QUEUE,
@@ -27,7 +31,7 @@ from evaluator.sampler import Dispatch, DispatchError
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
-from evaluator.streams import connect
+from evaluator.streams import connect, dead_letter
 
 
 def _transport_options(visibility_timeout_s: int) -> dict[str, Any]:
@@ -65,6 +69,7 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+log = logging.getLogger(__name__)
 app = create_app(get_settings())
 
 
@@ -87,28 +92,49 @@ def _requeue_judges(entries: list[dict[str, Any]], delay_s: float) -> None:
     app.send_task(JUDGES_TASK, args=[entries], queue=JUDGES_QUEUE, countdown=delay_s)
 
 
-@app.task(
-    name=HEURISTICS_TASK,
-    # Only infrastructure errors are retried; evaluator bugs already became error scores.
-    autoretry_for=(DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=None,
-)
+# Infrastructure errors are retried with backoff, forever: the work waits for the database or
+# Redis to come back. Anything else is a bug: the batch is dead-lettered with the error (to be
+# redriven after the fix) rather than acknowledged and lost, or redelivered in a crash loop.
+_INFRASTRUCTURE = (DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError)
+_TASK_OPTIONS: dict[str, Any] = {
+    "autoretry_for": _INFRASTRUCTURE,
+    "retry_backoff": True,
+    "retry_backoff_max": 300,
+    "max_retries": None,
+}
+
+
+def _run(
+    task: str,
+    work: Callable[[list[dict[str, Any]], ScoringContext], Any],
+    entries: list[dict[str, Any]],
+) -> dict[str, int]:
+    ctx = scoring_context()
+    try:
+        return dict(vars(work(entries, ctx)))
+    except _INFRASTRUCTURE:
+        raise
+    except Exception as exc:
+        log.exception("%s failed; dead-lettering its %d entries", task, len(entries))
+        reason = f"worker {task}: {type(exc).__name__}: {exc}"[:1000]
+        failed_at = datetime.now(UTC).isoformat()
+        pipe = ctx.client.pipeline(transaction=True)
+        for entry in entries:
+            pipe.xadd(
+                DEAD_STREAM, dead_letter(reason, entry["trace"], entry["id"], task, failed_at)
+            )
+        pipe.execute()
+        return {"dead_lettered": len(entries)}
+
+
+@app.task(name=HEURISTICS_TASK, **_TASK_OPTIONS)
 def heuristics_batch(entries: list[dict[str, Any]]) -> dict[str, int]:
-    result = score_batch(entries, scoring_context())
-    return vars(result)
+    return _run(HEURISTICS_TASK, score_batch, entries)
 
 
-@app.task(
-    name=JUDGES_TASK,
-    autoretry_for=(DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=None,
-)
+@app.task(name=JUDGES_TASK, **_TASK_OPTIONS)
 def judge_batch_task(entries: list[dict[str, Any]]) -> dict[str, int]:
-    return vars(judge_batch(entries, scoring_context()))
+    return _run(JUDGES_TASK, judge_batch, entries)
 
 
 _TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}

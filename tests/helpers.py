@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,11 @@ from evaluator.models import Trace
 from evaluator.settings import Settings
 
 
+def _env_value(value: object) -> str:
+    """Settings read lists and dicts from the environment as JSON."""
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
 def fleet_env(redis_url: str, database_url: str, **overrides: object) -> dict[str, str]:
     """Environment for sampler/worker subprocesses (and get_settings in this process)."""
     env = {
@@ -23,7 +29,7 @@ def fleet_env(redis_url: str, database_url: str, **overrides: object) -> dict[st
         "EVALFLEET_BROKER_URL": redis_url,
         "EVALFLEET_DATABASE_URL": database_url,
     }
-    env.update({f"EVALFLEET_{k.upper()}": str(v) for k, v in overrides.items()})
+    env.update({f"EVALFLEET_{k.upper()}": _env_value(v) for k, v in overrides.items()})
     return env
 
 
@@ -52,7 +58,10 @@ class Fleet:
         return process
 
     def sampler(self, consumer: str = "sampler-1", **overrides: object) -> subprocess.Popen[bytes]:
-        env = {**self.env, **{f"EVALFLEET_{k.upper()}": str(v) for k, v in overrides.items()}}
+        env = {
+            **self.env,
+            **{f"EVALFLEET_{k.upper()}": _env_value(v) for k, v in overrides.items()},
+        }
         return self._start(
             "sampler", ["sampler", "--consumer", consumer, "--loglevel", "INFO"], env
         )
@@ -82,12 +91,17 @@ class Fleet:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout: float, message: str, interval: float = 0.1
+    predicate: Callable[[], bool],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.1,
 ) -> None:
+    """Poll ``predicate``; on timeout fail with ``message`` (a callable is evaluated then)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {message}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for: {text}")
         time.sleep(interval)
 
 

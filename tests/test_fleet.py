@@ -52,7 +52,9 @@ def test_end_to_end_exact_counts(
     fleet.worker(concurrency=2)
     fleet.sampler()
     publish_many(redis_client, mixed_traces(n), Settings())
-    wait_for(lambda: store.count(TraceRecord) == n, 60, f"{n} traces scored\n{fleet.logs()}")
+    wait_for(
+        lambda: store.count(TraceRecord) == n, 60, lambda: f"{n} traces scored\n{fleet.logs()}"
+    )
     summary = {row["evaluator"]: row for row in store.score_summary()}
     json_traces = sum(1 for i in range(n) if i % 10 and i % 25 == 1)
     assert summary["json_validity"]["count"] == json_traces
@@ -147,7 +149,9 @@ def test_kill_9_sampler_and_worker_mid_work_every_trace_scored_exactly_once(
     # Restart under a new consumer name: the old one's entries must come back through XAUTOCLAIM.
     fleet.worker(concurrency=1)
     fleet.sampler("sampler-b")
-    wait_for(lambda: store.count(TraceRecord) == n, 90, f"all traces scored\n{fleet.logs()}")
+    wait_for(
+        lambda: store.count(TraceRecord) == n, 90, lambda: f"all traces scored\n{fleet.logs()}"
+    )
     wait_for(
         lambda: pending() == 0 and redis_client.hlen("unacked") == 0,
         30,

@@ -148,6 +148,7 @@ def test_structured_output_scores_tokens_and_exact_cost(
     expected_cost = (prompt_tokens * 0.15 + result.call["output_tokens"] * 0.60) / 1e6
     assert result.call["cost_usd"] == pytest.approx(expected_cost, rel=1e-12)
     assert grounded.metadata["call_cost_usd"] == result.call["cost_usd"]
+    assert len(result.call["id"]) == 32 and result.call["status"] == "ok"
     assert (
         grounded.metadata["judge_version"] == "1.0.0"
         and grounded.metadata["model"] == "gpt-4o-mini"

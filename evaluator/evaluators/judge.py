@@ -36,6 +36,7 @@ from evaluator.models import (
     Severity,
     Trace,
     describe_validation_error,
+    stable_id,
 )
 from evaluator.ratelimit import CircuitBreaker, RateLimiter, endpoint_key
 from evaluator.settings import Settings
@@ -258,6 +259,7 @@ def call_row(
     spec: JudgeSpec, trace: Trace, outcome: CallOutcome, settings: Settings
 ) -> dict[str, Any]:
     return {
+        "id": stable_id(trace.trace_id, spec.name, spec.version, "call"),
         "trace_id": trace.trace_id,
         "judge": spec.name,
         "judge_version": spec.version,
