@@ -16,12 +16,17 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from evaluator.judges import JudgeSpec
 from evaluator.settings import get_settings
 from evaluator.streams import connect
 
 app = typer.Typer(help="Evalfleet: evaluate LLM traces from Redis Streams.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and redrive dead-lettered traces.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+judges_app = typer.Typer(
+    help="Judge files: list, show, render, validate, lock.", no_args_is_help=True
+)
+app.add_typer(judges_app, name="judges")
 console = Console()
 
 
@@ -214,6 +219,105 @@ def dlq_redrive(
     console.print(f"redriven {len(new_ids)} dead letter(s)")
 
 
+def _judge_or_exit(name: str) -> JudgeSpec:
+    from evaluator.judges import judges_dir, load_judges
+
+    judges = load_judges(judges_dir(get_settings()))
+    if name not in judges:
+        console.print(
+            f"[red]error:[/red] unknown judge {name!r} (known: {', '.join(sorted(judges))})"
+        )
+        raise typer.Exit(1)
+    return judges[name]
+
+
+@judges_app.command("list")
+def judges_list() -> None:
+    """Every judge file: version, model, when it applies, its scores and thresholds."""
+    from evaluator.judges import judges_dir, load_judges
+
+    settings = get_settings()
+    table = Table("judge", "version", "model", "applies when", "scores (review under)", "enabled")
+    for spec in load_judges(judges_dir(settings)).values():
+        when = ", ".join(
+            f"{k}={v}" for k, v in spec.applies_when.model_dump(exclude_none=True).items()
+        )
+        fields = ", ".join(
+            f"{n} (<{spec.review_thresholds[n]:g})" if n in spec.review_thresholds else n
+            for n in spec.score_fields
+        )
+        enabled = "yes" if spec.name in settings.enabled_judges else "no"
+        table.add_row(spec.name, spec.version, spec.model, when or "always", fields, enabled)
+    console.print(table)
+
+
+@judges_app.command("show")
+def judges_show(name: str) -> None:
+    """A judge file as loaded, and the JSON Schema its output must match."""
+    spec = _judge_or_exit(name)
+    typer.echo(spec.model_dump_json(indent=2))
+    typer.echo(json.dumps(spec.json_schema(), indent=2))
+
+
+@judges_app.command("render")
+def judges_render(
+    name: str,
+    trace: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A Trace JSON file.")],
+) -> None:
+    """The exact messages and response_format that would be sent for a trace."""
+    from evaluator.judges import render_messages
+    from evaluator.models import Trace
+
+    spec = _judge_or_exit(name)
+    try:
+        parsed = Trace.model_validate_json(trace.read_text().strip().splitlines()[0])
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {trace}: {exc}")
+        raise typer.Exit(2) from exc
+    messages = render_messages(spec, parsed, redact=get_settings().judge_redact_pii)
+    for message in messages:
+        typer.echo(f"----- {message['role']} -----\n{message['content']}")
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": spec.name, "schema": spec.json_schema(), "strict": True},
+    }
+    typer.echo(f"----- response_format -----\n{json.dumps(schema, indent=2)}")
+
+
+@judges_app.command("validate")
+def judges_validate() -> None:
+    """All judge files parse, render against a sample trace with fenced text, match the lock."""
+    from evaluator.judges import JudgeFileError, check_lock, judges_dir, load_judges, validate_judge
+
+    directory = judges_dir(get_settings())
+    try:
+        judges = load_judges(directory)
+    except JudgeFileError as exc:
+        console.print(f"[red]invalid:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    problems = [p for spec in judges.values() for p in validate_judge(spec)] + check_lock(directory)
+    for problem in problems:
+        console.print(f"[red]invalid:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{len(judges)} judges valid, lock up to date ({directory})")
+
+
+@judges_app.command("lock")
+def judges_lock() -> None:
+    """Record each judge's version and content hash in judges.lock (after bumping versions)."""
+    from evaluator.judges import LOCK_FILE, check_lock, judges_dir, write_lock
+
+    directory = judges_dir(get_settings())
+    unbumped = [p for p in check_lock(directory) if "bump it" in p]
+    if unbumped:
+        for problem in unbumped:
+            console.print(f"[red]refused:[/red] {problem}")
+        raise typer.Exit(1)
+    lock = write_lock(directory)
+    console.print(f"wrote {directory / LOCK_FILE} ({len(lock)} judges)")
+
+
 @app.command()
 def demo(
     traces: Annotated[Path | None, typer.Option(help="JSONL of traces to replay.")] = None,
@@ -234,6 +338,12 @@ def demo(
     render_stats(result.stats, console)
     render_dead_letters(result.dead_letters, console)
     render_review_queue(result.review_queue, console)
+    if not result.judges_on:
+        console.print(
+            f"LLM judges: off — no endpoint configured; {result.stats.judge_sampled} traces were "
+            "sampled for them. Set EVALFLEET_JUDGE_BASE_URL (any OpenAI-compatible server) and "
+            "EVALFLEET_JUDGE_API_KEY to run them."
+        )
     console.print(
         f"[bold green]{result.published:,} traces published[/bold green] and processed in "
         f"{result.seconds:.1f}s ({result.traces_per_second:,.0f} traces/s, with fleet start-up)"

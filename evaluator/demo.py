@@ -40,6 +40,7 @@ def default_sample_file() -> Path:
 @dataclass
 class DemoResult:
     published: int
+    judges_on: bool
     seconds: float
     stats: FleetStats
     dead_letters: list[DeadLetter]
@@ -124,6 +125,7 @@ def run_demo(
         client = connect(server.url)
         result = DemoResult(
             published=len(lines),
+            judges_on=settings.judge_endpoint_configured,
             seconds=seconds,
             stats=fleet_stats(client, store),
             dead_letters=list_dead(client, limit=20),

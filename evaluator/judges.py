@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -251,6 +251,12 @@ _ENV.filters["fence"] = fence
 _ENV.filters["fence_each"] = fence_each
 
 
+@cache
+def _template(source: str) -> Template:
+    """Compiled once per template text: compiling costs more than rendering."""
+    return _ENV.from_string(source)
+
+
 def _template_variables(trace: Trace, redact: bool) -> dict[str, Any]:
     def clean(text: str) -> Untrusted:
         return Untrusted(redact_pii(text) if redact else text)
@@ -267,8 +273,8 @@ def _template_variables(trace: Trace, redact: bool) -> dict[str, Any]:
 def render_messages(spec: JudgeSpec, trace: Trace, redact: bool = False) -> list[dict[str, str]]:
     """Chat messages for ``trace``: the static system prompt first (prefix caching), then data."""
     try:
-        system = _ENV.from_string(spec.system).render()
-        user = _ENV.from_string(spec.user).render(**_template_variables(trace, redact))
+        system = _template(spec.system).render()
+        user = _template(spec.user).render(**_template_variables(trace, redact))
     except TemplateError as exc:
         raise JudgeFileError(f"{spec.name}.yaml: template error: {exc}") from exc
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

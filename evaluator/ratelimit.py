@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -90,17 +91,29 @@ def endpoint_key(base_url: str | None, model: str) -> str:
 
 
 class CircuitBreaker:
+    # The shared state is re-read at most this often per endpoint and process: one Redis round
+    # trip per call would cost more than the call's own bookkeeping at hundreds of calls/s.
+    REFRESH_S = 0.2
+
     def __init__(self, client: aioredis.Redis, failures: int, open_seconds: float) -> None:
         self.client = client
         self.failures = failures
         self.open_ms = int(open_seconds * 1000)
+        self._open_until: dict[str, float] = {}
+        self._checked_at: dict[str, float] = {}
+        self._failed_here: set[str] = set()
 
     async def open_for(self, endpoint: str) -> float:
         """Seconds the circuit for ``endpoint`` stays open (0 when calls may go through)."""
-        remaining = int(await self.client.pttl(f"{_CIRCUIT}{endpoint}:open"))
-        return max(0, remaining) / 1000
+        now = time.monotonic()
+        if now - self._checked_at.get(endpoint, -1e9) >= self.REFRESH_S:
+            remaining = int(await self.client.pttl(f"{_CIRCUIT}{endpoint}:open"))
+            self._open_until[endpoint] = now + max(0, remaining) / 1000
+            self._checked_at[endpoint] = now
+        return max(0.0, self._open_until.get(endpoint, 0.0) - now)
 
     async def failure(self, endpoint: str) -> None:
+        self._failed_here.add(endpoint)
         key = f"{_CIRCUIT}{endpoint}:failures"
         pipe = self.client.pipeline(transaction=True)
         pipe.incr(key)
@@ -109,6 +122,10 @@ class CircuitBreaker:
         if int(count) >= self.failures:
             await self.client.set(f"{_CIRCUIT}{endpoint}:open", "1", px=self.open_ms, nx=True)
             await self.client.delete(key)
+            self._checked_at.pop(endpoint, None)  # see the open circuit at once
 
     async def success(self, endpoint: str) -> None:
-        await self.client.delete(f"{_CIRCUIT}{endpoint}:failures")
+        """A success ends a run of failures (only worth a round trip if this process saw one)."""
+        if endpoint in self._failed_here:
+            self._failed_here.discard(endpoint)
+            await self.client.delete(f"{_CIRCUIT}{endpoint}:failures")

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from evaluator.constants import DEAD_STREAM
 from evaluator.evaluators import Evaluator, evaluate_all
-from evaluator.evaluators.judge import run_judgements
+from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import JudgeSpec
 from evaluator.models import (
     SampleDecision,
@@ -46,6 +46,7 @@ class BatchResult:
 
 # Puts deferred judge entries back on the judges queue after a delay (seconds).
 Requeue = Callable[[list[dict[str, Any]], float], None]
+RunJudges = Callable[[list[tuple[JudgeSpec, Trace]]], list[JudgeResult]]
 
 
 @dataclass
@@ -59,6 +60,13 @@ class ScoringContext:
     settings: Settings = field(default_factory=Settings)
     judges: dict[str, JudgeSpec] = field(default_factory=dict)
     requeue: Requeue | None = None
+    # Runs judge calls; the worker passes a JudgeLoop that keeps connections across tasks.
+    run_judges: RunJudges | None = None
+
+    def judge(self, work: list[tuple[JudgeSpec, Trace]]) -> list[JudgeResult]:
+        if self.run_judges is not None:
+            return self.run_judges(work)
+        return asyncio.run(run_judgements(self.settings, work))
 
 
 def trace_row(
@@ -152,7 +160,7 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
                 work.append((ctx.judges[name], trace, entry))
             else:
                 scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
-    results = asyncio.run(run_judgements(ctx.settings, [(spec, trace) for spec, trace, _ in work]))
+    results = ctx.judge([(spec, trace) for spec, trace, _ in work])
     calls: list[dict[str, Any]] = []
     later: dict[str, dict[str, Any]] = {}
     delay = 0.0

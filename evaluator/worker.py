@@ -25,6 +25,7 @@ from evaluator.constants import (
     JUDGES_TASK,
 )
 from evaluator.evaluators import heuristic_evaluators
+from evaluator.evaluators.judge import JudgeLoop
 from evaluator.judges import judges_dir, load_judges
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError
@@ -85,6 +86,7 @@ def scoring_context() -> ScoringContext:
         settings=settings,
         judges=load_judges(judges_dir(settings)),
         requeue=_requeue_judges,
+        run_judges=JudgeLoop(settings),
     )
 
 

@@ -40,6 +40,17 @@ class FakeOpenAI:
     script: deque[str] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def next_action(self) -> str:
         with self.lock:
@@ -80,6 +91,7 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like real providers
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -96,6 +108,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:
+        self.server.fake.enter()
+        try:
+            self._answer()
+        finally:
+            self.server.fake.leave()
+
+    def _answer(self) -> None:
         fake = self.server.fake
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         fake.record(body)
@@ -176,6 +195,7 @@ def _embed(text: str) -> list[float]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the default listen backlog of 5 refuses bursts of connections
     fake: FakeOpenAI
 
 
