@@ -286,3 +286,24 @@ def test_judges_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert invalid.exit_code == 1 and "content changed but version is still 1.0.0" in invalid.output
     refused = runner.invoke(app, ["judges", "lock"])
     assert refused.exit_code == 1 and "refused" in refused.output
+
+
+def test_token_limit_and_request_limit_are_enforced_together(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    import redis.asyncio as aioredis
+
+    from evaluator.ratelimit import RateLimiter
+
+    async def acquire_all() -> list[float]:
+        client = aioredis.Redis.from_url(redis_url)
+        limiter = RateLimiter(client, {"m": 6000}, {"m": 60_000})  # 100 req/s; 1,000 tokens/s
+        waits = [await limiter.acquire("m", 500) for _ in range(5)]
+        await client.aclose()
+        return waits
+
+    started = time.monotonic()
+    waits = asyncio.run(acquire_all())
+    # Burst 1,000 tokens: two calls at once, then one per 0.5 s: the tokens are the binding limit.
+    assert waits[:2] == [0.0, 0.0]
+    assert time.monotonic() - started >= 1.4
