@@ -41,7 +41,10 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--batch", type=int, default=128, help="traces per judge task")
     parser.add_argument("--judge", default="answer_relevance")
-    parser.add_argument("--concurrency", type=int, default=1, help="prefork children")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="pool size (children or threads)"
+    )
+    parser.add_argument("--pool", default="prefork", help="prefork, or threads (one process)")
     args = parser.parse_args()
 
     with (
@@ -71,6 +74,8 @@ def main() -> None:
                     "worker",
                     "--concurrency",
                     str(args.concurrency),
+                    "--pool",
+                    args.pool,
                     "--loglevel",
                     os.environ.get("BENCH_LOGLEVEL", "WARNING"),
                 ],
@@ -109,11 +114,12 @@ def main() -> None:
         if os.environ.get("BENCH_LOGLEVEL"):
             print((Path(tmp) / "worker.log").read_text()[-3000:])
         rate = args.n / elapsed
-        ideal = args.in_flight * args.concurrency / args.latency
+        processes = args.concurrency if args.pool == "prefork" else 1
+        ideal = args.in_flight * processes / args.latency
         print(
             f"{args.n:,} {args.judge} evaluations, latency {args.latency * 1000:.0f} ms, "
-            f"in-flight limit {args.in_flight} per child (max seen {server.fake.max_in_flight}), "
-            f"one worker process x{args.concurrency} children: {rate:,.0f} evaluations/s = "
+            f"in-flight limit {args.in_flight} per process (max seen {server.fake.max_in_flight}), "
+            f"one worker process, {args.pool} x{args.concurrency}: {rate:,.0f} evaluations/s = "
             f"{100 * rate / ideal:.0f} % of the ideal {ideal:,.0f}/s"
         )
 

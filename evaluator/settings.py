@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     judge_max_in_flight: int = Field(
         default=64, ge=1, description="Concurrent judge calls per process."
     )
-    judge_batch_size: int = Field(default=64, ge=1, description="Traces per judge task.")
+    judge_batch_size: int = Field(default=32, ge=1, description="Traces per judge task.")
     judge_redact_pii: bool = False
     judge_requests_per_minute: dict[str, int] = Field(
         default_factory=dict, description='Fleet-wide limit per model, e.g. {"gpt-4o-mini": 5000}.'

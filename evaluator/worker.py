@@ -6,6 +6,7 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
@@ -74,9 +75,18 @@ log = logging.getLogger(__name__)
 app = create_app(get_settings())
 
 
-@cache
+_context_lock = threading.Lock()
+
+
 def scoring_context() -> ScoringContext:
-    """Built lazily in each worker child, after the fork, so connections are not shared."""
+    """One per worker process, built lazily after the fork so connections are not shared, and
+    under a lock because the threads pool may ask for it from several threads at once."""
+    with _context_lock:
+        return _build_scoring_context()
+
+
+@cache
+def _build_scoring_context() -> ScoringContext:
     settings = get_settings()
     return ScoringContext(
         evaluators=heuristic_evaluators(settings),

@@ -66,8 +66,11 @@ class Fleet:
             "sampler", ["sampler", "--consumer", consumer, "--loglevel", "INFO"], env
         )
 
-    def worker(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
-        args = ["worker", "--concurrency", str(concurrency), "--loglevel", "INFO"]
+    def worker(
+        self, concurrency: int = 1, pool: str = "prefork", queues: str = "heuristics,judges"
+    ) -> subprocess.Popen[bytes]:
+        args = ["worker", "--concurrency", str(concurrency), "--pool", pool, "--queues", queues]
+        args += ["--loglevel", "INFO"]
         return self._start("worker", args, self.env)
 
     def logs(self) -> str:

@@ -63,8 +63,8 @@ def test_two_workers_share_the_fleet_rate_limit(
     n = 100
     env = judge_env(redis_url, sqlite_url, server, judge_requests_per_minute={"gpt-4o-mini": 1200})
     fleet = fleet_factory(env)
-    fleet.worker(concurrency=1)
-    fleet.worker(concurrency=1)
+    fleet.worker(concurrency=1)  # prefork, both queues
+    fleet.worker(concurrency=4, pool="threads", queues="judges")  # the judge-worker of the Procfile
     wait_for(lambda: fleet.logs().count("ready.") == 2, 30, "two workers ready")
     fleet.sampler()
     publish_many(
