@@ -21,6 +21,7 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from evaluator.evaluators.ragas import RAGAS, RagasSpec, ragas_installed
 from evaluator.models import Severity, Trace, describe_validation_error
 from evaluator.pii import redact_pii
 from evaluator.settings import Settings
@@ -194,14 +195,27 @@ def judges_dir(settings: Settings) -> Path:
     return settings.judges_dir or default_judges_dir()
 
 
-def enabled_judges(settings: Settings) -> dict[str, JudgeSpec]:
+Judge = JudgeSpec | RagasSpec
+
+
+def judge_registry(settings: Settings) -> dict[str, Judge]:
+    """The judge files, plus ``ragas`` when the optional extra is installed."""
+    registry: dict[str, Judge] = dict(load_judges(judges_dir(settings)))
+    if ragas_installed():
+        registry[RAGAS] = RagasSpec()
+    return registry
+
+
+def enabled_judges(settings: Settings) -> dict[str, Judge]:
     """The judges named in ``EVALFLEET_ENABLED_JUDGES``; an unknown name is an error.
 
     None when no judge endpoint is configured: sampled traces are then recorded as sampled,
     with that reason, instead of piling up calls that cannot succeed.
     """
-    available = load_judges(judges_dir(settings))
+    available = judge_registry(settings)
     unknown = [name for name in settings.enabled_judges if name not in available]
+    if RAGAS in unknown:
+        raise JudgeFileError("ragas is enabled but not installed: pip install 'evalfleet[ragas]'")
     if unknown:
         raise JudgeFileError(
             f"unknown judge(s) in EVALFLEET_ENABLED_JUDGES: {', '.join(unknown)} "

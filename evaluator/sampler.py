@@ -27,7 +27,7 @@ from evaluator.constants import (
     TRACE_FIELD,
     TRACES_STREAM,
 )
-from evaluator.judges import JudgeSpec, enabled_judges
+from evaluator.judges import Judge, enabled_judges
 from evaluator.models import Trace, describe_validation_error
 from evaluator.sampling import SamplingPolicy
 from evaluator.settings import Settings
@@ -82,7 +82,7 @@ class Sampler:
         settings: Settings,
         dispatch: Dispatch,
         consumer: str | None = None,
-        judges: dict[str, JudgeSpec] | None = None,
+        judges: dict[str, Judge] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings

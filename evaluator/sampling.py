@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from evaluator.judges import JudgeSpec
+from evaluator.judges import Judge
 from evaluator.models import SampleDecision, Trace
 from evaluator.settings import Settings
 
@@ -27,11 +27,11 @@ class SamplingPolicy:
     latency_bound_ms: float = 20_000
     short_output_chars: int = 20
     salt: str = ""
-    judges: dict[str, JudgeSpec] = field(default_factory=dict)
+    judges: dict[str, Judge] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, judges: dict[str, JudgeSpec] | None = None
+        cls, settings: Settings, judges: dict[str, Judge] | None = None
     ) -> SamplingPolicy:
         return cls(
             base_rate=settings.judge_sample_rate,

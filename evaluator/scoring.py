@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from evaluator.constants import DEAD_STREAM
 from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
-from evaluator.judges import JudgeSpec
+from evaluator.judges import Judge
 from evaluator.models import (
     SampleDecision,
     Score,
@@ -46,7 +46,7 @@ class BatchResult:
 
 # Puts deferred judge entries back on the judges queue after a delay (seconds).
 Requeue = Callable[[list[dict[str, Any]], float], None]
-RunJudges = Callable[[list[tuple[JudgeSpec, Trace]]], list[JudgeResult]]
+RunJudges = Callable[[list[tuple[Judge, Trace]]], list[JudgeResult]]
 
 
 @dataclass
@@ -58,12 +58,12 @@ class ScoringContext:
     router: ReviewRouter
     client: redis.Redis
     settings: Settings = field(default_factory=Settings)
-    judges: dict[str, JudgeSpec] = field(default_factory=dict)
+    judges: dict[str, Judge] = field(default_factory=dict)
     requeue: Requeue | None = None
     # Runs judge calls; the worker passes a JudgeLoop that keeps connections across tasks.
     run_judges: RunJudges | None = None
 
-    def judge(self, work: list[tuple[JudgeSpec, Trace]]) -> list[JudgeResult]:
+    def judge(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
         if self.run_judges is not None:
             return self.run_judges(work)
         return asyncio.run(run_judgements(self.settings, work))
@@ -141,7 +141,7 @@ def _unknown_judge_score(trace: Trace, name: str, known: list[str]) -> Score:
     )
 
 
-def _gave_up_score(spec: JudgeSpec, trace: Trace, waited_s: float) -> Score:
+def _gave_up_score(spec: Judge, trace: Trace, waited_s: float) -> Score:
     reason = f"judge endpoint unavailable; gave up after {waited_s:.0f}s of retries"
     return Score.for_trace(
         trace.trace_id, spec.name, spec.version, spec.name, status=ScoreStatus.ERROR, reason=reason
@@ -152,7 +152,7 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
     """Run each entry's judges concurrently; write scores and calls; requeue what must wait."""
     traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
     scores: list[Score] = []
-    work: list[tuple[JudgeSpec, Trace, dict[str, Any]]] = []
+    work: list[tuple[Judge, Trace, dict[str, Any]]] = []
     for entry in entries:
         trace = traces[entry["id"]]
         for name in entry["judges"]:

@@ -27,7 +27,7 @@ from evaluator.constants import (
 )
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.judge import JudgeLoop
-from evaluator.judges import judges_dir, load_judges
+from evaluator.judges import judge_registry
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
@@ -94,7 +94,7 @@ def _build_scoring_context() -> ScoringContext:
         router=ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s),
         client=connect(settings.redis_url),
         settings=settings,
-        judges=load_judges(judges_dir(settings)),
+        judges=judge_registry(settings),
         requeue=_requeue_judges,
         run_judges=JudgeLoop(settings),
     )

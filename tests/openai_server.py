@@ -22,7 +22,6 @@ from typing import Any
 
 _SCORE = re.compile(r"\[\[score=([0-9.]+)\]\]")
 _LABEL = re.compile(r"\[\[label=([a-z_]+)\]\]")
-_SCHEMA_IN_PROMPT = re.compile(r"The JSON schema of your reply:\n(\{.*\})", re.DOTALL)
 
 
 @dataclass
@@ -61,33 +60,68 @@ class FakeOpenAI:
             self.requests.append(Recorded(time.time(), body))
 
 
-def _value(schema: dict[str, Any], score: float, label: str | None) -> Any:
+# Integer fields where a low number is the good outcome.
+_BAD_COUNTS = {"unsupported_claims", "noncommittal"}
+
+
+def _value(
+    schema: dict[str, Any], score: float, label: str | None, defs: dict[str, Any], name: str = ""
+) -> Any:
+    if "$ref" in schema:
+        return _value(defs[schema["$ref"].split("/")[-1]], score, label, defs, name)
     if "enum" in schema:
         return label if label in schema["enum"] else schema["enum"][0]
     kind = schema.get("type")
+    good = score >= 0.5
     if kind == "number":
         return score
     if kind == "integer":
-        return 0 if score >= 0.5 else 2
+        return (
+            int(not good) * (2 if name == "unsupported_claims" else 1)
+            if name in _BAD_COUNTS
+            else int(good)
+        )
     if kind == "boolean":
-        return score >= 0.5
+        return good
+    if kind == "array":
+        return [_value(schema.get("items", {}), score, label, defs, name) for _ in range(2)]
+    if kind == "object" or "properties" in schema:
+        return {
+            k: _value(v, score, label, defs, k) for k, v in schema.get("properties", {}).items()
+        }
     return f"fake judge reasoning (score {score})"
+
+
+def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first JSON Schema object written into the prompt (json_object mode)."""
+    decoder = json.JSONDecoder()
+    for message in messages:
+        content = str(message["content"])
+        for start in (i for i, c in enumerate(content) if c == "{"):
+            try:
+                candidate, _ = decoder.raw_decode(content[start:])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(candidate, dict) and "properties" in candidate:
+                return candidate
+    return {"properties": {}}
 
 
 def answer_for(body: dict[str, Any]) -> dict[str, Any]:
     """The JSON object a perfectly obedient judge would return for this request."""
     messages = body["messages"]
-    text = "\n".join(m["content"] for m in messages if m["role"] == "user")
+    text = "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
     fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        schema = fmt["json_schema"]["schema"]
-    else:
-        match = _SCHEMA_IN_PROMPT.search(messages[0]["content"])
-        schema = json.loads(match.group(1)) if match else {"properties": {}}
+    schema = (
+        fmt["json_schema"]["schema"] if fmt.get("type") == "json_schema" else _schema_in(messages)
+    )
     score_match, label_match = _SCORE.search(text), _LABEL.search(text)
     score = float(score_match.group(1)) if score_match else 0.9
     label = label_match.group(1) if label_match else None
-    return {name: _value(prop, score, label) for name, prop in schema["properties"].items()}
+    defs = schema.get("$defs", {})
+    return {
+        name: _value(prop, score, label, defs, name) for name, prop in schema["properties"].items()
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -76,9 +76,11 @@ def test_two_workers_share_the_fleet_rate_limit(
     wait_for(lambda: judge_scores(store) == n, 60, lambda: f"{n} judge scores\n{fleet.logs()}")
     times = sorted(r.at for r in server.fake.requests)
     assert len(times) == n
-    # 1,200/min = 20/s, burst 20: the remaining 80 calls take at least 4 s, across both workers.
-    assert times[-1] - times[0] >= 3.6, times[-1] - times[0]
-    assert max(sum(1 for t in times if s <= t < s + 1) for s in times) <= 41
+    # 1,200/min = 20/s after a burst of 20, across both workers: the 80 calls after the burst
+    # arrive at no more than the limit (10 % allowance for network jitter on arrival times).
+    sustained = (len(times) - 21) / (times[-1] - times[20])
+    assert sustained <= 20 * 1.1, sustained
+    assert max(sum(1 for t in times if s <= t < s + 1) for s in times) <= 20 + 20 + 4
     with Session(store.engine) as session:
         calls = session.exec(select(JudgeCallRecord)).all()
         assert len(calls) == n and all(c.status == "ok" and c.cost_usd for c in calls)

@@ -28,7 +28,8 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from evaluator.judges import JudgeSpec, render_messages
+from evaluator.evaluators.ragas import RagasRunner, RagasSpec
+from evaluator.judges import Judge, JudgeSpec, render_messages
 from evaluator.models import (
     Score,
     ScoreStatus,
@@ -103,15 +104,11 @@ class JudgeRuntime:
     _clients: dict[tuple[str | None, str, int], AsyncOpenAI] = field(default_factory=dict)
     _no_json_schema: set[str] = field(default_factory=set)
     _calls: int = 0
+    _ragas: RagasRunner | None = None
 
     def client_for(self, spec: JudgeSpec) -> AsyncOpenAI:
         base_url = spec.base_url or self.settings.judge_base_url
-        if spec.api_key_env:
-            api_key = os.environ.get(spec.api_key_env, "")
-        elif self.settings.judge_api_key is not None:
-            api_key = self.settings.judge_api_key.get_secret_value()
-        else:
-            api_key = os.environ.get("OPENAI_API_KEY", "")
+        api_key = self._api_key(spec.api_key_env)
         # Calls are spread over several clients: httpx's pool scans all of its connections for
         # every request, which made one pool of 64 connections CPU-bound at ~100 calls/s.
         shards = max(1, -(-self.settings.judge_max_in_flight // CONNECTIONS_PER_CLIENT))
@@ -130,6 +127,23 @@ class JudgeRuntime:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+        if self._ragas is not None:
+            await self._ragas.close()
+
+    def _api_key(self, env_name: str | None) -> str:
+        if env_name:
+            return os.environ.get(env_name, "")
+        if self.settings.judge_api_key is not None:
+            return self.settings.judge_api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY", "")
+
+    async def judge_ragas(self, spec: RagasSpec, trace: Trace) -> JudgeResult:
+        if self._ragas is None:
+            self._ragas = RagasRunner(
+                spec, self.settings, self.settings.judge_base_url, self._api_key(None), self.limiter
+            )
+        scores, call = await self._ragas.evaluate(trace)
+        return JudgeResult(scores=scores, call=call)
 
     def _backoff(self, attempt: int) -> float:
         cap = min(
@@ -354,18 +368,18 @@ def _new_runtime(settings: Settings) -> tuple[JudgeRuntime, aioredis.Redis]:
 
 
 async def _judge_all(
-    runtime: JudgeRuntime, in_flight: asyncio.Semaphore, work: list[tuple[JudgeSpec, Trace]]
+    runtime: JudgeRuntime, in_flight: asyncio.Semaphore, work: list[tuple[Judge, Trace]]
 ) -> list[JudgeResult]:
-    async def one(spec: JudgeSpec, trace: Trace) -> JudgeResult:
+    async def one(spec: Judge, trace: Trace) -> JudgeResult:
         async with in_flight:
+            if isinstance(spec, RagasSpec):
+                return await runtime.judge_ragas(spec, trace)
             return await runtime.judge(spec, trace)
 
     return list(await asyncio.gather(*(one(spec, trace) for spec, trace in work)))
 
 
-async def run_judgements(
-    settings: Settings, work: list[tuple[JudgeSpec, Trace]]
-) -> list[JudgeResult]:
+async def run_judgements(settings: Settings, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
     """Judge every (judge, trace) pair, at most ``judge_max_in_flight`` calls at a time, with
     clients that live as long as this call."""
     runtime, client = _new_runtime(settings)
@@ -391,11 +405,11 @@ class JudgeLoop:
         self._runtime: JudgeRuntime | None = None
         self._in_flight: asyncio.Semaphore | None = None
 
-    async def _run(self, work: list[tuple[JudgeSpec, Trace]]) -> list[JudgeResult]:
+    async def _run(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
         if self._runtime is None or self._in_flight is None:
             self._runtime, _ = _new_runtime(self.settings)
             self._in_flight = asyncio.Semaphore(self.settings.judge_max_in_flight)
         return await _judge_all(self._runtime, self._in_flight, work)
 
-    def __call__(self, work: list[tuple[JudgeSpec, Trace]]) -> list[JudgeResult]:
+    def __call__(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
         return asyncio.run_coroutine_threadsafe(self._run(work), self._loop).result()
