@@ -96,7 +96,8 @@ def store(database_url: str) -> Iterator[SQLStore]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_settings() -> Iterator[None]:
+def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # never reach a real provider
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -23,8 +23,9 @@ def _env_value(value: object) -> str:
 
 def fleet_env(redis_url: str, database_url: str, **overrides: object) -> dict[str, str]:
     """Environment for sampler/worker subprocesses (and get_settings in this process)."""
+    # A developer's OPENAI_API_KEY must never send test traffic to a real provider.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"},
         "EVALFLEET_REDIS_URL": redis_url,
         "EVALFLEET_BROKER_URL": redis_url,
         "EVALFLEET_DATABASE_URL": database_url,

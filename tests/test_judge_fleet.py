@@ -10,11 +10,21 @@ from helpers import Fleet, fleet_env, make_trace, wait_for
 from openai_server import OpenAIServer
 from sqlmodel import Session, col, func, select
 
+from evaluator.constants import DEAD_STREAM, JUDGES_QUEUE, JUDGES_TASK
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
 from evaluator.sinks.sql import JudgeCallRecord, ScoreRecord, SQLStore
+from evaluator.worker import create_app
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[SQLStore]:
+    """These tests need one store only: SQLite (the Postgres paths are covered in test_fleet)."""
+    sql = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
+    yield sql
+    sql.close()
 
 
 @pytest.fixture
@@ -59,6 +69,7 @@ def test_two_workers_share_the_fleet_rate_limit(
     sqlite_url: str,
     server: OpenAIServer,
     fleet_factory: FleetFactory,
+    store: SQLStore,
 ) -> None:
     n = 100
     env = judge_env(redis_url, sqlite_url, server, judge_requests_per_minute={"gpt-4o-mini": 1200})
@@ -72,7 +83,6 @@ def test_two_workers_share_the_fleet_rate_limit(
         [make_trace(i, output=f"Answer {i} [[score=0.8]]") for i in range(n)],
         Settings(),
     )
-    store = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
     wait_for(lambda: judge_scores(store) == n, 60, lambda: f"{n} judge scores\n{fleet.logs()}")
     times = sorted(r.at for r in server.fake.requests)
     assert len(times) == n
@@ -88,7 +98,6 @@ def test_two_workers_share_the_fleet_rate_limit(
             select(ScoreRecord.value).where(ScoreRecord.evaluator == "answer_relevance")
         ).all()
         assert set(values) == {0.8}
-    store.close()
 
 
 def test_persistent_bad_output_becomes_error_scores_nothing_lost(
@@ -97,6 +106,7 @@ def test_persistent_bad_output_becomes_error_scores_nothing_lost(
     sqlite_url: str,
     server: OpenAIServer,
     fleet_factory: FleetFactory,
+    store: SQLStore,
 ) -> None:
     n = 12
     server.fake.script.extend(["malformed"] * (2 * n))
@@ -104,7 +114,6 @@ def test_persistent_bad_output_becomes_error_scores_nothing_lost(
     fleet.worker(concurrency=1)
     fleet.sampler()
     publish_many(redis_client, [make_trace(i) for i in range(n)], Settings())
-    store = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
     wait_for(lambda: judge_scores(store, "error") == n, 60, lambda: f"error scores\n{fleet.logs()}")
     assert len(server.fake.requests) == 2 * n  # one repair each, no loop
     with Session(store.engine) as session:
@@ -112,7 +121,6 @@ def test_persistent_bad_output_becomes_error_scores_nothing_lost(
             session.exec(select(ScoreRecord.reason).where(col(ScoreRecord.status) == "error")).all()
         )
     assert all(r.startswith("judge output failed its schema after one repair") for r in reasons)
-    store.close()
 
 
 def test_outage_defers_work_until_the_endpoint_is_back(
@@ -121,6 +129,7 @@ def test_outage_defers_work_until_the_endpoint_is_back(
     sqlite_url: str,
     server: OpenAIServer,
     fleet_factory: FleetFactory,
+    store: SQLStore,
 ) -> None:
     n = 10
     server.fake.script.extend(["500"] * 12)  # down for a while, then healthy
@@ -136,7 +145,6 @@ def test_outage_defers_work_until_the_endpoint_is_back(
     fleet.worker(concurrency=1)
     fleet.sampler()
     publish_many(redis_client, [make_trace(i) for i in range(n)], Settings())
-    store = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
     wait_for(
         lambda: judge_scores(store, "ok") == n,
         60,
@@ -145,7 +153,6 @@ def test_outage_defers_work_until_the_endpoint_is_back(
     assert judge_scores(store, "error") == 0
     failed = sum(1 for r in server.fake.requests) - n
     assert failed == 12
-    store.close()
 
 
 def test_a_bug_in_a_task_dead_letters_its_batch_instead_of_losing_it(
@@ -155,8 +162,6 @@ def test_a_bug_in_a_task_dead_letters_its_batch_instead_of_losing_it(
     server: OpenAIServer,
     fleet_factory: FleetFactory,
 ) -> None:
-    from evaluator.constants import DEAD_STREAM, JUDGES_QUEUE, JUDGES_TASK
-    from evaluator.worker import create_app
 
     fleet = fleet_factory(judge_env(redis_url, sqlite_url, server))
     fleet.worker(concurrency=1)
