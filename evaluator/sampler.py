@@ -156,7 +156,33 @@ class Sampler:
         if claimed:
             self.counts.reclaimed += len(claimed)
             log.info("reclaimed %d idle pending entries", len(claimed))
-        return claimed
+        return self._without_poison(claimed)
+
+    def _without_poison(self, claimed: list[StreamEntry]) -> list[StreamEntry]:
+        """Dead-letter entries delivered too often: one that kills every sampler that reads it
+        would otherwise be reclaimed forever."""
+        if not claimed:
+            return claimed
+        ids = sorted((text(entry_id) for entry_id, _ in claimed), key=_id_key)
+        pending: Any = self.client.xpending_range(
+            TRACES_STREAM,
+            SAMPLER_GROUP,
+            min=ids[0],
+            max=ids[-1],
+            count=len(claimed) * 2,
+            consumername=self.consumer,
+        )
+        deliveries = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        limit = self.settings.max_deliveries
+        poison = [(i, f) for i, f in claimed if deliveries.get(text(i), 0) > limit]
+        if poison:
+            reason = f"delivered more than {limit} times without being acknowledged"
+            self._dead_letter_and_ack(
+                [(text(i), reason, _payload_of(f) if f else b"") for i, f in poison],
+                [text(i) for i, _ in poison],
+            )
+            self.counts.dead_lettered += len(poison)
+        return [(i, f) for i, f in claimed if deliveries.get(text(i), 0) <= limit]
 
     # -- handling a batch ----------------------------------------------------------------------
 
@@ -231,6 +257,11 @@ class Sampler:
             if exit_when_idle and handled == 0 and not self.backpressured():
                 break
         return self.counts
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
 
 
 def _payload_of(fields: dict[bytes, bytes]) -> bytes:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default=60_000, ge=100, description="Pending entries idle this long are reclaimed."
     )
     claim_interval_s: float = Field(default=5.0, gt=0)
+    max_deliveries: int = Field(
+        default=5, ge=1, description="An entry delivered more often is dead-lettered (poison)."
+    )
     heuristics_batch_size: int = Field(default=250, ge=1)
     max_heuristics_queue_depth: int = Field(
         default=200, ge=1, description="Back-pressure: pause reading above this many batches."

@@ -185,3 +185,24 @@ def test_unknown_enabled_judge_is_a_clear_startup_error(redis_client: redis.Redi
         JudgeFileError, match=r"unknown judge.*: nonsense \(available: answer_relevance"
     ):
         sampler(redis_client, Collect(), enabled_judges=["safety", "nonsense"])
+
+
+def test_an_entry_that_keeps_killing_samplers_is_dead_lettered(redis_client: redis.Redis) -> None:
+    publish_many(redis_client, [make_trace(i) for i in range(3)], Settings())
+    crashed = sampler(redis_client, Collect(), sampler_consumer="crashed")
+    [(poison_id, _), *_] = crashed._xreadgroup(">", 100, block_ms=None)
+    # As if five samplers in a row had claimed it and died: its delivery count is now 6.
+    redis_client.xclaim(TRACES_STREAM, SAMPLER_GROUP, "crashed", 0, [poison_id], retrycount=6)
+    time.sleep(0.15)
+    dispatch = Collect()
+    survivor = sampler(redis_client, dispatch, sampler_consumer="survivor", claim_idle_ms=100)
+    drain(survivor)
+    assert sorted(json.loads(e["trace"])["trace_id"] for e in dispatch.entries) == [
+        "t-000001",
+        "t-000002",
+    ]
+    [(_, dead)] = redis_client.xrange(DEAD_STREAM)
+    assert dead[b"reason"] == b"delivered more than 5 times without being acknowledged"
+    assert dead[b"source_id"] == poison_id
+    assert json.loads(dead[b"payload"])["trace_id"] == "t-000000"
+    assert group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
