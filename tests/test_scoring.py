@@ -9,7 +9,12 @@ from sqlmodel import Session, select
 from evaluator.constants import REVIEW_STREAM
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.models import ReviewItem, SampleDecision, Score, ScoreType, Severity
-from evaluator.review import HIGH_SEVERITY_PRIORITY, THRESHOLD_PRIORITY, ReviewRouter
+from evaluator.review import (
+    CRITICAL_PRIORITY,
+    HIGH_SEVERITY_PRIORITY,
+    THRESHOLD_PRIORITY,
+    ReviewRouter,
+)
 from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.sql import ReviewItemRecord, ScoreRecord, SQLStore, TraceRecord
@@ -93,3 +98,8 @@ def test_routing_rules() -> None:
     assert router.failing(high_check) == HIGH_SEVERITY_PRIORITY
     items = router.route(trace, [_numeric(0.2), high_check, low_check])
     assert sorted(i.evaluator for i in items) == ["judge", "pii"]
+    unsafe = Score.for_trace("t", "safety", "1", "safe", passed=False, severity=Severity.CRITICAL)
+    other = Score.for_trace("t", "safety", "1", "tone", passed=False, severity=Severity.HIGH)
+    assert router.failing(unsafe) == CRITICAL_PRIORITY
+    [item] = router.route(trace, [other, unsafe])
+    assert item.priority == CRITICAL_PRIORITY  # the most urgent failing score decides
