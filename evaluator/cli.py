@@ -41,13 +41,17 @@ def sampler(
     consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Stop once the stream is drained.")] = False,
     loglevel: str = "INFO",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
     from evaluator.sampler import Sampler
+    from evaluator.sinks.metrics import serve_metrics
     from evaluator.worker import celery_dispatch
 
     _logging(loglevel)
     settings = get_settings()
+    if port := metrics_port or settings.metrics_port:
+        serve_metrics(port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -63,11 +67,18 @@ def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "heuristics,judges",
     loglevel: str = "INFO",
     pool: str = "prefork",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
 ) -> None:
     """Run a Celery worker for the evaluation queues."""
+    settings = get_settings()
+    port = metrics_port or settings.metrics_port
+    if port:
+        _multiprocess_metrics_dir(settings.metrics_dir)
+    from evaluator.sinks.metrics import serve_metrics
     from evaluator.worker import app as celery_app
 
-    settings = get_settings()
+    if port:
+        serve_metrics(port)  # the main process serves the sum of all prefork children
     celery_app.worker_main(
         [
             "worker",
@@ -79,6 +90,19 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def _multiprocess_metrics_dir(configured: Path | None) -> None:
+    """Point prometheus-client at a fresh directory before anything imports it (set later, it is
+    silently ignored); stale files from an earlier run would be summed in."""
+    import os
+    import shutil
+    import tempfile
+
+    directory = configured or Path(tempfile.gettempdir()) / f"evalfleet-metrics-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 class ReplayFormat(StrEnum):

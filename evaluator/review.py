@@ -65,10 +65,10 @@ class ReviewRouter:
             for hits in by_evaluator.values()
         ]
 
-    def publish(self, client: redis.Redis, items: list[ReviewItem]) -> int:
-        """XADD items not routed before; returns how many were added to the review stream."""
+    def publish(self, client: redis.Redis, items: list[ReviewItem]) -> list[ReviewItem]:
+        """XADD items not routed before; returns those added to the review stream."""
         if not items:
-            return 0
+            return []
         script = client.register_script(_ROUTE_ONCE)
         pipe = client.pipeline(transaction=False)
         for item in items:
@@ -84,4 +84,4 @@ class ReviewRouter:
                 ],
                 client=pipe,
             )
-        return sum(1 for added in pipe.execute() if added)
+        return [item for item, added in zip(items, pipe.execute(), strict=True) if added]

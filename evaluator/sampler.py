@@ -31,7 +31,16 @@ from evaluator.judges import Judge, enabled_judges
 from evaluator.models import Trace, describe_validation_error
 from evaluator.sampling import SamplingPolicy
 from evaluator.settings import Settings
-from evaluator.streams import dead_letter, ensure_group, queue_depth, text
+from evaluator.sinks import metrics
+from evaluator.streams import (
+    dead_letter,
+    ensure_group,
+    group_info,
+    oldest_unhandled_id,
+    queue_depth,
+    stream_id_ms,
+    text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +135,23 @@ class Sampler:
             self._recover_own_pending = False
         if time.monotonic() - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = time.monotonic()
+            self.refresh_gauges()
             claimed = self.reclaim()
             if claimed:
                 return claimed
         block = self.settings.sampler_block_ms if block_ms is None else block_ms
         return self._xreadgroup(">", count, block_ms=block)
+
+    def refresh_gauges(self) -> None:
+        """Stream length, pending, queue depths and the oldest unhandled entry's age."""
+        group = group_info(self.client, TRACES_STREAM, SAMPLER_GROUP)
+        metrics.STREAM_LENGTH.set(int(self.client.xlen(TRACES_STREAM)))
+        metrics.PENDING.set(group["pending"])
+        for queue in (HEURISTICS_QUEUE, JUDGES_QUEUE):
+            metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.client, queue))
+        oldest = oldest_unhandled_id(self.client)
+        age = time.time() - stream_id_ms(oldest) / 1000 if oldest else 0.0
+        metrics.OLDEST_UNSCORED_AGE.set(max(0.0, age))
 
     def _xreadgroup(self, start: str, count: int, block_ms: int | None) -> list[StreamEntry]:
         response: Any = self.client.xreadgroup(
@@ -182,6 +203,7 @@ class Sampler:
                 [text(i) for i, _ in poison],
             )
             self.counts.dead_lettered += len(poison)
+            metrics.TRACES_DEAD_LETTERED.inc(len(poison))
         return [(i, f) for i, f in claimed if deliveries.get(text(i), 0) <= limit]
 
     # -- handling a batch ----------------------------------------------------------------------
@@ -225,6 +247,9 @@ class Sampler:
         self._dead_letter_and_ack(dead, [text(entry_id) for entry_id, _ in entries])
         self.counts.consumed += len(entries)
         self.counts.dead_lettered += len(dead)
+        metrics.TRACES_CONSUMED.inc(len(entries))
+        metrics.TRACES_DEAD_LETTERED.inc(len(dead))
+        metrics.TRACES_SAMPLED.inc(len(judge_tasks))
 
     def _dead_letter_and_ack(self, dead: list[tuple[str, str, bytes]], ids: list[str]) -> None:
         # One MULTI: an entry is dead-lettered if and only if it is acknowledged.

@@ -22,6 +22,7 @@ from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import Judge
 from evaluator.models import (
+    ReviewItem,
     SampleDecision,
     Score,
     ScoreStatus,
@@ -30,6 +31,7 @@ from evaluator.models import (
 )
 from evaluator.review import ReviewRouter
 from evaluator.settings import Settings
+from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.streams import dead_letter, stream_id_ms
 
@@ -88,6 +90,14 @@ def trace_row(
     }
 
 
+def _record(
+    scores: list[Score], prompt_versions: dict[str, str | None], routed: list[ReviewItem]
+) -> None:
+    metrics.record_scores(scores, prompt_versions)
+    for item in routed:
+        metrics.REVIEW_ROUTED.labels(item.evaluator).inc()
+
+
 def _row(score: Score, trace: Trace) -> dict[str, Any]:
     return score_row(score, trace.tenant, trace.feature, trace.prompt_version)
 
@@ -99,6 +109,8 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     score_rows: dict[str, dict[str, Any]] = {}
     reviews = []
     dead = 0
+    all_scores: list[Score] = []
+    prompt_versions: dict[str, str | None] = {}
     for entry in entries:
         try:
             trace = Trace.model_validate_json(entry["trace"])
@@ -113,6 +125,8 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
             continue
         decision = SampleDecision.model_validate(entry["decision"])
         scores = evaluate_all(ctx.evaluators, trace)
+        all_scores += scores
+        prompt_versions[trace.trace_id] = trace.prompt_version
         # Keyed by id: a trace published twice in one batch must not upsert the same row twice.
         trace_rows[trace.trace_id] = trace_row(entry["id"], trace, decision, now)
         for score in scores:
@@ -123,7 +137,10 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     unique_reviews = list({r.id: r for r in reviews}.values())
     ctx.store.write_batch(list(trace_rows.values()), list(score_rows.values()), unique_reviews)
     routed = ctx.router.publish(ctx.client, unique_reviews)
-    return BatchResult(len(trace_rows), len(score_rows), routed, dead)
+    _record(all_scores, prompt_versions, routed)
+    for row in trace_rows.values():
+        metrics.PUBLISH_TO_SCORE.observe((now - row["published_at"]).total_seconds())
+    return BatchResult(len(trace_rows), len(score_rows), len(routed), dead)
 
 
 @dataclass
@@ -181,10 +198,11 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
     rows = {s.id: _row(s, trace_of[s.trace_id]) for s in scores}
     ctx.store.write_batch([], list(rows.values()), reviews, calls)
     routed = ctx.router.publish(ctx.client, reviews)
+    _record(scores, {t.trace_id: t.prompt_version for t in traces.values()}, routed)
+    metrics.record_judge_calls(calls)
     if later:
         if ctx.requeue is None:
             raise RuntimeError("deferred judge work but no requeue configured")
         ctx.requeue(list(later.values()), delay)
-    return JudgeBatchResult(
-        len(rows), len(calls), routed, sum(len(e["judges"]) for e in later.values())
-    )
+    deferred = sum(len(entry["judges"]) for entry in later.values())
+    return JudgeBatchResult(len(rows), len(calls), len(routed), deferred)

@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         description="USD per 1M (input, output) tokens by model name or name prefix.",
     )
 
+    # Metrics
+    metrics_port: int | None = Field(
+        default=None, description="Serve /metrics and /healthz on this port (CLI --metrics-port)."
+    )
+    metrics_dir: Path | None = Field(
+        default=None, description="prometheus-client multiprocess files of a prefork worker."
+    )
+
     # Celery
     worker_concurrency: int = Field(default=2, ge=1)
     broker_visibility_timeout_s: int = Field(

@@ -67,3 +67,21 @@ def dead_letter(
         "consumer": consumer,
         "failed_at": failed_at,
     }
+
+
+def oldest_unhandled_id(
+    client: redis.Redis, stream: str = TRACES_STREAM, group: str = SAMPLER_GROUP
+) -> str | None:
+    """The oldest entry read but not acknowledged, else the oldest not yet read, else None."""
+    try:
+        summary: Any = client.xpending(stream, group)
+    except redis.ResponseError:
+        return None
+    if summary and summary.get("pending"):
+        return text(summary["min"])
+    groups: Any = client.xinfo_groups(stream)
+    last = next((g["last-delivered-id"] for g in groups if text(g["name"]) == group), None)
+    if last is None:
+        return None
+    after: Any = client.xrange(stream, min=f"({text(last)}", count=1)
+    return text(after[0][0]) if after else None

@@ -6,6 +6,7 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.signals import worker_process_shutdown
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
@@ -32,6 +34,7 @@ from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings, get_settings
+from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore
 from evaluator.streams import connect, dead_letter
 
@@ -73,6 +76,11 @@ def create_app(settings: Settings) -> Celery:
 
 log = logging.getLogger(__name__)
 app = create_app(get_settings())
+
+
+@worker_process_shutdown.connect
+def _child_exited(**_: Any) -> None:
+    metrics.process_exited(os.getpid())
 
 
 _context_lock = threading.Lock()

@@ -16,6 +16,10 @@ from evaluator.models import Trace
 from evaluator.settings import Settings
 
 
+def _metrics_args(port: int | None) -> list[str]:
+    return ["--metrics-port", str(port)] if port else []
+
+
 def _env_value(value: object) -> str:
     """Settings read lists and dicts from the environment as JSON."""
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -58,20 +62,25 @@ class Fleet:
         self.processes.append(process)
         return process
 
-    def sampler(self, consumer: str = "sampler-1", **overrides: object) -> subprocess.Popen[bytes]:
+    def sampler(
+        self, consumer: str = "sampler-1", metrics_port: int | None = None, **overrides: object
+    ) -> subprocess.Popen[bytes]:
         env = {
             **self.env,
             **{f"EVALFLEET_{k.upper()}": _env_value(v) for k, v in overrides.items()},
         }
-        return self._start(
-            "sampler", ["sampler", "--consumer", consumer, "--loglevel", "INFO"], env
-        )
+        args = ["sampler", "--consumer", consumer, "--loglevel", "INFO"]
+        return self._start("sampler", args + _metrics_args(metrics_port), env)
 
     def worker(
-        self, concurrency: int = 1, pool: str = "prefork", queues: str = "heuristics,judges"
+        self,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        queues: str = "heuristics,judges",
+        metrics_port: int | None = None,
     ) -> subprocess.Popen[bytes]:
         args = ["worker", "--concurrency", str(concurrency), "--pool", pool, "--queues", queues]
-        args += ["--loglevel", "INFO"]
+        args += ["--loglevel", "INFO", *_metrics_args(metrics_port)]
         return self._start("worker", args, self.env)
 
     def logs(self) -> str:

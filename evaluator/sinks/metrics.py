@@ -1,0 +1,131 @@
+"""Prometheus metrics: definitions, recording helpers, and the /metrics + /healthz endpoint.
+
+Celery prefork children each count in their own files when ``PROMETHEUS_MULTIPROC_DIR`` is set
+(``evalfleet worker --metrics-port`` sets it before anything imports prometheus_client; set
+later it is silently ignored) and the worker's main process serves the sum of all children.
+Labels stay bounded: evaluator, score name, judge, version, model, queue, app prompt version.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from evaluator.models import Score, ScoreStatus
+
+_SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+TRACES_CONSUMED = Counter("evalfleet_traces_consumed_total", "Stream entries the sampler handled.")
+TRACES_DEAD_LETTERED = Counter("evalfleet_traces_dead_lettered_total", "Entries dead-lettered.")
+TRACES_SAMPLED = Counter("evalfleet_traces_sampled_for_judges_total", "Traces sent to judges.")
+EVALUATIONS = Counter(
+    "evalfleet_evaluations_total",
+    "Scores written, by evaluator and status.",
+    ["evaluator", "status"],
+)
+SCORE_VALUE = Histogram(
+    "evalfleet_score_value",
+    "Score values by evaluator, score name and the app's prompt version.",
+    ["evaluator", "score", "prompt_version"],
+    buckets=_SCORE_BUCKETS,
+)
+PUBLISH_TO_SCORE = Histogram(
+    "evalfleet_publish_to_score_seconds", "From XADD to the score's commit.", buckets=_DELAY_BUCKETS
+)
+JUDGE_LATENCY = Histogram(
+    "evalfleet_judge_latency_seconds", "Judge call latency.", ["judge", "judge_version", "model"]
+)
+JUDGE_TOKENS = Counter(
+    "evalfleet_judge_tokens_total", "Judge tokens.", ["judge", "model", "direction"]
+)
+JUDGE_COST = Counter("evalfleet_judge_cost_usd_total", "Judge spend in USD.", ["judge", "model"])
+REVIEW_ROUTED = Counter(
+    "evalfleet_review_routed_total", "Review items added to the stream.", ["evaluator"]
+)
+# Fleet state, set by the sampler (one writer; the newest value wins across processes).
+STREAM_LENGTH = Gauge(
+    "evalfleet_stream_length", "Entries in evalfleet:traces.", multiprocess_mode="mostrecent"
+)
+PENDING = Gauge(
+    "evalfleet_pending_entries", "Read, not acknowledged.", multiprocess_mode="mostrecent"
+)
+QUEUE_DEPTH = Gauge(
+    "evalfleet_queue_depth", "Tasks waiting per queue.", ["queue"], multiprocess_mode="mostrecent"
+)
+OLDEST_UNSCORED_AGE = Gauge(
+    "evalfleet_oldest_unscored_age_seconds",
+    "Age of the oldest stream entry not yet handed to the workers.",
+    multiprocess_mode="mostrecent",
+)
+
+
+def record_scores(scores: Iterable[Score], prompt_versions: dict[str, str | None]) -> None:
+    for score in scores:
+        EVALUATIONS.labels(score.evaluator, score.status.value).inc()
+        if score.status is ScoreStatus.OK and score.value is not None:
+            version = prompt_versions.get(score.trace_id) or "none"
+            SCORE_VALUE.labels(score.evaluator, score.name, version).observe(score.value)
+
+
+def record_judge_calls(calls: Iterable[dict[str, Any]]) -> None:
+    for call in calls:
+        judge, model = call["judge"], call["model"]
+        JUDGE_LATENCY.labels(judge, call["judge_version"], model).observe(call["latency_ms"] / 1000)
+        JUDGE_TOKENS.labels(judge, model, "input").inc(call["input_tokens"])
+        JUDGE_TOKENS.labels(judge, model, "output").inc(call["output_tokens"])
+        if call["cost_usd"]:
+            JUDGE_COST.labels(judge, model).inc(call["cost_usd"])
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/healthz"):
+            body, content_type, status = b"ok\n", "text/plain", 200
+        elif self.path.startswith("/metrics"):
+            body, content_type, status = generate_latest(_registry()), CONTENT_TYPE_LATEST, 200
+        else:
+            body, content_type, status = b"not found\n", "text/plain", 404
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz from a daemon thread of this process."""
+    server = ThreadingHTTPServer((host, port), _Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead prefork child's live gauges (its counters keep counting in the sum)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prometheus_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
