@@ -1,12 +1,13 @@
-"""Score one batch of traces: evaluate, store, route. What the heuristics task calls.
+"""Score one batch of traces: evaluate, store, route. What the worker's tasks call.
 
-Idempotent end to end, so a redelivered batch (acks_late, a killed worker) has no extra effect.
+``score_batch`` runs the heuristics on every trace; ``judge_batch`` runs the sampled traces'
+judges. Both are idempotent in the store and the review stream, so a redelivered batch
+(acks_late, a killed worker) has no extra effect there (Prometheus counters do count it again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -34,8 +35,6 @@ from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.streams import dead_letter, stream_id_ms
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,9 +129,7 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         # Keyed by id: a trace published twice in one batch must not upsert the same row twice.
         trace_rows[trace.trace_id] = trace_row(entry["id"], trace, decision, now)
         for score in scores:
-            score_rows[score.id] = score_row(
-                score, trace.tenant, trace.feature, trace.prompt_version
-            )
+            score_rows[score.id] = _row(score, trace)
         reviews += ctx.router.route(trace, scores)
     unique_reviews = list({r.id: r for r in reviews}.values())
     ctx.store.write_batch(list(trace_rows.values()), list(score_rows.values()), unique_reviews)
