@@ -129,9 +129,11 @@ class Sampler:
     def _read(self, block_ms: int | None) -> list[StreamEntry]:
         count = self.settings.sampler_batch_size
         if self._recover_own_pending:
+            # Re-reading our own pending entries counts as a delivery too: a restart loop on one
+            # entry ends in the dead-letter stream like a reclaim loop does.
             own = self._xreadgroup("0", count, block_ms=None)
             if own:
-                return own
+                return self._without_poison(own)
             self._recover_own_pending = False
         if time.monotonic() - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = time.monotonic()

@@ -206,3 +206,18 @@ def test_an_entry_that_keeps_killing_samplers_is_dead_lettered(redis_client: red
     assert dead[b"source_id"] == poison_id
     assert json.loads(dead[b"payload"])["trace_id"] == "t-000000"
     assert group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
+
+
+def test_a_poison_entry_is_dead_lettered_on_a_same_name_restart_too(
+    redis_client: redis.Redis,
+) -> None:
+    publish_many(redis_client, [make_trace(i) for i in range(2)], Settings())
+    first = sampler(redis_client, Collect(), sampler_consumer="same-name")
+    [(poison_id, _), _] = first._xreadgroup(">", 100, block_ms=None)
+    redis_client.xclaim(TRACES_STREAM, SAMPLER_GROUP, "same-name", 0, [poison_id], retrycount=5)
+    dispatch = Collect()
+    drain(sampler(redis_client, dispatch, sampler_consumer="same-name"))  # the restart
+    assert [json.loads(e["trace"])["trace_id"] for e in dispatch.entries] == ["t-000001"]
+    [(_, dead)] = redis_client.xrange(DEAD_STREAM)
+    assert dead[b"source_id"] == poison_id
+    assert group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
