@@ -301,11 +301,8 @@ def judges_render(
     messages = render_messages(spec, parsed, redact=get_settings().judge_redact_pii)
     for message in messages:
         typer.echo(f"----- {message['role']} -----\n{message['content']}")
-    schema = {
-        "type": "json_schema",
-        "json_schema": {"name": spec.name, "schema": spec.json_schema(), "strict": True},
-    }
-    typer.echo(f"----- response_format -----\n{json.dumps(schema, indent=2)}")
+    response_format = json.dumps(spec.response_format(), indent=2)
+    typer.echo(f"----- response_format -----\n{response_format}")
 
 
 @judges_app.command("validate")

@@ -148,6 +148,13 @@ class JudgeSpec(BaseModel):
             "additionalProperties": False,
         }
 
+    def response_format(self) -> dict[str, Any]:
+        """The ``response_format`` for servers with structured output (strict json_schema)."""
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": self.name, "schema": self.json_schema(), "strict": True},
+        }
+
     @property
     def output_model(self) -> type[BaseModel]:
         return _output_model(

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
         prefixes = [p for p in self.model_prices if model.startswith(p)]
         return self.model_prices[max(prefixes, key=len)] if prefixes else None
 
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
+        """The price of a call, or None for a model missing from the price table."""
+        price = self.price_for(model)
+        if price is None:
+            return None
+        return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url

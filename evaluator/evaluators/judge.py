@@ -179,10 +179,7 @@ class JudgeRuntime:
         self, spec: JudgeSpec, messages: list[dict[str, str]], mode: str
     ) -> dict[str, Any]:
         if mode == "json_schema":
-            response_format: dict[str, Any] = {
-                "type": "json_schema",
-                "json_schema": {"name": spec.name, "schema": spec.json_schema(), "strict": True},
-            }
+            response_format = spec.response_format()
         else:
             # No server-side schema: state it in the (static) system prompt and validate after.
             schema = json.dumps(spec.json_schema(), separators=(",", ":"))
@@ -263,21 +260,13 @@ class JudgeRuntime:
     async def judge(self, spec: JudgeSpec, trace: Trace) -> JudgeResult:
         messages = render_messages(spec, trace, redact=self.settings.judge_redact_pii)
         outcome = await self.call(spec, messages)
+        call = call_row(spec, trace, outcome, self.settings)
         return JudgeResult(
-            scores=[] if outcome.deferred else judge_scores(spec, trace, outcome, self.settings),
-            call=call_row(spec, trace, outcome, self.settings),
+            scores=[] if outcome.deferred else judge_scores(spec, trace, outcome, call),
+            call=call,
             deferred=outcome.deferred,
             defer_s=outcome.defer_s,
         )
-
-
-def call_cost(
-    settings: Settings, model: str, input_tokens: int, output_tokens: int
-) -> float | None:
-    price = settings.price_for(model)
-    if price is None:
-        return None
-    return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
 
 
 def call_row(
@@ -291,7 +280,7 @@ def call_row(
         "model": spec.model,
         "input_tokens": outcome.input_tokens,
         "output_tokens": outcome.output_tokens,
-        "cost_usd": call_cost(settings, spec.model, outcome.input_tokens, outcome.output_tokens),
+        "cost_usd": settings.cost_usd(spec.model, outcome.input_tokens, outcome.output_tokens),
         "latency_ms": outcome.latency_ms,
         "attempts": outcome.attempts,
         "mode": outcome.mode,
@@ -302,18 +291,18 @@ def call_row(
 
 
 def judge_scores(
-    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, settings: Settings
+    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, call: dict[str, Any]
 ) -> list[Score]:
-    """One Score per output field (an error Score for the judge when there is no output)."""
+    """One Score per output field (an error Score for the judge when there is no output).
+
+    Each carries the call's tokens and cost from ``call`` (the judge_calls row)."""
     details = {
         "judge": spec.name,
         "judge_version": spec.version,
         "model": spec.model,
-        "call_input_tokens": outcome.input_tokens,
-        "call_output_tokens": outcome.output_tokens,
-        "call_cost_usd": call_cost(
-            settings, spec.model, outcome.input_tokens, outcome.output_tokens
-        ),
+        "call_input_tokens": call["input_tokens"],
+        "call_output_tokens": call["output_tokens"],
+        "call_cost_usd": call["cost_usd"],
         "latency_ms": round(outcome.latency_ms, 1),
         "attempts": outcome.attempts,
         "mode": outcome.mode,

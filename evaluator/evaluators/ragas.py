@@ -155,12 +155,7 @@ class RagasRunner:
         )
 
     def _cost(self, counter: dict[str, int]) -> float | None:
-        price = self.settings.price_for(self.spec.model)
-        return (
-            None
-            if price is None
-            else (counter["input"] * price[0] + counter["output"] * price[1]) / 1e6
-        )
+        return self.settings.cost_usd(self.spec.model, counter["input"], counter["output"])
 
     def _scores(
         self,
