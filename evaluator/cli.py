@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,8 @@ from evaluator.streams import connect
 app = typer.Typer(help="Evalfleet: evaluate LLM traces from Redis Streams.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and redrive dead-lettered traces.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+backfill_app = typer.Typer(help="Publish historical traces for evaluation.", no_args_is_help=True)
+app.add_typer(backfill_app, name="backfill")
 judges_app = typer.Typer(
     help="Judge files: list, show, render, validate, lock.", no_args_is_help=True
 )
@@ -89,6 +92,98 @@ def worker(
             "--without-gossip",
             "--without-mingle",
         ]
+    )
+
+
+@app.command()
+def relay(
+    exit_when_idle: Annotated[bool, typer.Option(help="Stop once nothing is due.")] = False,
+    loglevel: str = "INFO",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
+) -> None:
+    """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
+    from evaluator.sinks.metrics import serve_metrics
+    from evaluator.sinks.outbox import SinkRelay
+
+    _logging(loglevel)
+    settings = get_settings()
+    if port := metrics_port or settings.metrics_port:
+        serve_metrics(port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    relay_loop = SinkRelay.from_settings(settings)
+    log = logging.getLogger("evaluator.relay")
+    if not relay_loop.sinks:
+        # Idle rather than exit: a Procfile runner stops the whole fleet when one process exits.
+        log.warning("no sinks enabled (set LANGFUSE_* keys or EVALFLEET_OTEL_SINK); idling")
+    log.info("relay started for sinks: %s", ", ".join(relay_loop.sinks) or "none")
+    try:
+        counts = relay_loop.run(stop, exit_when_idle=exit_when_idle)
+    finally:
+        relay_loop.close()
+    log.info("relay stopped: %s", counts)
+
+
+def _time_option(value: str | None, option: str) -> datetime | None:
+    from evaluator.timeparse import parse_since
+
+    try:
+        return parse_since(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+@backfill_app.command("langfuse")
+def backfill_langfuse(
+    since: Annotated[str, typer.Option(help="Start: a duration back (7d, 24h) or an ISO time.")],
+    until: Annotated[str | None, typer.Option(help="End (exclusive); default now.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only traces with this name.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only traces with this tag (repeat).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Only traces of this user id.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after about this many traces.")] = None,
+    page_size: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    restart: Annotated[bool, typer.Option(help="Ignore the saved position; start over.")] = False,
+) -> None:
+    """Read traces from Langfuse's public API and publish them to evalfleet:traces.
+
+    Resumable: the position is saved after every page, so running the same command again
+    continues where it stopped (use --restart to begin again)."""
+    import httpx
+
+    from evaluator.ingest.langfuse import BackfillQuery, BackfillResult, LangfuseBackfill
+    from evaluator.sinks.langfuse import LangfuseSettings, langfuse_api
+
+    langfuse = LangfuseSettings()
+    if not langfuse.enabled:
+        console.print(
+            "[red]error:[/red] set LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_HOST"
+        )
+        raise typer.Exit(2)
+    start = _time_option(since, "--since")
+    assert start is not None
+    query = BackfillQuery(start, _time_option(until, "--until"), name, tuple(tag or ()), user)
+    settings = get_settings()
+    with httpx.Client(timeout=langfuse.timeout) as http, Progress(console=console) as progress:
+        task = progress.add_task("published from Langfuse", total=None)
+
+        def on_page(result: BackfillResult) -> None:
+            progress.update(task, completed=result.published)
+
+        backfill = LangfuseBackfill(
+            langfuse_api(langfuse, http), connect(settings.redis_url), settings, page_size
+        )
+        result = backfill.run(query, restart=restart, limit=limit, on_page=on_page)
+    if result.finished and result.pages == 0 and result.resumed:
+        console.print("this backfill already finished; --restart runs it again")
+    for reason in result.skip_reasons[:10]:
+        console.print(f"[yellow]skipped[/yellow] {reason}")
+    state = "finished" if result.finished else "stopped (run again to continue)"
+    console.print(
+        f"{result.published:,} traces published in total, {result.skipped} skipped, "
+        f"{result.pages} pages this run; {state}"
     )
 
 

@@ -24,12 +24,21 @@ from evaluator.dlq import DeadLetter, list_dead
 from evaluator.embedded import EmbeddedRedis
 from evaluator.ingest import publish_many, read_lines
 from evaluator.settings import Settings
+from evaluator.sinks.outbox import enabled_sinks
 from evaluator.sinks.sql import ReviewItemRecord, SQLStore, TraceRecord
 from evaluator.stats import FleetStats, fleet_stats
 from evaluator.streams import connect
 
 _REPO_SAMPLES = Path(__file__).resolve().parent.parent / "datasets" / "sample_traces.jsonl"
 _PACKAGED_SAMPLES = Path(__file__).resolve().parent / "_data" / "sample_traces.jsonl"
+
+
+_COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+)
 
 
 def default_sample_file() -> Path:
@@ -54,7 +63,9 @@ class DemoResult:
 class _Fleet:
     """Sampler and worker subprocesses with their logs in a directory; stopped on exit."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, worker_concurrency: int) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, worker_concurrency: int, relay: bool
+    ) -> None:
         cli = [sys.executable, "-m", "evaluator.cli"]
         self.commands = {
             "worker": [
@@ -67,6 +78,8 @@ class _Fleet:
             ],
             "sampler": [*cli, "sampler"],
         }
+        if relay:
+            self.commands["relay"] = [*cli, "relay", "--loglevel", "WARNING"]
         self.env = env
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -113,12 +126,15 @@ def run_demo(
         settings = Settings(redis_url=server.url, database_url=database_url)
         client = connect(server.url)
         store = SQLStore(database_url)  # tables exist before the worker's first write
-        fleet = _Fleet(env, Path(tmp), worker_concurrency)
+        sinks = enabled_sinks(settings)
+        fleet = _Fleet(env, Path(tmp), worker_concurrency, relay=bool(sinks))
         try:
             fleet.start()
             started = time.monotonic()
             _replay_and_wait(lines, client, store, settings, fleet, console, timeout_s)
             seconds = time.monotonic() - started
+            if sinks:
+                _wait_for_sinks(store, console, fleet, timeout_s=60)
         finally:
             fleet.stop()
             client.close()
@@ -136,6 +152,23 @@ def run_demo(
     return result
 
 
+def _wait_for_sinks(store: SQLStore, console: Console, fleet: _Fleet, timeout_s: float) -> None:
+    """Give the relay a moment to deliver; a sink that is down keeps its rows (see stats)."""
+    with Progress(*_COLUMNS, console=console) as progress:
+        counts = store.outbox_counts()
+        total = sum(sum(statuses.values()) for statuses in counts.values())
+        task = progress.add_task("delivered to sinks", total=total)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            counts = store.outbox_counts()
+            pending = sum(statuses.get("pending", 0) for statuses in counts.values())
+            progress.update(task, completed=total - pending)
+            if not pending:
+                return
+            fleet.check_alive()
+            time.sleep(0.2)
+
+
 def _replay_and_wait(
     lines: list[str],
     client: redis.Redis,
@@ -145,13 +178,7 @@ def _replay_and_wait(
     console: Console,
     timeout_s: float,
 ) -> None:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*_COLUMNS, console=console) as progress:
         publishing = progress.add_task("published", total=len(lines))
         for start in range(0, len(lines), 50):
             chunk = lines[start : start + 50]

@@ -20,6 +20,12 @@ def stable_id(*parts: str) -> str:
     return digest[:32]
 
 
+def display_name(evaluator: str, score_name: str) -> str:
+    """A score's name outside Evalfleet: the score name, prefixed by its evaluator when a judge
+    returns several fields (``correctness.completeness``)."""
+    return score_name if score_name == evaluator else f"{evaluator}.{score_name}"
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """A one-line, human-readable summary of what is wrong with a payload."""
     parts = []

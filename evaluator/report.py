@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator.dlq import DeadLetter
+from evaluator.models import display_name
 from evaluator.sinks.sql import ReviewItemRecord
 from evaluator.stats import FleetStats
 
@@ -24,6 +25,11 @@ def render_stats(stats: FleetStats, console: Console) -> None:
         ("dead letters", stats.dead_letters),
         ("routed to review (stream)", stats.review_stream_length),
         ("review items pending", stats.review_pending),
+        *(
+            (f"sink {sink} {status}", count)
+            for sink, statuses in sorted(stats.sinks.items())
+            for status, count in sorted(statuses.items())
+        ),
     ]
     for label, value in rows:
         fleet.add_row(label, f"{value:,}")
@@ -36,9 +42,7 @@ def render_stats(stats: FleetStats, console: Console) -> None:
         judged = row["passed"] + row["failed"]
         rate = f"{100 * row['passed'] / judged:.1f} %" if judged else "-"
         style = "red" if judged and row["passed"] / judged < 0.9 else None
-        name = (
-            row["name"] if row["name"] == row["evaluator"] else f"{row['evaluator']}.{row['name']}"
-        )
+        name = display_name(row["evaluator"], row["name"])
         scores.add_row(
             name,
             f"{row['count']:,}",

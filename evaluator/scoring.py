@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from evaluator.models import (
 from evaluator.review import ReviewRouter
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
+from evaluator.sinks.outbox import Sink, outbox_rows
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.streams import dead_letter, stream_id_ms
 
@@ -63,6 +64,8 @@ class ScoringContext:
     requeue: Requeue | None = None
     # Runs judge calls; the worker passes a JudgeLoop that keeps connections across tasks.
     run_judges: RunJudges | None = None
+    # External sinks get outbox rows written with the scores; `evalfleet relay` delivers them.
+    sinks: list[Sink] = field(default_factory=list)
 
     def judge(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
         if self.run_judges is not None:
@@ -101,11 +104,34 @@ def _row(score: Score, trace: Trace) -> dict[str, Any]:
     return score_row(score, trace.tenant, trace.feature, trace.prompt_version)
 
 
+def _write(
+    ctx: ScoringContext,
+    traces: dict[str, Trace],
+    trace_rows: list[dict[str, Any]],
+    scores: list[Score],
+    reviews: list[ReviewItem],
+    calls: Sequence[dict[str, Any]] = (),
+) -> None:
+    """One transaction: traces, scores, judge calls, review items and the sinks' outbox rows."""
+    rows = {s.id: _row(s, traces[s.trace_id]) for s in scores}
+    outbox = outbox_rows(ctx.sinks, list({s.id: s for s in scores}.values()), traces, _now())
+    try:
+        ctx.store.write_batch(trace_rows, list(rows.values()), reviews, calls, outbox)
+    except Exception:
+        metrics.SQL_WRITES.labels("failed").inc()
+        raise
+    metrics.SQL_WRITES.labels("written").inc()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResult:
     """Run the heuristics over a batch of sampler entries and write the results."""
     now = datetime.now(UTC)
     trace_rows: dict[str, dict[str, Any]] = {}
-    score_rows: dict[str, dict[str, Any]] = {}
+    traces: dict[str, Trace] = {}
     reviews = []
     dead = 0
     all_scores: list[Score] = []
@@ -128,16 +154,16 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         prompt_versions[trace.trace_id] = trace.prompt_version
         # Keyed by id: a trace published twice in one batch must not upsert the same row twice.
         trace_rows[trace.trace_id] = trace_row(entry["id"], trace, decision, now)
-        for score in scores:
-            score_rows[score.id] = _row(score, trace)
+        traces[trace.trace_id] = trace
         reviews += ctx.router.route(trace, scores)
     unique_reviews = list({r.id: r for r in reviews}.values())
-    ctx.store.write_batch(list(trace_rows.values()), list(score_rows.values()), unique_reviews)
+    _write(ctx, traces, list(trace_rows.values()), all_scores, unique_reviews)
     routed = ctx.router.publish(ctx.client, unique_reviews)
     _record(all_scores, prompt_versions, routed)
     for row in trace_rows.values():
         metrics.PUBLISH_TO_SCORE.observe((now - row["published_at"]).total_seconds())
-    return BatchResult(len(trace_rows), len(score_rows), len(routed), dead)
+    unique_scores = len({s.id for s in all_scores})
+    return BatchResult(len(trace_rows), unique_scores, len(routed), dead)
 
 
 @dataclass
@@ -192,8 +218,7 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
         by_trace[score.trace_id].append(score)
     trace_of = {t.trace_id: t for t in traces.values()}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
-    rows = {s.id: _row(s, trace_of[s.trace_id]) for s in scores}
-    ctx.store.write_batch([], list(rows.values()), reviews, calls)
+    _write(ctx, trace_of, [], scores, reviews, calls)
     routed = ctx.router.publish(ctx.client, reviews)
     _record(scores, {t.trace_id: t.prompt_version for t in traces.values()}, routed)
     metrics.record_judge_calls(calls)
@@ -202,4 +227,4 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
             raise RuntimeError("deferred judge work but no requeue configured")
         ctx.requeue(list(later.values()), delay)
     deferred = sum(len(entry["judges"]) for entry in later.values())
-    return JudgeBatchResult(len(rows), len(calls), len(routed), deferred)
+    return JudgeBatchResult(len({s.id for s in scores}), len(calls), len(routed), deferred)

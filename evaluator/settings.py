@@ -131,6 +131,21 @@ class Settings(BaseSettings):
         description="USD per 1M (input, output) tokens by model name or name prefix.",
     )
 
+    # External sinks (delivered by `evalfleet relay` from the SQL outbox). Langfuse is enabled by
+    # the SDK's own LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY / LANGFUSE_HOST variables.
+    otel_sink: str = Field(
+        default="",
+        description='Emit evaluations over OTLP: "spans", "logs" or "spans,logs"; empty is off. '
+        "Endpoint and headers from the standard OTEL_EXPORTER_OTLP_* variables.",
+    )
+    sink_batch_size: int = Field(default=200, ge=1, description="Outbox rows per delivery.")
+    sink_backoff_max_s: float = Field(default=300.0, gt=0)
+    sink_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=3600,
+        description="Delivered outbox rows are kept this long (to recognise redeliveries).",
+    )
+
     # Metrics
     metrics_port: int | None = Field(
         default=None, description="Serve /metrics and /healthz on this port (CLI --metrics-port)."

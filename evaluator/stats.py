@@ -32,6 +32,8 @@ class FleetStats:
     judge_sampled: int
     review_pending: int
     scores: list[dict[str, Any]] = field(default_factory=list)
+    # Outbox rows per external sink and status (pending, delivered, rejected).
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def fleet_stats(client: redis.Redis, store: SQLStore) -> FleetStats:
@@ -48,4 +50,5 @@ def fleet_stats(client: redis.Redis, store: SQLStore) -> FleetStats:
         judge_sampled=store.judge_sampled_count(),
         review_pending=store.pending_review_count(),
         scores=store.score_summary(),
+        sinks=store.outbox_counts(),
     )

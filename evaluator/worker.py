@@ -35,6 +35,7 @@ from evaluator.sampler import Dispatch, DispatchError
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks import metrics
+from evaluator.sinks.outbox import build_sinks
 from evaluator.sinks.sql import SQLStore
 from evaluator.streams import connect, dead_letter
 
@@ -105,6 +106,7 @@ def _build_scoring_context() -> ScoringContext:
         judges=judge_registry(settings),
         requeue=_requeue_judges,
         run_judges=JudgeLoop(settings),
+        sinks=build_sinks(settings),
     )
 
 

@@ -107,7 +107,7 @@ def parse_otlp_spans(document: dict[str, Any]) -> list[Span]:
     return spans
 
 
-def _message_text(message: Any) -> str:
+def message_text(message: Any) -> str:
     """Text of a chat message in either the ``parts`` form (current) or ``content`` form (old)."""
     if isinstance(message, str):
         return message
@@ -123,7 +123,7 @@ def _message_text(message: Any) -> str:
     return str(content or "")
 
 
-def _json_messages(value: Any) -> list[Any]:
+def json_messages(value: Any) -> list[Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -143,37 +143,37 @@ def _indexed(attributes: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
     return [rows[i] for i in sorted(rows)]
 
 
-def _last_user_text(messages: list[Any]) -> str:
+def last_user_text(messages: list[Any]) -> str:
     users = [m for m in messages if not isinstance(m, dict) or m.get("role", "user") == "user"]
-    return _message_text(users[-1]) if users else ""
+    return message_text(users[-1]) if users else ""
 
 
 def _prompt(span: Span) -> str:
     a = span.attributes
     if "gen_ai.input.messages" in a:
-        return _last_user_text(_json_messages(a["gen_ai.input.messages"]))
+        return last_user_text(json_messages(a["gen_ai.input.messages"]))
     if legacy := _indexed(a, "gen_ai.prompt"):
-        return _last_user_text(legacy)
+        return last_user_text(legacy)
     for name, attrs in span.events:
         if name == "gen_ai.content.prompt" and "gen_ai.prompt" in attrs:
-            return _last_user_text(_json_messages(attrs["gen_ai.prompt"]))
+            return last_user_text(json_messages(attrs["gen_ai.prompt"]))
         if name == "gen_ai.user.message":
-            return _message_text(attrs)
+            return message_text(attrs)
     return str(a.get("gen_ai.prompt", ""))
 
 
 def _completion(span: Span) -> str:
     a = span.attributes
     if "gen_ai.output.messages" in a:
-        return "".join(_message_text(m) for m in _json_messages(a["gen_ai.output.messages"]))
+        return "".join(message_text(m) for m in json_messages(a["gen_ai.output.messages"]))
     if legacy := _indexed(a, "gen_ai.completion"):
-        return _message_text(legacy[0])
+        return message_text(legacy[0])
     for name, attrs in span.events:
         if name == "gen_ai.content.completion" and "gen_ai.completion" in attrs:
-            return "".join(_message_text(m) for m in _json_messages(attrs["gen_ai.completion"]))
+            return "".join(message_text(m) for m in json_messages(attrs["gen_ai.completion"]))
         if name == "gen_ai.choice":
             message = attrs.get("message", attrs)
-            return _message_text(json.loads(message) if isinstance(message, str) else message)
+            return message_text(json.loads(message) if isinstance(message, str) else message)
     return str(a.get("gen_ai.completion", ""))
 
 
@@ -181,7 +181,7 @@ def _documents(span: Span) -> list[str]:
     a = span.attributes
     docs: list[str] = []
     if "gen_ai.retrieval.documents" in a:
-        for doc in _json_messages(a["gen_ai.retrieval.documents"]):
+        for doc in json_messages(a["gen_ai.retrieval.documents"]):
             text = doc.get("content") or doc.get("text") if isinstance(doc, dict) else doc
             if text:
                 docs.append(str(text))

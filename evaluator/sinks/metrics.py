@@ -57,6 +57,26 @@ JUDGE_COST = Counter("evalfleet_judge_cost_usd_total", "Judge spend in USD.", ["
 REVIEW_ROUTED = Counter(
     "evalfleet_review_routed_total", "Review items added to the stream.", ["evaluator"]
 )
+SQL_WRITES = Counter(
+    "evalfleet_sql_writes_total", "Score batches written to SQL, by outcome.", ["outcome"]
+)
+SINK_DELIVERIES = Counter(
+    "evalfleet_sink_deliveries_total",
+    "Outbox rows handled by the relay: delivered, rejected (permanent) or retried, per sink.",
+    ["sink", "outcome"],
+)
+SINK_SKIPPED = Counter(
+    "evalfleet_sink_skipped_total", "Scores a sink does not take, by reason.", ["sink", "reason"]
+)
+SINK_BACKLOG = Gauge(
+    "evalfleet_sink_backlog", "Outbox rows undelivered.", ["sink"], multiprocess_mode="mostrecent"
+)
+SINK_OLDEST_PENDING_AGE = Gauge(
+    "evalfleet_sink_oldest_pending_age_seconds",
+    "Age of the oldest undelivered outbox row per sink.",
+    ["sink"],
+    multiprocess_mode="mostrecent",
+)
 # Fleet state, set by the sampler (one writer; the newest value wins across processes).
 STREAM_LENGTH = Gauge(
     "evalfleet_stream_length", "Entries in evalfleet:traces.", multiprocess_mode="mostrecent"

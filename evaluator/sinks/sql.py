@@ -18,6 +18,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     Text,
     bindparam,
@@ -98,6 +99,31 @@ class JudgeCallRecord(SQLModel, table=True):
     status: str = Field(max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = _tz_datetime(nullable=False, index=True)
+
+
+class OutboxRecord(SQLModel, table=True):
+    """A score waiting for (or delivered to) an external sink: the durable hand-off to the relay.
+
+    Written in the same transaction as the score, so a sink that is down loses nothing. Delivered
+    rows are kept (until pruned) with their digest, so a redelivered batch with unchanged content
+    is not sent twice, while a changed score is sent again.
+    """
+
+    __tablename__ = "sink_outbox"
+
+    id: str = Field(primary_key=True, max_length=64)
+    sink: str = Field(max_length=32)
+    score_id: str = Field(max_length=32)
+    trace_id: str = Field(max_length=256)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    digest: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _tz_datetime(nullable=False)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime = _tz_datetime(nullable=False)
+
+    __table_args__ = (Index("ix_sink_outbox_due", "sink", "status", "next_attempt_at"),)
 
 
 class ReviewItemRecord(SQLModel, table=True):
@@ -210,15 +236,21 @@ class SQLStore:
         rows: Sequence[dict[str, Any]],
         key: str,
         update: bool,
+        unless_same: str | None = None,
     ) -> None:
         if not rows:
             return
-        upsert = self._compiled_upsert(model, tuple(rows[0]), key, update)
+        upsert = self._compiled_upsert(model, tuple(rows[0]), key, update, unless_same)
         session.connection().exec_driver_sql(upsert.sql, upsert.parameters(rows))
 
     @cache  # noqa: B019 - one entry per (table, columns, mode); the store lives as long as the process
     def _compiled_upsert(
-        self, model: type[SQLModel], columns: tuple[str, ...], key: str, update: bool
+        self,
+        model: type[SQLModel],
+        columns: tuple[str, ...],
+        key: str,
+        update: bool,
+        unless_same: str | None = None,
     ) -> _CompiledUpsert:
         """Compile the upsert once; batches then skip SQLAlchemy's per-row parameter handling.
 
@@ -240,9 +272,13 @@ class SQLStore:
             base = sqlite.insert(table)
         else:
             raise ValueError(f"unsupported database {dialect.name!r} (use SQLite or PostgreSQL)")
+        # unless_same: leave a row alone when that column (a content digest) did not change.
+        where = None if unless_same is None else table.c[unless_same] != base.excluded[unless_same]
         stmt = (
             base.on_conflict_do_update(
-                index_elements=[key], set_={c: base.excluded[c] for c in columns if c != key}
+                index_elements=[key],
+                set_={c: base.excluded[c] for c in columns if c != key},
+                where=where,
             )
             if update
             else base.on_conflict_do_nothing(index_elements=[key])
@@ -262,10 +298,12 @@ class SQLStore:
         scores: Sequence[dict[str, Any]],
         reviews: Sequence[ReviewItem],
         calls: Sequence[dict[str, Any]] = (),
+        outbox: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Upsert traces, scores and judge calls; insert-if-absent review items (keeping their
-        reviewer state)."""
+        reviewer state); queue sink deliveries whose content changed."""
         with Session(self.engine) as session:
+            self._upsert(session, OutboxRecord, outbox, "id", update=True, unless_same="digest")
             self._upsert(session, JudgeCallRecord, calls, "id", update=True)
             self._upsert(session, TraceRecord, traces, "trace_id", update=True)
             self._upsert(session, ScoreRecord, scores, "id", update=True)
@@ -340,6 +378,17 @@ class SQLStore:
             )
             return list(session.exec(query).all())
 
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Outbox rows per sink and status (pending, delivered, rejected)."""
+        counts: dict[str, dict[str, int]] = {}
+        with Session(self.engine) as session:
+            query = select(OutboxRecord.sink, OutboxRecord.status, func.count()).group_by(
+                OutboxRecord.sink, OutboxRecord.status
+            )
+            for sink, status, count in session.exec(query):
+                counts.setdefault(sink, {})[status] = int(count)
+        return counts
+
     def publish_to_score_delays_ms(self) -> list[float]:
         with Session(self.engine) as session:
             rows = session.exec(select(TraceRecord.published_at, TraceRecord.scored_at)).all()
@@ -348,6 +397,7 @@ class SQLStore:
 
 __all__ = [
     "JudgeCallRecord",
+    "OutboxRecord",
     "ReviewItemRecord",
     "SQLStore",
     "ScoreRecord",

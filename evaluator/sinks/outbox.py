@@ -1,0 +1,300 @@
+"""Durable delivery of scores to external sinks (Langfuse, OpenTelemetry): an outbox and a relay.
+
+Workers never call a sink. They write one outbox row per (sink, score) in the same transaction
+as the score itself; ``evalfleet relay`` delivers due rows in batches, marks them delivered only
+on the sink's confirmation, backs off while a sink is down and keeps permanent rejections with
+their reason. So a sink that is down for hours loses nothing and never slows scoring, and one
+sink failing never holds up another (each sink has its own rows and backoff).
+
+A redelivered Celery batch re-writes the same rows; the content digest leaves unchanged ones
+alone (no second delivery) and re-queues a score whose content changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from evaluator.models import Score, Trace, stable_id
+from evaluator.settings import Settings
+from evaluator.sinks import metrics
+from evaluator.sinks.sql import OutboxRecord, SQLStore
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
+
+
+class SinkUnavailable(Exception):
+    """The sink could not take the batch now (down, 5xx, 429, timeout): retry later."""
+
+
+class Sink(Protocol):
+    """An external destination for scores. ``payload`` runs in the workers (no I/O);
+    ``deliver`` runs in the relay."""
+
+    name: str
+
+    def payload(self, score: Score, trace: Trace) -> dict[str, Any] | str:
+        """What to send for this score, or a short reason why this sink does not take it.
+
+        A ``timestamp`` key is left out of the content digest (it changes on every re-run)."""
+        ...
+
+    def deliver(self, payloads: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Send the payloads (keyed by outbox row id). Returns the rows the sink rejected for
+        good, with the reason; every other row counts as delivered. Raises SinkUnavailable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    content = {k: v for k, v in payload.items() if k != "timestamp"}
+    return stable_id(json.dumps(content, sort_keys=True, default=str))
+
+
+def outbox_rows(
+    sinks: Sequence[Sink], scores: Sequence[Score], traces: dict[str, Trace], now: datetime
+) -> list[dict[str, Any]]:
+    """The outbox rows for a batch of scores (written by the caller with the scores)."""
+    rows = []
+    for sink in sinks:
+        for score in scores:
+            payload = sink.payload(score, traces[score.trace_id])
+            if isinstance(payload, str):
+                metrics.SINK_SKIPPED.labels(sink.name, payload).inc()
+                continue
+            rows.append(
+                {
+                    "id": f"{sink.name}:{score.id}",
+                    "sink": sink.name,
+                    "score_id": score.id,
+                    "trace_id": score.trace_id,
+                    "payload": payload,
+                    "digest": _digest(payload),
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "last_error": None,
+                    "updated_at": now,
+                }
+            )
+    return rows
+
+
+@dataclass
+class RelayCounts:
+    delivered: int = 0
+    rejected: int = 0
+    retried: int = 0
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _otel_signals(settings: Settings) -> list[str]:
+    return [signal.strip() for signal in settings.otel_sink.split(",") if signal.strip()]
+
+
+def enabled_sinks(settings: Settings) -> list[str]:
+    """Names of the sinks the environment enables."""
+    from evaluator.sinks.langfuse import LangfuseSettings
+
+    names = ["langfuse"] if LangfuseSettings().enabled else []
+    return names + (["otel"] if _otel_signals(settings) else [])
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    """The enabled sinks (the same list in workers, which write outbox rows, and the relay)."""
+    sinks: list[Sink] = []
+    for name in enabled_sinks(settings):
+        if name == "langfuse":
+            from evaluator.sinks.langfuse import LangfuseSettings, LangfuseSink
+
+            sinks.append(LangfuseSink(LangfuseSettings()))
+        else:
+            from evaluator.sinks.otel import OTelSink
+
+            sinks.append(OTelSink.otlp(_otel_signals(settings)))
+    return sinks
+
+
+class SinkRelay:
+    """Moves outbox rows to their sinks. Several relays may run against PostgreSQL (rows are
+    claimed with SKIP LOCKED and a lease); against SQLite run one."""
+
+    def __init__(
+        self,
+        store: SQLStore,
+        sinks: Sequence[Sink],
+        batch_size: int = 200,
+        lease_s: float = 120.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.store = store
+        self.sinks = {sink.name: sink for sink in sinks}
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_s)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.retention = retention
+        self.counts = {name: RelayCounts() for name in self.sinks}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SinkRelay:
+        return cls(
+            SQLStore(settings.sqlalchemy_url),
+            build_sinks(settings),
+            batch_size=settings.sink_batch_size,
+            backoff_max_s=settings.sink_backoff_max_s,
+            retention=timedelta(seconds=settings.sink_retention_s),
+        )
+
+    def _claim(self, sink: str, now: datetime) -> list[tuple[str, int, dict[str, Any]]]:
+        """Due rows of one sink, leased to this relay so no other relay sends them meanwhile."""
+        with Session(self.store.engine) as session:
+            query = (
+                select(OutboxRecord.id, OutboxRecord.attempts, OutboxRecord.payload)
+                .where(OutboxRecord.sink == sink)
+                .where(OutboxRecord.status == PENDING)
+                .where(col(OutboxRecord.next_attempt_at) <= now)
+                .order_by(col(OutboxRecord.next_attempt_at))
+                .limit(self.batch_size)
+            )
+            if self.store.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = [(row_id, tries, dict(body)) for row_id, tries, body in session.exec(query)]
+            if rows:
+                session.execute(
+                    update(OutboxRecord)
+                    .where(col(OutboxRecord.id).in_([r[0] for r in rows]))
+                    .values(next_attempt_at=now + self.lease)
+                )
+            session.commit()
+        return rows
+
+    def _settle(self, ids: list[str], now: datetime, **values: Any) -> None:
+        if not ids:
+            return
+        with Session(self.store.engine) as session:
+            session.execute(
+                update(OutboxRecord)
+                .where(col(OutboxRecord.id).in_(ids))
+                .values(updated_at=now, **values)
+            )
+            session.commit()
+
+    def _backoff(self, attempts: int) -> timedelta:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts, 30))
+        return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+    def drain_sink(self, name: str) -> int:
+        """Deliver one batch of due rows of one sink; returns how many rows it handled."""
+        now = datetime.now(UTC)
+        rows = self._claim(name, now)
+        if not rows:
+            return 0
+        counts = self.counts[name]
+        try:
+            rejected = self.sinks[name].deliver({row_id: payload for row_id, _, payload in rows})
+        except SinkUnavailable as exc:
+            attempts = max(a for _, a, _ in rows) + 1
+            log.warning("sink %s down (%d rows, attempt %d): %s", name, len(rows), attempts, exc)
+            self._settle(
+                [r[0] for r in rows],
+                now,
+                attempts=OutboxRecord.attempts + 1,
+                next_attempt_at=datetime.now(UTC) + self._backoff(attempts),
+                last_error=str(exc)[:1000],
+            )
+            counts.retried += len(rows)
+            metrics.SINK_DELIVERIES.labels(name, "retried").inc(len(rows))
+            return len(rows)
+        delivered = [r[0] for r in rows if r[0] not in rejected]
+        self._settle(delivered, now, status=DELIVERED, last_error=None)
+        for row_id, reason in rejected.items():
+            log.error("sink %s rejected %s for good: %s", name, row_id, reason)
+            self._settle([row_id], now, status=REJECTED, last_error=reason[:1000])
+        counts.delivered += len(delivered)
+        counts.rejected += len(rejected)
+        metrics.SINK_DELIVERIES.labels(name, "delivered").inc(len(delivered))
+        metrics.SINK_DELIVERIES.labels(name, "rejected").inc(len(rejected))
+        return len(rows)
+
+    def drain_once(self) -> int:
+        """One batch per sink: a slow or failing sink never starves the others."""
+        return sum(self.drain_sink(name) for name in self.sinks)
+
+    def backlog(self) -> dict[str, tuple[int, float]]:
+        """Per sink: undelivered rows and the age in seconds of the oldest one."""
+        now = datetime.now(UTC)
+        result = {name: (0, 0.0) for name in self.sinks}
+        with Session(self.store.engine) as session:
+            query = (
+                select(OutboxRecord.sink, func.count(), func.min(OutboxRecord.updated_at))
+                .where(OutboxRecord.status == PENDING)
+                .group_by(OutboxRecord.sink)
+            )
+            for sink, count, oldest in session.exec(query):
+                result[sink] = (int(count), (now - _utc(oldest)).total_seconds())
+        for sink, (count, age) in result.items():
+            metrics.SINK_BACKLOG.labels(sink).set(count)
+            metrics.SINK_OLDEST_PENDING_AGE.labels(sink).set(age)
+        return result
+
+    def prune(self, older_than: timedelta) -> int:
+        """Forget delivered rows older than ``older_than`` (after which a redelivered batch would
+        be sent again, so keep it well above the broker's visibility timeout)."""
+        cutoff = datetime.now(UTC) - older_than
+        table = OutboxRecord.__table__  # type: ignore[attr-defined]
+        with Session(self.store.engine) as session:
+            result = session.connection().execute(
+                table.delete().where(table.c.status == DELIVERED).where(table.c.updated_at < cutoff)
+            )
+            session.commit()
+        return int(result.rowcount or 0)
+
+    def run(
+        self,
+        stop: threading.Event,
+        idle_sleep_s: float = 0.5,
+        exit_when_idle: bool = False,
+    ) -> dict[str, RelayCounts]:
+        """Deliver until ``stop`` is set (or, with exit_when_idle, until nothing is due)."""
+        last_housekeeping = 0.0
+        if not self.sinks:
+            if not exit_when_idle:
+                stop.wait()
+            return self.counts
+        while not stop.is_set():
+            handled = self.drain_once()
+            clock = datetime.now(UTC).timestamp()
+            if clock - last_housekeeping > 10:
+                self.backlog()
+                self.prune(self.retention)
+                last_housekeeping = clock
+            if handled == 0:
+                if exit_when_idle:
+                    break
+                stop.wait(idle_sleep_s)
+        self.backlog()
+        return self.counts
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        self.store.close()
