@@ -4,6 +4,7 @@ against a real HTTP server (tests/langfuse_server.py)."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -222,7 +223,7 @@ def test_rejected_scores_are_kept_with_the_reason(
     with Session(store.engine) as session:
         rejected = session.exec(select(OutboxRecord).where(OutboxRecord.status == "rejected")).all()
     assert all("does not match its config" in (r.last_error or "") for r in rejected)
-    assert {r.payload["name"] for r in rejected} == {"pii_leak"}
+    assert {json.loads(r.payload)["name"] for r in rejected} == {"pii_leak"}
     store.close()
 
 

@@ -142,7 +142,6 @@ class OTelSink:
             "span_id": span_id if _SPAN_ID.match(span_id) else None,
             "evaluator": score.evaluator,
             "attributes": attributes,
-            "timestamp": score.created_at.isoformat(),
         }
 
     def _emit(self, payload: dict[str, Any]) -> None:

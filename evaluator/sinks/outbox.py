@@ -45,22 +45,17 @@ class Sink(Protocol):
     name: str
 
     def payload(self, score: Score, trace: Trace) -> dict[str, Any] | str:
-        """What to send for this score, or a short reason why this sink does not take it.
-
-        A ``timestamp`` key is left out of the content digest (it changes on every re-run)."""
+        """What to send for this score (JSON-ready, without the time), or a short reason why
+        this sink does not take it."""
         ...
 
     def deliver(self, payloads: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Send the payloads (keyed by outbox row id). Returns the rows the sink rejected for
-        good, with the reason; every other row counts as delivered. Raises SinkUnavailable."""
+        """Send the payloads (keyed by outbox row id; the relay adds ``timestamp``, the score's
+        ISO time). Returns the rows the sink rejected for good, with the reason; every other row
+        counts as delivered. Raises SinkUnavailable."""
         ...
 
     def close(self) -> None: ...
-
-
-def _digest(payload: dict[str, Any]) -> str:
-    content = {k: v for k, v in payload.items() if k != "timestamp"}
-    return stable_id(json.dumps(content, sort_keys=True, default=str))
 
 
 def outbox_rows(
@@ -74,14 +69,18 @@ def outbox_rows(
             if isinstance(payload, str):
                 metrics.SINK_SKIPPED.labels(sink.name, payload).inc()
                 continue
+            # Serialised once: stored as is and hashed for the digest. The time is kept apart
+            # (it changes on every re-run, the content need not).
+            body = json.dumps(payload, separators=(",", ":"), default=str)
             rows.append(
                 {
                     "id": f"{sink.name}:{score.id}",
                     "sink": sink.name,
                     "score_id": score.id,
                     "trace_id": score.trace_id,
-                    "payload": payload,
-                    "digest": _digest(payload),
+                    "payload": body,
+                    "digest": stable_id(body),
+                    "created_at": score.created_at,
                     "status": PENDING,
                     "attempts": 0,
                     "next_attempt_at": now,
@@ -168,7 +167,12 @@ class SinkRelay:
         """Due rows of one sink, leased to this relay so no other relay sends them meanwhile."""
         with Session(self.store.engine) as session:
             query = (
-                select(OutboxRecord.id, OutboxRecord.attempts, OutboxRecord.payload)
+                select(
+                    OutboxRecord.id,
+                    OutboxRecord.attempts,
+                    OutboxRecord.payload,
+                    OutboxRecord.created_at,
+                )
                 .where(OutboxRecord.sink == sink)
                 .where(OutboxRecord.status == PENDING)
                 .where(col(OutboxRecord.next_attempt_at) <= now)
@@ -177,7 +181,10 @@ class SinkRelay:
             )
             if self.store.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            rows = [(row_id, tries, dict(body)) for row_id, tries, body in session.exec(query)]
+            rows = [
+                (row_id, tries, {**json.loads(body), "timestamp": _utc(at).isoformat()})
+                for row_id, tries, body, at in session.exec(query)
+            ]
             if rows:
                 session.execute(
                     update(OutboxRecord)

@@ -115,8 +115,10 @@ class OutboxRecord(SQLModel, table=True):
     sink: str = Field(max_length=32)
     score_id: str = Field(max_length=32)
     trace_id: str = Field(max_length=256)
-    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # JSON text, serialised once in the worker (and hashed for the digest from the same bytes).
+    payload: str = Field(sa_column=Column(Text, nullable=False))
     digest: str = Field(max_length=32)
+    created_at: datetime = _tz_datetime(nullable=False)  # the score's time, sent as timestamp
     status: str = Field(max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = _tz_datetime(nullable=False)
