@@ -12,6 +12,12 @@ TRACE_FIELD: Final = "trace"
 
 # Idempotency markers for the review stream: one key per routed review item.
 REVIEW_ROUTED_PREFIX: Final = "evalfleet:review:routed:"
+# Claimable review queues: one stream per (priority, tenant, evaluator), consumer group below;
+# the set lists them, the hash maps a review item id to "<queue> <entry id>".
+REVIEW_QUEUE_PREFIX: Final = "evalfleet:review:q:"
+REVIEW_QUEUES: Final = "evalfleet:review:queues"
+REVIEW_ENTRIES: Final = "evalfleet:review:entries"
+REVIEW_GROUP: Final = "reviewers"
 
 HEURISTICS_QUEUE: Final = "heuristics"
 JUDGES_QUEUE: Final = "judges"

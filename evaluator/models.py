@@ -171,6 +171,31 @@ class ReviewStatus(StrEnum):
     LABELLED = "labelled"
 
 
+class Verdict(StrEnum):
+    """A human's verdict on the evaluator's question: the answer is fine (pass) or not (fail)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+class ReviewLabel(BaseModel):
+    """A human label: what golden datasets are made of and judges are calibrated against."""
+
+    id: str = Field(description="The review item's id (or a deterministic id for imports).")
+    trace_id: str
+    evaluator: str = Field(description="The judge (or check) whose question the label answers.")
+    evaluator_version: str | None = Field(
+        default=None, description="The version that flagged the trace, when it came from review."
+    )
+    reviewer: str
+    verdict: Verdict
+    field_scores: dict[str, float | str | bool] = Field(default_factory=dict)
+    note: str = ""
+    labelled_at: datetime = Field(default_factory=_now)
+    source: str = "review"
+    trace: Trace
+
+
 class ReviewItem(BaseModel):
     """A trace sent to human review because of one evaluator's failing scores."""
 

@@ -7,7 +7,7 @@ import socket
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # USD per 1M input / output tokens (public list prices; override with EVALFLEET_MODEL_PRICES).
@@ -22,6 +22,17 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 
 def _default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ReviewerAccess(BaseModel):
+    """One reviewer token's holder and the tenants they may review ("*": every tenant)."""
+
+    reviewer: str = Field(min_length=1, max_length=128)
+    tenants: list[str] = Field(default_factory=lambda: ["*"])
+
+    @property
+    def tenant_scope(self) -> frozenset[str] | None:
+        return None if "*" in self.tenants else frozenset(self.tenants)
 
 
 class Settings(BaseSettings):
@@ -89,6 +100,16 @@ class Settings(BaseSettings):
         description="Numeric score name -> threshold; a score below it is routed to review.",
     )
     review_routed_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+
+    review_lease_s: float = Field(
+        default=900, gt=0, description="A claimed review item returns to the queue after this."
+    )
+    reviewer_tokens: dict[str, ReviewerAccess] = Field(
+        default_factory=dict,
+        repr=False,  # the keys are secrets
+        description='Bearer tokens of the review API, e.g. {"tok-…": {"reviewer": "ana", '
+        '"tenants": ["acme"]}}.',
+    )
 
     # Judges (LLM-as-judge)
     judges_dir: Path | None = Field(

@@ -57,6 +57,11 @@ JUDGE_COST = Counter("evalfleet_judge_cost_usd_total", "Judge spend in USD.", ["
 REVIEW_ROUTED = Counter(
     "evalfleet_review_routed_total", "Review items added to the stream.", ["evaluator"]
 )
+REVIEW_LABELLED = Counter(
+    "evalfleet_review_labelled_total",
+    "Human labels, by evaluator and verdict.",
+    ["evaluator", "verdict"],
+)
 SQL_WRITES = Counter(
     "evalfleet_sql_writes_total", "Score batches written to SQL, by outcome.", ["outcome"]
 )

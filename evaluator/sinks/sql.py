@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -32,7 +32,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from evaluator.models import ReviewItem, ReviewStatus, Score, ScoreStatus
+from evaluator.models import (
+    ReviewItem,
+    ReviewLabel,
+    ReviewStatus,
+    Score,
+    ScoreStatus,
+    Trace,
+    Verdict,
+)
 
 
 def _tz_datetime(**kwargs: Any) -> Any:
@@ -143,6 +151,66 @@ class ReviewItemRecord(SQLModel, table=True):
     status: str = Field(max_length=16, index=True)
     created_at: datetime = _tz_datetime(nullable=False)
     trace: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class ReviewLabelRecord(SQLModel, table=True):
+    """One human label per review item (or imported example): the golden data."""
+
+    __tablename__ = "review_labels"
+
+    id: str = Field(primary_key=True, max_length=32)
+    trace_id: str = Field(index=True, max_length=256)
+    evaluator: str = Field(index=True, max_length=128)
+    evaluator_version: str | None = Field(default=None, max_length=64)
+    reviewer: str = Field(max_length=128)
+    verdict: str = Field(max_length=16)
+    field_scores: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    note: str = Field(default="", sa_column=Column(Text, nullable=False))
+    labelled_at: datetime = _tz_datetime(nullable=False)
+    source: str = Field(max_length=256)
+    tenant: str | None = Field(default=None, max_length=128)
+    prompt_version: str | None = Field(default=None, max_length=128)
+    trace: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+    def to_label(self) -> ReviewLabel:
+        return ReviewLabel(
+            id=self.id,
+            trace_id=self.trace_id,
+            evaluator=self.evaluator,
+            evaluator_version=self.evaluator_version,
+            reviewer=self.reviewer,
+            verdict=Verdict(self.verdict),
+            field_scores=self.field_scores,
+            note=self.note,
+            labelled_at=_utc(self.labelled_at),
+            source=self.source,
+            trace=Trace.model_validate(self.trace),
+        )
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def label_row(label: ReviewLabel) -> dict[str, Any]:
+    return {
+        "id": label.id,
+        "trace_id": label.trace_id,
+        "evaluator": label.evaluator,
+        "evaluator_version": label.evaluator_version,
+        "reviewer": label.reviewer,
+        "verdict": label.verdict.value,
+        "field_scores": label.field_scores,
+        "note": label.note,
+        "labelled_at": label.labelled_at,
+        "source": label.source,
+        "tenant": label.trace.tenant,
+        "prompt_version": label.trace.prompt_version,
+        "trace": label.trace.model_dump(mode="json", exclude_none=True),
+    }
 
 
 def score_row(
@@ -391,6 +459,59 @@ class SQLStore:
                 counts.setdefault(sink, {})[status] = int(count)
         return counts
 
+    # -- review --------------------------------------------------------------------------------
+
+    def add_labels(self, labels: Sequence[ReviewLabel], replace: bool = False) -> None:
+        """Insert labels; an existing label (same id) is kept unless ``replace`` (imports)."""
+        with Session(self.engine) as session:
+            rows = [label_row(label) for label in labels]
+            self._upsert(session, ReviewLabelRecord, rows, "id", update=replace)
+            session.commit()
+
+    def label(self, label_id: str) -> ReviewLabel | None:
+        with Session(self.engine) as session:
+            record = session.get(ReviewLabelRecord, label_id)
+            return record.to_label() if record else None
+
+    def labels(self, evaluator: str | None = None) -> list[ReviewLabel]:
+        with Session(self.engine) as session:
+            query = select(ReviewLabelRecord).order_by(col(ReviewLabelRecord.labelled_at))
+            if evaluator is not None:
+                query = query.where(ReviewLabelRecord.evaluator == evaluator)
+            return [record.to_label() for record in session.exec(query)]
+
+    def review_item(self, item_id: str) -> ReviewItemRecord | None:
+        with Session(self.engine) as session:
+            return session.get(ReviewItemRecord, item_id)
+
+    def set_review_status(self, item_id: str, status: ReviewStatus) -> None:
+        with Session(self.engine) as session:
+            record = session.get(ReviewItemRecord, item_id)
+            if record is not None and record.status != ReviewStatus.LABELLED.value:
+                record.status = status.value  # a label is final
+                session.add(record)
+                session.commit()
+
+    def scores_by_id(self, score_ids: Sequence[str]) -> list[ScoreRecord]:
+        with Session(self.engine) as session:
+            query = select(ScoreRecord).where(col(ScoreRecord.id).in_(list(score_ids)))
+            return list(session.exec(query))
+
+    def review_counts(self) -> list[tuple[str, str | None, str, int]]:
+        """(evaluator, tenant, status, count) over all review items."""
+        with Session(self.engine) as session:
+            query = select(
+                ReviewItemRecord.evaluator,
+                ReviewItemRecord.tenant,
+                ReviewItemRecord.status,
+                func.count(),
+            ).group_by(
+                col(ReviewItemRecord.evaluator),
+                col(ReviewItemRecord.tenant),
+                col(ReviewItemRecord.status),
+            )
+            return [(e, t, s, int(c)) for e, t, s, c in session.exec(query)]
+
     def publish_to_score_delays_ms(self) -> list[float]:
         with Session(self.engine) as session:
             rows = session.exec(select(TraceRecord.published_at, TraceRecord.scored_at)).all()
@@ -401,6 +522,7 @@ __all__ = [
     "JudgeCallRecord",
     "OutboxRecord",
     "ReviewItemRecord",
+    "ReviewLabelRecord",
     "SQLStore",
     "ScoreRecord",
     "TraceRecord",

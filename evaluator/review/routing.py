@@ -5,6 +5,10 @@ a threshold configured in settings.
 A trace is routed at most once per (evaluator, evaluator version), however often its batch is
 redelivered: the ReviewItem id is deterministic, the SQL insert keeps an existing row, and the
 XADD to ``evalfleet:review`` is guarded by a SET NX marker in the same Lua script.
+
+``evalfleet:review`` is the log of everything routed; the same script also adds the item to its
+claimable queue (one stream per priority, tenant and evaluator, with the reviewers' consumer
+group), which ``evaluator.review.queue`` serves.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from evaluator.constants import REVIEW_ROUTED_PREFIX, REVIEW_STREAM
+from evaluator.constants import (
+    REVIEW_ENTRIES,
+    REVIEW_GROUP,
+    REVIEW_QUEUE_PREFIX,
+    REVIEW_QUEUES,
+    REVIEW_ROUTED_PREFIX,
+    REVIEW_STREAM,
+)
 from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
 
 CRITICAL_PRIORITY = 20  # e.g. a safety judge's "unsafe": reviewed before anything else
@@ -23,11 +34,26 @@ THRESHOLD_PRIORITY = 5
 
 _ROUTE_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'priority', ARGV[3],
-                    'evaluator', ARGV[4], 'tenant', ARGV[5], 'item', ARGV[6])
+  local logged = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'priority', ARGV[3],
+                            'evaluator', ARGV[4], 'tenant', ARGV[5], 'item', ARGV[6])
+  local entry = redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'item', ARGV[6])
+  redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[7], '0')  -- BUSYGROUP when it exists
+  redis.call('SADD', KEYS[4], KEYS[3])
+  redis.call('HSET', KEYS[5], ARGV[2], KEYS[3] .. ' ' .. entry)
+  return logged
 end
 return false
 """
+
+
+def queue_key(priority: int, tenant: str | None, evaluator: str) -> str:
+    """The claimable queue of a review item; the zero-padded priority sorts urgent first."""
+    return f"{REVIEW_QUEUE_PREFIX}{priority:03d}:{tenant or '-'}:{evaluator}"
+
+
+def parse_queue_key(key: str) -> tuple[int, str | None, str]:
+    priority, tenant, evaluator = key.removeprefix(REVIEW_QUEUE_PREFIX).split(":", 2)
+    return int(priority), None if tenant == "-" else tenant, evaluator
 
 
 @dataclass
@@ -73,7 +99,13 @@ class ReviewRouter:
         pipe = client.pipeline(transaction=False)
         for item in items:
             script(
-                keys=[REVIEW_ROUTED_PREFIX + item.id, REVIEW_STREAM],
+                keys=[
+                    REVIEW_ROUTED_PREFIX + item.id,
+                    REVIEW_STREAM,
+                    queue_key(item.priority, item.tenant, item.evaluator),
+                    REVIEW_QUEUES,
+                    REVIEW_ENTRIES,
+                ],
                 args=[
                     self.routed_ttl_s,
                     item.id,
@@ -81,6 +113,7 @@ class ReviewRouter:
                     item.evaluator,
                     item.tenant or "",
                     item.model_dump_json(exclude_none=True),
+                    REVIEW_GROUP,
                 ],
                 client=pipe,
             )

@@ -1,0 +1,215 @@
+"""The review queue reviewers claim from: Redis consumer groups, leases, labels in SQL.
+
+Each routed item sits in one stream per (priority, tenant, evaluator) with the consumer group
+``reviewers``; ``claim`` serves the most urgent queues first (critical safety failures before
+anything else), reclaiming items whose lease expired (XAUTOCLAIM: the reviewer vanished) before
+reading new ones. A claimed item belongs to one reviewer until they label, release or skip it,
+or the lease (``EVALFLEET_REVIEW_LEASE_S``) runs out. Labels go to SQL first and are final: one
+label per item, whoever asks; the same reviewer repeating the same label gets it back
+(idempotent); anyone else gets ``AlreadyLabelled``; a reviewer whose lease was taken over gets
+``LeaseLost``. Only then is the entry acknowledged, so a crash in between re-serves the item,
+and ``claim`` acknowledges items it finds already labelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES
+from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Verdict
+from evaluator.review.routing import parse_queue_key
+from evaluator.sinks.sql import SQLStore
+from evaluator.streams import text
+
+RELEASED = "released"  # pseudo-consumer holding released items until someone reclaims them
+SKIPPED_PREFIX = "evalfleet:review:skipped:"
+
+
+class ReviewError(Exception):
+    """A review action that cannot be done; the message says why."""
+
+
+class NotFound(ReviewError):
+    pass
+
+
+class LeaseLost(ReviewError):
+    pass
+
+
+class AlreadyLabelled(ReviewError):
+    pass
+
+
+@dataclass(frozen=True)
+class Claimed:
+    item: ReviewItem
+    queue: str
+    entry_id: str
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which queues a reviewer may see: tenants (None = all) and optionally one evaluator."""
+
+    tenants: frozenset[str] | None = None
+    evaluator: str | None = None
+
+    def allows(self, tenant: str | None, evaluator: str) -> bool:
+        if self.evaluator is not None and evaluator != self.evaluator:
+            return False
+        return self.tenants is None or (tenant is not None and tenant in self.tenants)
+
+
+class ReviewQueue:
+    def __init__(self, client: redis.Redis, store: SQLStore, lease_s: float = 900.0) -> None:
+        self.client = client
+        self.store = store
+        self.lease_ms = int(lease_s * 1000)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def queues(self, scope: QueueFilter = QueueFilter()) -> list[str]:
+        """The queues in scope, most urgent first."""
+        keys = sorted((text(k) for k in self.client.smembers(REVIEW_QUEUES)), reverse=True)
+        return [k for k in keys if scope.allows(*parse_queue_key(k)[1:])]
+
+    def locate(self, item_id: str) -> tuple[str, str]:
+        where = self.client.hget(REVIEW_ENTRIES, item_id)
+        if where is None:
+            raise NotFound(f"no review item {item_id!r}")
+        queue, entry_id = text(where).split(" ")
+        return queue, entry_id
+
+    def holder(self, item_id: str) -> str | None:
+        """The reviewer holding the item's lease right now (None: nobody, or it expired)."""
+        queue, entry_id = self.locate(item_id)
+        pending: Any = self.client.xpending_range(queue, REVIEW_GROUP, entry_id, entry_id, 1)
+        if not pending:
+            return None
+        consumer = text(pending[0]["consumer"])
+        if consumer == RELEASED or pending[0]["time_since_delivered"] >= self.lease_ms:
+            return None
+        return consumer
+
+    def get(self, item_id: str) -> ReviewItem:
+        queue, entry_id = self.locate(item_id)
+        entries: Any = self.client.xrange(queue, entry_id, entry_id)
+        if not entries:
+            raise NotFound(f"review item {item_id!r} was trimmed from its queue")
+        return ReviewItem.model_validate_json(entries[0][1][b"item"])
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def claim(self, reviewer: str, n: int = 1, scope: QueueFilter = QueueFilter()) -> list[Claimed]:
+        """Up to ``n`` items for ``reviewer``: expired leases first, then new items, most urgent
+        queue first."""
+        if reviewer == RELEASED:
+            raise ReviewError(f"{RELEASED!r} is reserved")
+        claimed: list[Claimed] = []
+        skipped = {text(i) for i in self.client.smembers(SKIPPED_PREFIX + reviewer)}
+        for queue in self.queues(scope):
+            for entry_id, fields in self._take(queue, reviewer, n - len(claimed)):
+                item = ReviewItem.model_validate_json(fields[b"item"])
+                if self.store.label(item.id) is not None:
+                    self.client.xack(queue, REVIEW_GROUP, entry_id)  # labelled before a crash
+                elif item.id in skipped:
+                    self._release(queue, entry_id)
+                else:
+                    claimed.append(Claimed(item, queue, entry_id))
+                    self.store.set_review_status(item.id, ReviewStatus.CLAIMED)
+            if len(claimed) >= n:
+                break
+        return claimed
+
+    def _take(self, queue: str, reviewer: str, count: int) -> list[tuple[str, dict[bytes, Any]]]:
+        taken: list[tuple[str, dict[bytes, Any]]] = []
+        start = "0-0"
+        while len(taken) < count:  # leases that ran out, or released items
+            reply: Any = self.client.xautoclaim(
+                queue, REVIEW_GROUP, reviewer, self.lease_ms, start, count=count - len(taken)
+            )
+            start_b, entries = reply[0], reply[1]
+            taken += [(text(i), f) for i, f in entries if f]  # deleted entries come back empty
+            start = text(start_b)
+            if start == "0-0":
+                break
+        if len(taken) < count:
+            fresh: Any = self.client.xreadgroup(
+                REVIEW_GROUP, reviewer, {queue: ">"}, count=count - len(taken)
+            )
+            taken += [(text(i), f) for _, entries in fresh for i, f in entries]
+        return taken
+
+    def renew(self, item_id: str, reviewer: str) -> None:
+        """Extend the lease (a reviewer still reading a long trace)."""
+        queue, entry_id = self._held(item_id, reviewer)
+        self.client.xclaim(queue, REVIEW_GROUP, reviewer, 0, [entry_id])
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def _held(self, item_id: str, reviewer: str) -> tuple[str, str]:
+        holder = self.holder(item_id)
+        if holder != reviewer:
+            who = f"held by {holder}" if holder else "not claimed (or the lease expired)"
+            raise LeaseLost(f"review item {item_id} is {who}; claim it first")
+        return self.locate(item_id)
+
+    def label(
+        self,
+        item_id: str,
+        reviewer: str,
+        verdict: Verdict,
+        field_scores: dict[str, float | str | bool] | None = None,
+        note: str = "",
+    ) -> ReviewLabel:
+        existing = self.store.label(item_id)
+        if existing is None:
+            queue, entry_id = self._held(item_id, reviewer)
+            item = self.get(item_id)
+            label = ReviewLabel(
+                id=item.id,
+                trace_id=item.trace_id,
+                evaluator=item.evaluator,
+                evaluator_version=item.evaluator_version,
+                reviewer=reviewer,
+                verdict=verdict,
+                field_scores=field_scores or {},
+                note=note,
+                labelled_at=datetime.now(UTC),
+                trace=item.trace,
+            )
+            self.store.add_labels([label])  # insert-if-absent: a concurrent label wins once
+            existing = self.store.label(item_id)
+            assert existing is not None
+            self.store.set_review_status(item_id, ReviewStatus.LABELLED)
+            self.client.xack(queue, REVIEW_GROUP, entry_id)
+        if existing.reviewer != reviewer or existing.verdict != verdict:
+            raise AlreadyLabelled(
+                f"review item {item_id} was labelled {existing.verdict.value} by "
+                f"{existing.reviewer} at {existing.labelled_at:%Y-%m-%d %H:%M}Z"
+            )
+        return existing
+
+    def _release(self, queue: str, entry_id: str) -> None:
+        # Handed to a placeholder consumer as if idle for a whole lease: the next claim's
+        # XAUTOCLAIM serves it at once.
+        self.client.xclaim(queue, REVIEW_GROUP, RELEASED, 0, [entry_id], idle=self.lease_ms)
+
+    def release(self, item_id: str, reviewer: str) -> None:
+        """Give the item back for anyone (this reviewer included) to claim."""
+        queue, entry_id = self._held(item_id, reviewer)
+        self._release(queue, entry_id)
+        self.store.set_review_status(item_id, ReviewStatus.PENDING)
+
+    def skip(self, item_id: str, reviewer: str) -> None:
+        """Give the item back for others; this reviewer is not served it again."""
+        queue, entry_id = self._held(item_id, reviewer)
+        self.client.sadd(SKIPPED_PREFIX + reviewer, item_id)
+        self._release(queue, entry_id)
+        self.store.set_review_status(item_id, ReviewStatus.PENDING)
