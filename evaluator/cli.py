@@ -125,6 +125,25 @@ def relay(
     log.info("relay stopped: %s", counts)
 
 
+@app.command("review-api")
+def review_api(
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    loglevel: str = "info",
+) -> None:
+    """Serve the review API (OpenAPI at /docs) and the reviewers' web page (/review)."""
+    import uvicorn
+
+    from evaluator.review.api import review_app
+
+    settings = get_settings()
+    if not settings.reviewer_tokens:
+        console.print(
+            "[yellow]warning:[/yellow] no EVALFLEET_REVIEWER_TOKENS: every request gets 401"
+        )
+    uvicorn.run(review_app(settings), host=host, port=port, log_level=loglevel)
+
+
 def _time_option(value: str | None, option: str) -> datetime | None:
     from evaluator.timeparse import parse_since
 

@@ -9,17 +9,22 @@ import pytest
 import redis
 from helpers import make_trace
 
-from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Score, Severity, Verdict
+from evaluator.models import (
+    ReviewItem,
+    ReviewLabel,
+    ReviewStatus,
+    Score,
+    Severity,
+    Trace,
+    Verdict,
+)
 from evaluator.review import ReviewRouter
 from evaluator.review.queue import AlreadyLabelled, LeaseLost, QueueFilter, ReviewQueue
-from evaluator.sinks.sql import SQLStore
+from evaluator.sinks.sql import SQLStore, score_row
 
 
-def review_item(
-    index: int, priority: int = 10, tenant: str = "acme", evaluator: str = "groundedness"
-) -> ReviewItem:
-    trace = make_trace(index, tenant=tenant)
-    score = Score.for_trace(
+def failing_score(trace: Trace, evaluator: str) -> Score:
+    return Score.for_trace(
         trace.trace_id,
         evaluator,
         "3",
@@ -29,11 +34,20 @@ def review_item(
         severity=Severity.HIGH,
         reason="claim 2 is not in the context",
     )
-    return ReviewItem.for_scores(trace, [score], priority=priority)
+
+
+def review_item(
+    index: int, priority: int = 10, tenant: str = "acme", evaluator: str = "groundedness"
+) -> ReviewItem:
+    trace = make_trace(index, tenant=tenant)
+    return ReviewItem.for_scores(trace, [failing_score(trace, evaluator)], priority=priority)
 
 
 def seed(store: SQLStore, client: redis.Redis, items: list[ReviewItem]) -> None:
-    store.write_batch([], [], items)
+    """Store the items and their failing scores, and route them."""
+    scores = [failing_score(item.trace, item.evaluator) for item in items]
+    rows = [score_row(s, "acme", None, None) for s in scores]
+    store.write_batch([], rows, items)
     assert len(ReviewRouter().publish(client, items)) == len(items)
 
 

@@ -63,6 +63,28 @@ class QueueCount(BaseModel):
     count: int
 
 
+def access_for(settings: Settings, token: str) -> ReviewerAccess | None:
+    for known, access in settings.reviewer_tokens.items():
+        if token and hmac.compare_digest(token.encode(), known.encode()):
+            return access
+    return None
+
+
+def reviewer(request: Request) -> ReviewerAccess:
+    """The caller's access, from the bearer token or the page's cookie; 401 without one."""
+    header = request.headers.get("authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    access = access_for(request.app.state.settings, token or request.cookies.get(COOKIE, ""))
+    if access is None:
+        raise HTTPException(
+            401, "a valid reviewer token is required", {"WWW-Authenticate": "Bearer"}
+        )
+    return access
+
+
+Reviewer = Annotated[ReviewerAccess, Depends(reviewer)]
+
+
 def _status(exc: ReviewError) -> int:
     if isinstance(exc, NotFound):
         return 404
@@ -71,26 +93,20 @@ def _status(exc: ReviewError) -> int:
     return 400
 
 
+def review_app(settings: Settings) -> FastAPI:
+    """The app for ``evalfleet review-api``, connected as the settings say."""
+    from evaluator.sinks.sql import SQLStore
+    from evaluator.streams import connect
+
+    store = SQLStore(settings.sqlalchemy_url)
+    return create_app(
+        ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s), settings
+    )
+
+
 def create_app(queue: ReviewQueue, settings: Settings) -> FastAPI:
     app = FastAPI(title="Evalfleet review", version="1", docs_url="/docs")
-
-    def access_for(token: str) -> ReviewerAccess | None:
-        for known, access in settings.reviewer_tokens.items():
-            if token and hmac.compare_digest(token.encode(), known.encode()):
-                return access
-        return None
-
-    def reviewer(request: Request) -> ReviewerAccess:
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        access = access_for(token or request.cookies.get(COOKIE, ""))
-        if access is None:
-            raise HTTPException(
-                401, "a valid reviewer token is required", {"WWW-Authenticate": "Bearer"}
-            )
-        return access
-
-    Reviewer = Annotated[ReviewerAccess, Depends(reviewer)]
+    app.state.settings = settings
 
     def scope(access: ReviewerAccess, evaluator: str | None = None) -> QueueFilter:
         return QueueFilter(access.tenant_scope, evaluator)
@@ -185,7 +201,7 @@ def create_app(queue: ReviewQueue, settings: Settings) -> FastAPI:
 
     @app.post("/review/login", include_in_schema=False)
     def login(token: Annotated[str, Form()]) -> Response:
-        if access_for(token) is None:
+        if access_for(settings, token) is None:
             return page("login.html", 401, error="Unknown token.")
         response = see_other("/review")
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict")

@@ -1,0 +1,128 @@
+"""The reviewers' web page end to end in headless Chromium: sign in, claim, label, next."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import uvicorn
+from helpers import wait_for
+from test_review_queue import review_item, seed
+
+from evaluator.embedded import free_port
+from evaluator.review.api import create_app
+from evaluator.review.queue import ReviewQueue
+from evaluator.settings import ReviewerAccess, Settings
+from evaluator.sinks.sql import SQLStore
+
+ARTIFACTS = Path(
+    os.environ.get("EVALFLEET_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs chromium and chromedriver (Debian packages chromium, chromium-driver)",
+)
+
+
+@pytest.fixture
+def server(sqlite_url: str, redis_client: redis.Redis) -> Iterator[tuple[str, SQLStore]]:
+    store = SQLStore(sqlite_url)
+    adversarial = review_item(2, priority=10)
+    adversarial.trace.output = "<script>document.title='owned'</script> Reset it under Settings."
+    seed(store, redis_client, [review_item(1, priority=20, evaluator="safety"), adversarial])
+    settings = Settings(
+        reviewer_tokens={"tok-ana": ReviewerAccess(reviewer="ana", tenants=["acme"])}
+    )
+    app = create_app(ReviewQueue(redis_client, store, lease_s=60), settings)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    web = uvicorn.Server(config)
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    wait_for(lambda: web.started, 10, "review server started")
+    yield f"http://127.0.0.1:{port}", store
+    web.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1400",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def submit(browser: Any, element_id: str) -> None:
+    """Click a submit button and wait until the browser has loaded the page that follows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, element_id).click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 10).until(
+        lambda driver: driver.execute_script("return document.readyState") == "complete"
+    )
+
+
+def test_claim_label_next_in_chromium(server: tuple[str, SQLStore], browser: object) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    url, store = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(f"{url}/review")
+    assert "valid reviewer token" in browser.page_source  # 401 before signing in
+    browser.get(f"{url}/review/login")
+    browser.find_element(By.ID, "token").send_keys("tok-ana")
+    submit(browser, "sign-in")
+    assert browser.find_element(By.ID, "reviewer").text == "ana"
+    assert "safety" in browser.find_element(By.ID, "queues").text
+
+    submit(browser, "claim-next")  # the critical safety item comes first
+    assert browser.find_element(By.ID, "trace-id").text == "t-000001"
+    assert "claim 2 is not in the context" in browser.find_element(By.ID, "reasons").text
+    assert "safety" in browser.find_element(By.ID, "scores").text
+    browser.find_element(By.ID, "verdict-fail").click()
+    browser.find_element(By.ID, "note").send_keys("unsafe advice")
+    submit(browser, "submit-label")
+
+    # Next item at once; its adversarial answer is shown as text, never run.
+    assert browser.find_element(By.ID, "trace-id").text == "t-000002"
+    assert "<script>" in browser.find_element(By.ID, "output").text
+    assert browser.title == "Evalfleet review"
+    browser.save_screenshot(str(ARTIFACTS / "review-item.png"))
+    browser.find_element(By.ID, "verdict-pass").click()
+    submit(browser, "submit-label")
+    assert "Nothing left to review" in browser.find_element(By.ID, "empty").text
+    browser.save_screenshot(str(ARTIFACTS / "review-done.png"))
+
+    labels = {label.trace_id: label for label in store.labels()}
+    assert labels["t-000001"].verdict.value == "fail" and labels["t-000001"].note == "unsafe advice"
+    assert labels["t-000002"].verdict.value == "pass"
+    assert {label.reviewer for label in labels.values()} == {"ana"}
+    assert (ARTIFACTS / "review-item.png").stat().st_size > 10_000
