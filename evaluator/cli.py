@@ -26,6 +26,8 @@ dlq_app = typer.Typer(help="Inspect and redrive dead-lettered traces.", no_args_
 app.add_typer(dlq_app, name="dlq")
 backfill_app = typer.Typer(help="Publish historical traces for evaluation.", no_args_is_help=True)
 app.add_typer(backfill_app, name="backfill")
+dataset_app = typer.Typer(help="Golden datasets: export and import labels.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 judges_app = typer.Typer(
     help="Judge files: list, show, render, validate, lock.", no_args_is_help=True
 )
@@ -142,6 +144,153 @@ def review_api(
             "[yellow]warning:[/yellow] no EVALFLEET_REVIEWER_TOKENS: every request gets 401"
         )
     uvicorn.run(review_app(settings), host=host, port=port, log_level=loglevel)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    judge: Annotated[str, typer.Option(help="The judge whose labels to export.")],
+    out: Annotated[Path | None, typer.Option(help="Default datasets/golden/<judge>.jsonl.")] = None,
+) -> None:
+    """Merge the labels in SQL into the judge's golden dataset (deduplicated by trace)."""
+    from evaluator.golden import export, golden_path
+    from evaluator.sinks.sql import SQLStore
+
+    store = SQLStore(get_settings().sqlalchemy_url)
+    path = out or golden_path(judge)
+    total, merged = export(store.labels(judge), path)
+    store.close()
+    console.print(f"{path}: {total} examples ({merged} labels from the store merged)")
+
+
+@dataset_app.command("import")
+def dataset_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL or CSV.")],
+    judge: Annotated[str, typer.Option(help="The judge these labels answer.")],
+) -> None:
+    """Load labels made elsewhere (golden JSONL, or CSV) into the store; then export."""
+    from evaluator.golden import DatasetError, read_any
+    from evaluator.sinks.sql import SQLStore
+
+    try:
+        examples = read_any(file)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    store = SQLStore(get_settings().sqlalchemy_url)
+    store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
+    store.close()
+    console.print(
+        f"imported {len(examples)} labels for {judge}; `evalfleet dataset export "
+        f"--judge {judge}` writes them to the golden set"
+    )
+
+
+def _judge_spec(name: str) -> JudgeSpec:
+    from evaluator.judges import JudgeFileError, judges_dir, load_judge
+
+    path = judges_dir(get_settings()) / f"{name}.yaml"
+    if not path.exists():
+        console.print(f"[red]error:[/red] no judge file {path}")
+        raise typer.Exit(2)
+    try:
+        return load_judge(path)
+    except JudgeFileError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _require_judge_endpoint() -> None:
+    if not get_settings().judge_endpoint_configured:
+        console.print(
+            "[red]error:[/red] no judge endpoint: set EVALFLEET_JUDGE_BASE_URL (any "
+            "OpenAI-compatible server) and EVALFLEET_JUDGE_API_KEY"
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def calibrate(
+    judge: Annotated[str, typer.Option(help="The judge to calibrate.")],
+    dataset: Annotated[
+        Path | None, typer.Option(help="Default datasets/golden/<judge>.jsonl.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report; default calibration-<judge>.json.")
+    ] = None,
+) -> None:
+    """Run a judge over its golden set and report agreement with the human labels.
+
+    Exits 1 when agreement is under the judge file's calibration thresholds."""
+    from evaluator.calibrate import calibrate as run_calibration
+    from evaluator.embedded import redis_or_embedded
+    from evaluator.golden import DatasetError, golden_path, read_examples
+    from evaluator.report import render_calibration
+
+    spec = _judge_spec(judge)
+    _require_judge_endpoint()
+    path = dataset or golden_path(judge)
+    try:
+        examples = read_examples(path)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not examples:
+        console.print(f"[red]error:[/red] no examples in {path}")
+        raise typer.Exit(2)
+    settings = get_settings()
+    with redis_or_embedded(settings.redis_url) as redis_url, Progress(console=console) as progress:
+        task = progress.add_task(f"judging {len(examples)} examples", total=len(examples))
+        result = run_calibration(
+            spec,
+            examples,
+            settings.model_copy(update={"redis_url": redis_url}),
+            lambda: progress.advance(task),
+        )
+    render_calibration(result, console)
+    out = report or Path(f"calibration-{judge}.json")
+    out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    console.print(f"report: {out}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gate(
+    base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. origin/main).")],
+    tolerance: Annotated[float, typer.Option(help="Allowed drop in kappa and agreement.")] = 0.05,
+    golden_dir: Annotated[Path, typer.Option(help="Golden datasets.")] = Path("datasets/golden"),
+) -> None:
+    """Fail when a judge changed since BASE agrees less with humans than its old version."""
+    from evaluator.calibrate import GateError
+    from evaluator.calibrate import gate as run_gate
+    from evaluator.embedded import redis_or_embedded
+    from evaluator.judges import judges_dir
+    from evaluator.report import render_gate
+
+    _require_judge_endpoint()
+    settings = get_settings()
+    try:
+        with (
+            redis_or_embedded(settings.redis_url) as redis_url,
+            Progress(console=console) as progress,
+        ):
+            task = progress.add_task("judging golden sets", total=None)
+            results = run_gate(
+                base,
+                settings.model_copy(update={"redis_url": redis_url}),
+                judges_dir(settings),
+                golden_dir,
+                tolerance,
+                lambda: progress.advance(task),
+            )
+    except GateError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not results:
+        console.print(f"no judge file changed since {base}")
+        return
+    if render_gate(results, console):
+        raise typer.Exit(1)
 
 
 def _time_option(value: str | None, option: str) -> datetime | None:

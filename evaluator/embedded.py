@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -110,3 +111,19 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def redis_or_embedded(url: str) -> Iterator[str]:
+    """``url`` when a Redis answers there, else a throwaway server for the duration (commands
+    such as ``calibrate`` then run on a laptop without the fleet's Redis)."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    with EmbeddedRedis() as server:
+        yield server.url

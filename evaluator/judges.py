@@ -104,6 +104,15 @@ class AppliesWhen(BaseModel):
         return None
 
 
+class CalibrationPolicy(BaseModel):
+    """How closely the judge must agree with the humans of its golden set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_kappa: float = Field(default=0.6, ge=-1, le=1)
+    min_agreement: float = Field(default=0.75, ge=0, le=1)
+
+
 class JudgeSpec(BaseModel):
     """One judge file."""
 
@@ -123,6 +132,7 @@ class JudgeSpec(BaseModel):
     user: str
     output: dict[str, OutputField]
     review_thresholds: dict[str, float] = Field(default_factory=dict)
+    calibration: CalibrationPolicy = CalibrationPolicy()
 
     @model_validator(mode="after")
     def _schema_rules(self) -> JudgeSpec:

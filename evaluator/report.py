@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from evaluator.calibrate import CalibrationReport, GateResult
 from evaluator.dlq import DeadLetter
 from evaluator.models import display_name
 from evaluator.sinks.sql import ReviewItemRecord
@@ -74,3 +75,75 @@ def render_review_queue(items: list[ReviewItemRecord], console: Console) -> None
     for item in items:
         table.add_row(str(item.priority), item.trace_id, item.evaluator, "; ".join(item.reasons))
     console.print(table)
+
+
+def render_calibration(
+    report: CalibrationReport, console: Console, disagreements: int = 10
+) -> None:
+    a = report.agreement
+    table = Table(
+        title=f"Calibration: {report.judge} {report.version} ({report.model})", title_justify="left"
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    for label, value in (
+        ("examples judged", f"{a.n} of {report.examples} ({report.errors} judge errors)"),
+        ("agreement (accuracy)", f"{pct(a.accuracy)}  (min {report.min_agreement:.0%})"),
+        (
+            "Cohen's kappa",
+            f"{_number(a.kappa)}  (min {report.min_kappa})",
+        ),
+        ("fail class precision", pct(a.precision_fail)),
+        ("fail class recall", pct(a.recall_fail)),
+        ("fail class F1", pct(a.f1_fail)),
+        *((f"Spearman {name}", _number(rho)) for name, rho in report.spearman.items()),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    matrix = Table(title="Confusion (rows: humans, columns: judge)", title_justify="left")
+    matrix.add_column("")
+    matrix.add_column("judge pass", justify="right")
+    matrix.add_column("judge fail", justify="right")
+    for human in ("pass", "fail"):
+        row = a.confusion[human]
+        matrix.add_row(f"human {human}", str(row["pass"]), str(row["fail"]))
+    console.print(matrix)
+    if report.disagreements:
+        shown = Table(title=f"Disagreements ({len(report.disagreements)})", title_justify="left")
+        for column in ("trace", "human", "judge", "judge's reasoning", "human note"):
+            shown.add_column(column)
+        for d in report.disagreements[:disagreements]:
+            shown.add_row(d.trace_id, d.human, d.judge, d.reasoning[:300], d.note)
+        console.print(shown)
+    verdict = (
+        "[green]PASS[/green]"
+        if report.passed
+        else "[red]FAIL[/red]: " + "; ".join(report.failures())
+    )
+    console.print(f"{report.judge}: {verdict}")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _summary(report: CalibrationReport | None) -> str:
+    if report is None:
+        return "new judge"
+    kappa, accuracy = report.agreement.kappa, report.agreement.accuracy
+    return f"{report.version}: kappa {_number(kappa)}, agreement {accuracy:.1%}"
+
+
+def render_gate(results: list[GateResult], console: Console) -> bool:
+    """Print one line per changed judge; True when any of them may not ship."""
+    for result in results:
+        change = f"{result.judge} ({_summary(result.old)} -> {_summary(result.new)})"
+        if result.reasons:
+            console.print(f"[red]FAIL[/red] {change}: " + "; ".join(result.reasons))
+        else:
+            console.print(f"[green]ok[/green] {change}")
+    return any(result.reasons for result in results)

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,8 +31,13 @@ class Recorded:
     body: dict[str, Any]
 
 
+# Decides a judge's score from the request (e.g. to simulate a better or worse judge version).
+Scorer = Callable[[dict[str, Any]], float | None]
+
+
 @dataclass
 class FakeOpenAI:
+    scorer: Scorer | None = None
     latency_s: float = 0.0
     timeout_sleep_s: float = 3.0
     retry_after_s: float = 0.2
@@ -107,8 +113,9 @@ def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"properties": {}}
 
 
-def answer_for(body: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object a perfectly obedient judge would return for this request."""
+def answer_for(body: dict[str, Any], scorer: Scorer | None = None) -> dict[str, Any]:
+    """The JSON object a perfectly obedient judge would return for this request (``scorer``,
+    when given and not None for this request, decides the score instead of the directive)."""
     messages = body["messages"]
     text = "\n".join(str(m["content"]) for m in messages if m["role"] == "user")
     fmt = body.get("response_format") or {}
@@ -117,6 +124,8 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
     )
     score_match, label_match = _SCORE.search(text), _LABEL.search(text)
     score = float(score_match.group(1)) if score_match else 0.9
+    chosen = scorer(body) if scorer is not None else None
+    score = chosen if chosen is not None else score
     label = label_match.group(1) if label_match else None
     defs = schema.get("$defs", {})
     return {
@@ -187,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = "Invalid parameter: response_format of type 'json_schema' is not supported"
             self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
             return
-        answer = answer_for(body)
+        answer = answer_for(body, fake.scorer)
         if action == "malformed":
             content = '{"reasoning": "cut off'
         elif action == "violating":

@@ -59,3 +59,12 @@ def test_compose_mounts_exist_and_env_names_are_settings() -> None:
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/evalfleet.json").read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert rows == ["Health", "Quality", "Cost", "Review", "Deployment"]
+
+
+def test_judge_gate_workflow_runs_the_gate_on_judge_changes() -> None:
+    workflow = yaml.safe_load((ROOT / ".github/workflows/judge-gate.yml").read_text())
+    trigger = workflow[True]["pull_request"]["paths"]  # YAML 1.1 reads the key "on" as True
+    assert "judges/**" in trigger
+    steps = workflow["jobs"]["gate"]["steps"]
+    assert any("evalfleet gate --base" in step.get("run", "") for step in steps)
+    assert steps[0]["with"]["fetch-depth"] == 0

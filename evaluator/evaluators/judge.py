@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -357,23 +358,35 @@ def _new_runtime(settings: Settings) -> tuple[JudgeRuntime, aioredis.Redis]:
 
 
 async def _judge_all(
-    runtime: JudgeRuntime, in_flight: asyncio.Semaphore, work: list[tuple[Judge, Trace]]
+    runtime: JudgeRuntime,
+    in_flight: asyncio.Semaphore,
+    work: list[tuple[Judge, Trace]],
+    on_done: Callable[[], None] | None = None,
 ) -> list[JudgeResult]:
     async def one(spec: Judge, trace: Trace) -> JudgeResult:
         async with in_flight:
             if isinstance(spec, RagasSpec):
-                return await runtime.judge_ragas(spec, trace)
-            return await runtime.judge(spec, trace)
+                result = await runtime.judge_ragas(spec, trace)
+            else:
+                result = await runtime.judge(spec, trace)
+        if on_done is not None:
+            on_done()
+        return result
 
     return list(await asyncio.gather(*(one(spec, trace) for spec, trace in work)))
 
 
-async def run_judgements(settings: Settings, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
+async def run_judgements(
+    settings: Settings,
+    work: list[tuple[Judge, Trace]],
+    on_done: Callable[[], None] | None = None,
+) -> list[JudgeResult]:
     """Judge every (judge, trace) pair, at most ``judge_max_in_flight`` calls at a time, with
-    clients that live as long as this call."""
+    clients that live as long as this call; ``on_done`` is called after each (progress)."""
     runtime, client = _new_runtime(settings)
     try:
-        return await _judge_all(runtime, asyncio.Semaphore(settings.judge_max_in_flight), work)
+        semaphore = asyncio.Semaphore(settings.judge_max_in_flight)
+        return await _judge_all(runtime, semaphore, work, on_done)
     finally:
         await runtime.close()
         await client.aclose()

@@ -1,0 +1,161 @@
+"""Golden datasets: human-labelled traces per judge, in ``datasets/golden/<judge>.jsonl``.
+
+One line per trace (deduplicated by trace id, the newest label winning), sorted by trace id with
+sorted keys, so a diff shows exactly which labels changed. ``export`` merges the labels in SQL
+into the file; ``import`` loads labels made elsewhere (JSONL in this format, or CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from evaluator.models import ReviewLabel, Trace, Verdict, describe_validation_error, stable_id
+
+GOLDEN_DIR = Path("datasets/golden")
+
+
+class GoldenExample(BaseModel):
+    trace: Trace
+    verdict: Verdict
+    field_scores: dict[str, float | str | bool] = Field(default_factory=dict)
+    reviewer: str
+    labelled_at: datetime
+    note: str = ""
+    prompt_version: str | None = None
+    judge_version: str | None = Field(
+        default=None, description="The judge version that flagged the trace for review."
+    )
+
+    @classmethod
+    def from_label(cls, label: ReviewLabel) -> GoldenExample:
+        return cls(
+            trace=label.trace,
+            verdict=label.verdict,
+            field_scores=label.field_scores,
+            reviewer=label.reviewer,
+            labelled_at=label.labelled_at,
+            note=label.note,
+            prompt_version=label.trace.prompt_version,
+            judge_version=label.evaluator_version,
+        )
+
+    def to_label(self, judge: str, source: str) -> ReviewLabel:
+        return ReviewLabel(
+            id=stable_id(self.trace.trace_id, judge, "golden"),
+            trace_id=self.trace.trace_id,
+            evaluator=judge,
+            evaluator_version=self.judge_version,
+            reviewer=self.reviewer,
+            verdict=self.verdict,
+            field_scores=self.field_scores,
+            note=self.note,
+            labelled_at=self.labelled_at,
+            source=source,
+            trace=self.trace,
+        )
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be read; the message names the file and line."""
+
+
+def golden_path(judge: str, directory: Path = GOLDEN_DIR) -> Path:
+    return directory / f"{judge}.jsonl"
+
+
+def read_examples(path: Path) -> list[GoldenExample]:
+    if not path.exists():
+        return []
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(GoldenExample.model_validate_json(line))
+        except ValidationError as exc:
+            raise DatasetError(f"{path}:{number}: {describe_validation_error(exc)}") from None
+    return examples
+
+
+def merge(*sources: Iterable[GoldenExample]) -> list[GoldenExample]:
+    """One example per trace id, the newest label winning; sorted by trace id."""
+    by_trace: dict[str, GoldenExample] = {}
+    for example in (e for source in sources for e in source):
+        kept = by_trace.get(example.trace.trace_id)
+        if kept is None or example.labelled_at >= kept.labelled_at:
+            by_trace[example.trace.trace_id] = example
+    return [by_trace[k] for k in sorted(by_trace)]
+
+
+def write_examples(path: Path, examples: Iterable[GoldenExample]) -> int:
+    lines = [
+        json.dumps(e.model_dump(mode="json", exclude_none=True), sort_keys=True, ensure_ascii=False)
+        for e in examples
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return len(lines)
+
+
+def export(labels: Iterable[ReviewLabel], path: Path) -> tuple[int, int]:
+    """Merge labels into the dataset file; returns (examples in the file, labels merged)."""
+    new = [GoldenExample.from_label(label) for label in labels]
+    return write_examples(path, merge(read_examples(path), new)), len(new)
+
+
+def _csv_value(raw: str) -> float | str | bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def read_csv(path: Path) -> list[GoldenExample]:
+    """CSV with columns trace_id, input, output, verdict and optionally contexts (a JSON list),
+    reference, reviewer, note, labelled_at, and ``score:<field>`` columns for field scores."""
+    examples = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.DictReader(handle), 2):
+            try:
+                trace: dict[str, Any] = {
+                    "trace_id": row["trace_id"],
+                    "input": row.get("input", ""),
+                    "output": row["output"],
+                    "contexts": json.loads(row["contexts"]) if row.get("contexts") else [],
+                }
+                if row.get("reference"):
+                    trace["reference"] = row["reference"]
+                examples.append(
+                    GoldenExample(
+                        trace=Trace.model_validate(trace),
+                        verdict=Verdict(row["verdict"].strip().lower()),
+                        field_scores={
+                            k.removeprefix("score:"): _csv_value(v)
+                            for k, v in row.items()
+                            if k.startswith("score:") and v not in (None, "")
+                        },
+                        reviewer=row.get("reviewer") or f"import:{path.name}",
+                        labelled_at=row.get("labelled_at") or datetime.now(UTC),
+                        note=row.get("note", ""),
+                    )
+                )
+            except (KeyError, ValueError, ValidationError) as exc:
+                reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else exc
+                raise DatasetError(f"{path}:{number}: {reason}") from None
+    return examples
+
+
+def read_any(path: Path) -> list[GoldenExample]:
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)
+    return read_examples(path)

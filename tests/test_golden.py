@@ -1,0 +1,118 @@
+"""Golden datasets: export from the label store, import JSONL/CSV, dedup, stable files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from helpers import fleet_env, make_trace
+
+from evaluator.golden import DatasetError, GoldenExample, export, read_any, read_examples
+from evaluator.models import ReviewLabel, Verdict
+from evaluator.sinks.sql import SQLStore
+
+T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
+
+
+def label(
+    index: int, verdict: Verdict, at: datetime, reviewer: str = "ana", item: str = ""
+) -> ReviewLabel:
+    trace = make_trace(index)
+    return ReviewLabel(
+        id=item or f"item-{index}-{reviewer}",
+        trace_id=trace.trace_id,
+        evaluator="groundedness",
+        evaluator_version="1.0.0",
+        reviewer=reviewer,
+        verdict=verdict,
+        field_scores={"groundedness": 0.2 if verdict is Verdict.FAIL else 1.0},
+        note="checked",
+        labelled_at=at,
+        trace=trace,
+    )
+
+
+def test_export_dedups_by_trace_newest_wins_and_is_stable(sqlite_url: str, tmp_path: Path) -> None:
+    store = SQLStore(sqlite_url)
+    store.add_labels(
+        [
+            label(2, Verdict.PASS, T0),
+            label(1, Verdict.FAIL, T0),
+            label(2, Verdict.FAIL, T0 + timedelta(hours=1), reviewer="ben"),  # relabelled later
+        ]
+    )
+    path = tmp_path / "groundedness.jsonl"
+    old = GoldenExample.from_label(label(9, Verdict.PASS, T0 - timedelta(days=30)))
+    path.write_text(old.model_dump_json() + "\n")  # the file already holds an older example
+    total, merged = export(store.labels("groundedness"), path)
+    assert (total, merged) == (3, 3)
+    examples = read_examples(path)
+    assert [e.trace.trace_id for e in examples] == ["t-000001", "t-000002", "t-000009"]
+    second = examples[1]
+    assert (second.verdict, second.reviewer, second.judge_version) == (Verdict.FAIL, "ben", "1.0.0")
+    before = path.read_bytes()
+    export(store.labels("groundedness"), path)
+    assert path.read_bytes() == before  # stable: a re-export changes nothing
+    assert b'"verdict": "fail"' in before.splitlines()[0]  # sorted keys, readable diffs
+    store.close()
+
+
+def test_csv_import_round_trip(sqlite_url: str, redis_url: str, tmp_path: Path) -> None:
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(
+        "trace_id,input,output,contexts,verdict,note,score:groundedness,score:safe\n"
+        't-1,How?,Click Rotate.,"[""Rotate under Settings.""]",pass,ok,0.9,true\n'
+        "t-2,How?,Email us.,,FAIL,invented,0.1,true\n"
+    )
+    [first, second] = read_any(csv_file)
+    assert first.trace.contexts == ["Rotate under Settings."] and first.field_scores == {
+        "groundedness": 0.9,
+        "safe": True,
+    }
+    assert second.verdict is Verdict.FAIL and second.reviewer == "import:labels.csv"
+
+    env = {**fleet_env(redis_url, sqlite_url), "COLUMNS": "250"}  # rich wraps at 80 otherwise
+    cli = [sys.executable, "-m", "evaluator.cli", "dataset"]
+    done = subprocess.run(
+        [*cli, "import", str(csv_file), "--judge", "groundedness"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "golden.jsonl"
+    done = subprocess.run(
+        [*cli, "export", "--judge", "groundedness", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "2 examples" in done.stdout, done.stdout + done.stderr
+    assert [e.trace.trace_id for e in read_examples(out)] == ["t-1", "t-2"]
+    # Importing the exported file again changes nothing (same ids, replaced in place).
+    subprocess.run(
+        [*cli, "import", str(out), "--judge", "groundedness"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    store = SQLStore(sqlite_url)
+    assert len(store.labels("groundedness")) == 2
+    store.close()
+
+
+def test_bad_rows_name_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("trace_id,output,verdict\nt-1,fine,pass\nt-2,hmm,maybe\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:3: 'maybe' is not a valid Verdict"):
+        read_any(bad)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"verdict": "pass"}\n')
+    with pytest.raises(DatasetError, match=r"broken.jsonl:1: .*trace"):
+        read_examples(broken)
