@@ -127,6 +127,26 @@ def relay(
     log.info("relay stopped: %s", counts)
 
 
+@app.command()
+def review(
+    reviewer: Annotated[str, typer.Option(help="Your name, recorded with every label.")],
+    evaluator: Annotated[str | None, typer.Option(help="Only this evaluator's items.")] = None,
+    tenant: Annotated[list[str] | None, typer.Option(help="Only these tenants; repeat.")] = None,
+) -> None:
+    """Label review items in the terminal: one keystroke per decision."""
+    from evaluator.review.queue import QueueFilter, ReviewQueue
+    from evaluator.review.terminal import TerminalReview
+    from evaluator.sinks.sql import SQLStore
+
+    settings = get_settings()
+    store = SQLStore(settings.sqlalchemy_url)
+    queue = ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s)
+    scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator)
+    counts = TerminalReview(queue, reviewer, scope, console).run()
+    store.close()
+    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['skipped']} skipped")
+
+
 @app.command("review-api")
 def review_api(
     host: str = "0.0.0.0",
