@@ -127,6 +127,22 @@ def relay(
     log.info("relay stopped: %s", counts)
 
 
+@app.command("otlp-receiver")
+def otlp_receiver(
+    host: str = "0.0.0.0",
+    port: int = 4318,
+    loglevel: str = "info",
+) -> None:
+    """Receive OTLP/HTTP trace exports (POST /v1/traces) and publish completed GenAI traces."""
+    import uvicorn
+
+    from evaluator.ingest.receiver import create_receiver_app
+
+    settings = get_settings()
+    app_ = create_receiver_app(connect(settings.redis_url), settings)
+    uvicorn.run(app_, host=host, port=port, log_level=loglevel)
+
+
 @app.command()
 def review(
     reviewer: Annotated[str, typer.Option(help="Your name, recorded with every label.")],

@@ -167,6 +167,22 @@ class Settings(BaseSettings):
         description="Delivered outbox rows are kept this long (to recognise redeliveries).",
     )
 
+    # OTLP receiver / in-process exporter: when is a trace complete?
+    otlp_grace_s: float = Field(
+        default=5.0, gt=0, description="After the root span, wait this long for late spans."
+    )
+    otlp_max_wait_s: float = Field(
+        default=300.0, gt=0, description="Publish as partial when the root never ends."
+    )
+    otlp_max_spans_per_trace: int = Field(default=2000, ge=1)
+    otlp_max_pending_traces: int = Field(
+        default=100_000, ge=1, description="Above this the receiver answers 503 (back-pressure)."
+    )
+    otlp_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    otlp_token: SecretStr | None = Field(
+        default=None, description="When set, OTLP requests need 'Authorization: Bearer <token>'."
+    )
+
     # Metrics
     metrics_port: int | None = Field(
         default=None, description="Serve /metrics and /healthz on this port (CLI --metrics-port)."

@@ -17,7 +17,6 @@ from test_review_queue import review_item, seed
 from evaluator.models import Verdict
 from evaluator.sinks.sql import SQLStore
 
-
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and styles
 
 

@@ -62,6 +62,16 @@ REVIEW_LABELLED = Counter(
     "Human labels, by evaluator and verdict.",
     ["evaluator", "verdict"],
 )
+OTLP_REQUESTS = Counter(
+    "evalfleet_otlp_requests_total", "OTLP export requests, by outcome.", ["outcome"]
+)
+OTLP_SPANS = Counter("evalfleet_otlp_spans_total", "Spans received, by outcome.", ["outcome"])
+OTLP_TRACES = Counter(
+    "evalfleet_otlp_traces_total", "Assembled traces: published, partial, dropped.", ["outcome"]
+)
+OTLP_PENDING = Gauge(
+    "evalfleet_otlp_pending_traces", "Traces waiting to complete.", multiprocess_mode="mostrecent"
+)
 SQL_WRITES = Counter(
     "evalfleet_sql_writes_total", "Score batches written to SQL, by outcome.", ["outcome"]
 )

@@ -1,0 +1,262 @@
+"""``evalfleet otlp-receiver``: an OTLP/HTTP endpoint (``POST /v1/traces``) that turns the spans
+any OpenTelemetry SDK or Collector exports into Traces on ``evalfleet:traces``.
+
+Protobuf and JSON encodings, gzip, an optional bearer token, a body size limit. Answers follow
+the OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
+refused for missing ids or full traces), 400 for a body that cannot be decoded (with the reason),
+413 too large, 415 unknown content type, 401 bad token, and 503 with ``Retry-After`` while the
+fleet is behind (too many unread stream entries or pending traces) — exporters retry those.
+Completion is decided by ``SpanAssembler`` (see ``evaluator.ingest.assembly``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
+from evaluator.ingest.assembly import SpanAssembler
+from evaluator.ingest.otel import Span, parse_otlp_spans
+from evaluator.settings import Settings
+from evaluator.sinks import metrics
+from evaluator.streams import group_info
+
+PROTOBUF, JSON = "application/x-protobuf", "application/json"
+_HEX = frozenset("0123456789abcdef")
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _pb_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_pb_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return _pb_attributes(value.kvlist_value.values)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind) if kind else None
+
+
+def _pb_attributes(items: Any) -> dict[str, Any]:
+    result = {}
+    for kv in items:
+        assert isinstance(kv, KeyValue)
+        result[kv.key] = _pb_value(kv.value)
+    return result
+
+
+def spans_from_protobuf(body: bytes) -> tuple[list[Span], int]:
+    """Spans of an ExportTraceServiceRequest, and how many were refused for bad ids."""
+    try:
+        request = ExportTraceServiceRequest.FromString(body)
+    except DecodeError as exc:
+        raise BadRequest(f"not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
+    spans, refused = [], 0
+    for resource_spans in request.resource_spans:
+        resource = _pb_attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for raw in scope_spans.spans:
+                if len(raw.trace_id) != 16 or len(raw.span_id) != 8 or not any(raw.trace_id):
+                    refused += 1
+                    continue
+                error = None
+                if raw.status.code == 2:  # STATUS_CODE_ERROR
+                    error = raw.status.message or "span status ERROR"
+                spans.append(
+                    Span(
+                        trace_id=raw.trace_id.hex(),
+                        span_id=raw.span_id.hex(),
+                        parent_id=raw.parent_span_id.hex() or None,
+                        name=raw.name,
+                        start_ns=raw.start_time_unix_nano,
+                        end_ns=raw.end_time_unix_nano,
+                        attributes=_pb_attributes(raw.attributes),
+                        resource=resource,
+                        events=[(e.name, _pb_attributes(e.attributes)) for e in raw.events],
+                        error=error,
+                    )
+                )
+    return spans, refused
+
+
+def _valid_id(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and set(value.lower()) <= _HEX
+
+
+def spans_from_json(body: bytes) -> tuple[list[Span], int]:
+    """Spans of an OTLP/JSON export (hex ids), and how many were refused for bad ids."""
+    try:
+        document = json.loads(body)
+        refused = 0
+        for resource_spans in document.get("resourceSpans", []):
+            for scope_spans in resource_spans.get("scopeSpans", []):
+                raw_spans = scope_spans.get("spans", [])
+                kept = [
+                    raw
+                    for raw in raw_spans
+                    if _valid_id(raw.get("traceId"), 32) and _valid_id(raw.get("spanId"), 16)
+                ]
+                refused += len(raw_spans) - len(kept)
+                scope_spans["spans"] = kept
+        return parse_otlp_spans(document), refused
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise BadRequest(f"not an OTLP/JSON trace export: {type(exc).__name__}: {exc}") from None
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
+    if len(data) > limit:
+        raise OverflowError
+    return data
+
+
+class Receiver:
+    """The receiver's state: settings, Redis, the assembler, and a cached back-pressure check."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.assembler = SpanAssembler(client, settings)
+        self._busy_until = 0.0
+        self._checked_at = 0.0
+
+    def behind(self) -> bool:
+        """True while the fleet cannot keep up; checked at most every 0.5 s."""
+        now = time.monotonic()
+        if now - self._checked_at > 0.5:
+            self._checked_at = now
+            lag = group_info(self.client, TRACES_STREAM, SAMPLER_GROUP)["lag"]
+            over = lag > self.settings.stream_maxlen // 2
+            over |= self.assembler.pending() >= self.settings.otlp_max_pending_traces
+            self._busy_until = now + 0.5 if over else 0.0
+        return now < self._busy_until
+
+    def authorised(self, request: Request) -> bool:
+        token = self.settings.otlp_token
+        if token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip()
+        return header.startswith("Bearer ") and hmac.compare_digest(
+            given.encode(), token.get_secret_value().encode()
+        )
+
+
+def _response(content_type: str, refused: int, reason: str) -> Response:
+    answer = ExportTraceServiceResponse()
+    if refused:
+        answer.partial_success.rejected_spans = refused
+        answer.partial_success.error_message = reason
+    if content_type == JSON:
+        body: dict[str, Any] = {}
+        if refused:
+            body["partialSuccess"] = {"rejectedSpans": str(refused), "errorMessage": reason}
+        return Response(json.dumps(body), media_type=JSON)
+    return Response(answer.SerializeToString(), media_type=PROTOBUF)
+
+
+def _error(
+    status: int, reason: str, outcome: str, headers: dict[str, str] | None = None
+) -> Response:
+    metrics.OTLP_REQUESTS.labels(outcome).inc()
+    return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = True) -> Starlette:
+    receiver = Receiver(client, settings)
+    limit = settings.otlp_max_body_bytes
+
+    async def export(request: Request) -> Response:
+        if not receiver.authorised(request):
+            return _error(401, "a valid bearer token is required", "unauthorised")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in (PROTOBUF, JSON):
+            return _error(415, f"use {PROTOBUF} or {JSON}, not {content_type!r}", "bad_type")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"body over {limit} bytes", "too_large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, f"body over {limit} bytes", "too_large")
+        try:
+            if request.headers.get("content-encoding", "").lower() == "gzip":
+                body = _gunzip(body, limit)
+            parse = spans_from_protobuf if content_type == PROTOBUF else spans_from_json
+            spans, refused = parse(body)
+        except OverflowError:
+            return _error(413, f"decompressed body over {limit} bytes", "too_large")
+        except BadRequest as exc:
+            return _error(400, str(exc), "malformed")
+        if await run_in_threadpool(receiver.behind):
+            return _error(
+                503, "evalfleet is behind; retry later", "backpressure", {"Retry-After": "5"}
+            )
+        full = await run_in_threadpool(receiver.assembler.add, spans)
+        metrics.OTLP_SPANS.labels("refused_bad_id").inc(refused)
+        metrics.OTLP_REQUESTS.labels("accepted").inc()
+        reasons = []
+        if refused:
+            reasons.append(f"{refused} spans without a valid trace or span id")
+        if full:
+            reasons.append(f"{full} spans over the per-trace limit")
+        return _response(content_type, refused + full, "; ".join(reasons))
+
+    async def healthz(_: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = threading.Thread(target=receiver.assembler.run_flusher, args=(stop,), daemon=True)
+        if flush:
+            thread.start()
+        yield
+        stop.set()
+        if flush:
+            thread.join(10)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/traces", export, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/metrics", prometheus),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.receiver = receiver
+    return app
+
+
+__all__ = ["create_receiver_app", "spans_from_json", "spans_from_protobuf"]

@@ -1,0 +1,295 @@
+"""The OTLP/HTTP receiver and the span assembler: completion, restarts, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from evaluator.constants import TRACES_STREAM
+from evaluator.ingest.assembly import SpanAssembler
+from evaluator.ingest.receiver import create_receiver_app
+from evaluator.models import Trace
+from evaluator.settings import Settings
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+
+def span(trace: int, index: int, parent: int | None, name: str, **attributes: Any) -> PbSpan:
+    start = 1_763_900_000_000_000_000 + index * 1_000_000
+    return PbSpan(
+        trace_id=trace.to_bytes(16, "big"),
+        span_id=(trace * 100 + index).to_bytes(8, "big"),
+        parent_span_id=(trace * 100 + parent).to_bytes(8, "big") if parent is not None else b"",
+        name=name,
+        start_time_unix_nano=start,
+        end_time_unix_nano=start + 500_000,
+        attributes=[kv(k.replace("__", "."), v) for k, v in attributes.items()],
+    )
+
+
+def rag_spans(trace: int) -> list[PbSpan]:
+    """Root, retrieval and chat spans of one RAG request (GenAI conventions)."""
+    messages = json.dumps(
+        [{"role": "user", "parts": [{"type": "text", "content": f"question {trace}"}]}]
+    )
+    answer = json.dumps(
+        [{"role": "assistant", "parts": [{"type": "text", "content": f"answer {trace}"}]}]
+    )
+    docs = json.dumps([{"id": "d1", "content": f"context {trace}"}])
+    return [
+        span(trace, 0, None, "handle_request"),
+        span(
+            trace,
+            1,
+            0,
+            "retrieve",
+            gen_ai__operation__name="retrieval",
+            gen_ai__retrieval__documents=docs,
+        ),
+        span(
+            trace,
+            2,
+            0,
+            "chat gpt-4o-mini",
+            gen_ai__operation__name="chat",
+            gen_ai__request__model="gpt-4o-mini",
+            gen_ai__input__messages=messages,
+            gen_ai__output__messages=answer,
+            gen_ai__usage__input_tokens=120,
+            gen_ai__usage__output_tokens=12,
+        ),
+    ]
+
+
+def export(spans: list[PbSpan], service: str = "rag-app") -> bytes:
+    resource_spans = ResourceSpans(scope_spans=[ScopeSpans(spans=spans)])
+    resource_spans.resource.attributes.append(kv("service.name", service))
+    return ExportTraceServiceRequest(resource_spans=[resource_spans]).SerializeToString()
+
+
+def published(client: redis.Redis) -> list[Trace]:
+    return [Trace.model_validate_json(f[b"trace"]) for _, f in client.xrange(TRACES_STREAM)]
+
+
+@pytest.fixture
+def settings(redis_url: str, redis_client: redis.Redis) -> Settings:
+    return Settings(redis_url=redis_url, otlp_grace_s=0.3, otlp_max_wait_s=1.5)
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_receiver_app(redis_client, settings, flush=False)) as test_client:
+        yield test_client
+
+
+def test_spans_split_and_out_of_order_make_one_trace(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    root, retrieval, chat = rag_spans(7)
+    assembler = SpanAssembler(redis_client, settings)
+    assert client.post("/v1/traces", content=export([chat]), headers=PROTOBUF).status_code == 200
+    assert (
+        client.post(
+            "/v1/traces",
+            content=gzip.compress(export([retrieval])),
+            headers={**PROTOBUF, "Content-Encoding": "gzip"},
+        ).status_code
+        == 200
+    )
+    time.sleep(0.4)
+    assert assembler.flush().published == 0  # no root yet: the request is still running
+    answer = client.post("/v1/traces", content=export([root]), headers=PROTOBUF)
+    assert ExportTraceServiceResponse.FromString(answer.content).partial_success.rejected_spans == 0
+    assert assembler.flush().published == 0  # root ended, but within the grace period
+    time.sleep(0.4)
+    assert assembler.flush().published == 1
+    [trace] = published(redis_client)
+    assert trace.trace_id == f"{7:032x}" and trace.span_id == f"{702:016x}"
+    assert (trace.input, trace.output, trace.contexts) == ("question 7", "answer 7", ["context 7"])
+    assert trace.model == "gpt-4o-mini" and trace.tokens is not None and trace.tokens.input == 120
+    assert trace.metadata["service"] == "rag-app" and "partial" not in trace.metadata
+    assert assembler.flush().published == 0 and assembler.pending() == 0  # published once
+
+
+def test_a_trace_whose_root_never_ends_is_published_as_partial(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    _, retrieval, chat = rag_spans(8)
+    client.post("/v1/traces", content=export([retrieval, chat]), headers=PROTOBUF)
+    assembler = SpanAssembler(redis_client, settings)
+    time.sleep(0.8)
+    assert assembler.flush().published == 0  # a long-running request is not published early
+    time.sleep(0.9)
+    counts = assembler.flush()
+    assert (counts.published, counts.partial) == (1, 1)
+    assert published(redis_client)[0].metadata["partial"] is True
+
+
+def test_traces_without_genai_spans_are_dropped(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    client.post("/v1/traces", content=export([span(9, 0, None, "GET /health")]), headers=PROTOBUF)
+    time.sleep(0.4)
+    assert SpanAssembler(redis_client, settings).flush().dropped == 1
+    assert redis_client.xlen(TRACES_STREAM) == 0
+
+
+def test_restart_loses_nothing_and_publishes_once(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    with TestClient(create_receiver_app(redis_client, settings, flush=False)) as first:
+        for trace in range(20, 30):
+            first.post("/v1/traces", content=export(rag_spans(trace)), headers=PROTOBUF)
+    # The first receiver is gone with 10 traces pending; a new one (two flushers) takes over.
+    time.sleep(0.4)
+    with (
+        TestClient(create_receiver_app(redis_client, settings)),
+        TestClient(create_receiver_app(redis_client, settings)),
+    ):
+        deadline = time.monotonic() + 10
+        while redis_client.xlen(TRACES_STREAM) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    ids = [t.trace_id for t in published(redis_client)]
+    assert sorted(ids) == [f"{i:032x}" for i in range(20, 30)]  # all of them, each once
+
+
+def test_json_encoding_and_bad_input(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    document = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": []},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "ab" * 16,
+                                "spanId": "cd" * 8,
+                                "name": "chat",
+                                "startTimeUnixNano": "1",
+                                "endTimeUnixNano": "2",
+                                "attributes": [
+                                    {"key": "gen_ai.request.model", "value": {"stringValue": "m"}}
+                                ],
+                            },
+                            {"traceId": "", "spanId": "cd" * 8, "name": "no trace id"},
+                            {"traceId": "zz" * 16, "spanId": "cd" * 8, "name": "not hex"},
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    answer = client.post("/v1/traces", json=document)
+    assert answer.status_code == 200 and answer.json()["partialSuccess"]["rejectedSpans"] == "2"
+    garbage = client.post("/v1/traces", content=b"\x00\xffgarbage", headers=PROTOBUF)
+    assert garbage.status_code == 400 and "protobuf" in garbage.text
+    assert (
+        client.post(
+            "/v1/traces", content=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post("/v1/traces", content=b"x", headers={"Content-Type": "text/plain"}).status_code
+        == 415
+    )
+    bad_gzip = client.post(
+        "/v1/traces", content=b"nope", headers={**PROTOBUF, "Content-Encoding": "gzip"}
+    )
+    assert bad_gzip.status_code == 400 and "gzip" in bad_gzip.text
+    small = settings.model_copy(update={"otlp_max_body_bytes": 1024})
+    with TestClient(create_receiver_app(redis_client, small, flush=False)) as strict:
+        big = export(rag_spans(1) * 20)
+        assert strict.post("/v1/traces", content=big, headers=PROTOBUF).status_code == 413
+        bomb = gzip.compress(b"\x00" * 100_000)
+        assert (
+            strict.post(
+                "/v1/traces", content=bomb, headers={**PROTOBUF, "Content-Encoding": "gzip"}
+            ).status_code
+            == 413
+        )
+    metrics = client.get("/metrics").text
+    assert 'evalfleet_otlp_requests_total{outcome="malformed"}' in metrics
+
+
+def test_token_and_backpressure(redis_client: redis.Redis, settings: Settings) -> None:
+    guarded = settings.model_copy(
+        update={"otlp_token": SecretStr("s3cret"), "otlp_max_pending_traces": 2}
+    )
+    with TestClient(create_receiver_app(redis_client, guarded, flush=False)) as client:
+        body = export(rag_spans(1))
+        assert client.post("/v1/traces", content=body, headers=PROTOBUF).status_code == 401
+        auth = {**PROTOBUF, "Authorization": "Bearer s3cret"}
+        assert (
+            client.post(
+                "/v1/traces", content=body, headers={**PROTOBUF, "Authorization": "Bearer no"}
+            ).status_code
+            == 401
+        )
+        assert (
+            client.post("/v1/traces", content=export(rag_spans(2)), headers=auth).status_code == 200
+        )
+        assert (
+            client.post("/v1/traces", content=export(rag_spans(3)), headers=auth).status_code == 200
+        )
+        time.sleep(0.6)  # the back-pressure check is cached for 0.5 s
+        busy = client.post("/v1/traces", content=export(rag_spans(4)), headers=auth)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+
+
+def test_receiver_over_real_http(redis_client: redis.Redis, settings: Settings) -> None:
+    """The CLI's server (uvicorn) with the flusher running."""
+    import threading
+
+    import uvicorn
+
+    from evaluator.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_receiver_app(redis_client, settings), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/traces", content=export(rag_spans(42)), headers=PROTOBUF
+        )
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 5
+        while redis_client.xlen(TRACES_STREAM) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert published(redis_client)[0].trace_id == f"{42:032x}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
