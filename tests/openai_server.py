@@ -197,7 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
             return
         answer = answer_for(body, fake.scorer)
-        if action == "malformed":
+        if not body.get("response_format") and not answer:  # a plain chat request, not a judge
+            last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+            content = f"Here is what the documents say about: {last}"
+        elif action == "malformed":
             content = '{"reasoning": "cut off'
         elif action == "violating":
             content = json.dumps(
