@@ -11,17 +11,17 @@ they were read: a restart loses nothing and a trace is published once.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from evaluator.constants import TRACE_FIELD, TRACES_STREAM
 from evaluator.ingest.otel import Span, spans_to_trace
+from evaluator.ingest.otlp_proto import decode, encode_json
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import text
@@ -37,7 +37,7 @@ PENDING = "evalfleet:otlp:pending"
 _ADD = """
 local length = redis.call('LLEN', KEYS[1])
 if length + (#ARGV - 6) > tonumber(ARGV[6]) then return -1 end
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 7))
 redis.call('HSETNX', KEYS[2], 'first', ARGV[2])
 if ARGV[5] == '1' then redis.call('HSET', KEYS[2], 'root', '1') end
 local due = tonumber(redis.call('HGET', KEYS[2], 'first')) + tonumber(ARGV[4])
@@ -71,14 +71,8 @@ class FlushCounts:
     dropped: int = 0  # no GenAI span: nothing to evaluate
 
 
-def _span_json(span: Span) -> str:
-    return json.dumps(asdict(span), separators=(",", ":"), default=str)
-
-
-def _span_from_json(raw: bytes | str) -> Span:
-    data = json.loads(raw)
-    data["events"] = [tuple(event) for event in data.get("events", [])]
-    return Span(**data)
+# Per trace id: whether the root span is among them, and the encoded spans (see otlp_proto).
+Held = tuple[bool, list[bytes]]
 
 
 class SpanAssembler:
@@ -92,14 +86,21 @@ class SpanAssembler:
         return int(self.client.zcard(PENDING))
 
     def add(self, spans: list[Span]) -> int:
-        """Hold the spans; returns how many were refused (their trace is over the span limit)."""
-        by_trace: dict[str, list[Span]] = {}
+        """Hold decoded spans (OTLP/JSON, the in-process exporter); returns how many were
+        refused because their trace is over the span limit."""
+        groups: dict[str, Held] = {}
         for span in spans:
-            by_trace.setdefault(span.trace_id, []).append(span)
+            has_root, entries = groups.get(span.trace_id, (False, []))
+            entries.append(encode_json(span))
+            groups[span.trace_id] = (has_root or span.parent_id is None, entries)
+        return self.add_encoded(groups)
+
+    def add_encoded(self, groups: dict[str, Held]) -> int:
+        """Hold encoded spans by trace id: (whether the group holds the root, entries)."""
         now_ms = int(time.time() * 1000)
         s = self.settings
         pipe = self.client.pipeline(transaction=False)
-        for trace_id, group in by_trace.items():
+        for trace_id, (has_root, entries) in groups.items():
             self._add(
                 keys=[SPANS_PREFIX + trace_id, META_PREFIX + trace_id, PENDING],
                 args=[
@@ -107,37 +108,48 @@ class SpanAssembler:
                     now_ms,
                     int(s.otlp_grace_s * 1000),
                     int(s.otlp_max_wait_s * 1000),
-                    "1" if any(span.parent_id is None for span in group) else "0",
+                    "1" if has_root else "0",
                     s.otlp_max_spans_per_trace,
-                    *(_span_json(span) for span in group),
+                    *entries,
                 ],
                 client=pipe,
             )
+        results = pipe.execute()
+        total = sum(len(entries) for _, entries in groups.values())
         refused = sum(
-            len(group)
-            for group, result in zip(by_trace.values(), pipe.execute(), strict=True)
+            len(entries)
+            for (_, entries), result in zip(groups.values(), results, strict=True)
             if result == -1
         )
-        metrics.OTLP_SPANS.labels("accepted").inc(len(spans) - refused)
+        metrics.OTLP_SPANS.labels("accepted").inc(total - refused)
         metrics.OTLP_SPANS.labels("refused_trace_full").inc(refused)
         return refused
 
     def flush(self, limit: int = 500) -> FlushCounts:
-        """Publish every due trace (up to ``limit``)."""
+        """Publish every due trace (up to ``limit``), in two pipelined round trips."""
         now_ms = int(time.time() * 1000)
         counts = FlushCounts()
         due: Any = self.client.zrangebyscore(PENDING, "-inf", now_ms, start=0, num=limit)
-        for raw_id in due:
-            trace_id = text(raw_id)
-            raw_spans: Any = self.client.lrange(SPANS_PREFIX + trace_id, 0, -1)
-            is_root = self.client.hget(META_PREFIX + trace_id, "root") is not None
-            trace = spans_to_trace([_span_from_json(r) for r in raw_spans]) if raw_spans else None
+        trace_ids = [text(raw_id) for raw_id in due]
+        if not trace_ids:
+            metrics.OTLP_PENDING.set(self.pending())
+            return counts
+        reads = self.client.pipeline(transaction=False)
+        for trace_id in trace_ids:
+            reads.lrange(SPANS_PREFIX + trace_id, 0, -1)
+            reads.hget(META_PREFIX + trace_id, "root")
+        stored: list[Any] = reads.execute()
+        finishes = self.client.pipeline(transaction=False)
+        outcomes = []
+        for index, trace_id in enumerate(trace_ids):
+            raw_spans, root = stored[2 * index], stored[2 * index + 1]
+            trace = spans_to_trace([decode(r) for r in raw_spans]) if raw_spans else None
             payload = ""
             if trace is not None:
-                if not is_root:
+                if root is None:
                     trace.metadata["partial"] = True
                 payload = trace.model_dump_json(exclude_none=True, exclude_defaults=True)
-            done = self._finish(
+            self._finish(
                 keys=[SPANS_PREFIX + trace_id, META_PREFIX + trace_id, PENDING, TRACES_STREAM],
                 args=[
                     trace_id,
@@ -147,14 +159,17 @@ class SpanAssembler:
                     self.settings.stream_maxlen,
                     TRACE_FIELD,
                 ],
+                client=finishes,
             )
+            outcomes.append((trace is None, root is None))
+        for done, (dropped, partial) in zip(finishes.execute(), outcomes, strict=True):
             if not done:
                 continue  # a span arrived meanwhile, or another flusher took it
-            if trace is None:
+            if dropped:
                 counts.dropped += 1
             else:
                 counts.published += 1
-                counts.partial += 0 if is_root else 1
+                counts.partial += 1 if partial else 0
         metrics.OTLP_TRACES.labels("published").inc(counts.published - counts.partial)
         metrics.OTLP_TRACES.labels("partial").inc(counts.partial)
         metrics.OTLP_TRACES.labels("dropped_no_genai").inc(counts.dropped)

@@ -26,7 +26,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -35,8 +34,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
-from evaluator.ingest.assembly import SpanAssembler
+from evaluator.ingest.assembly import Held, SpanAssembler
 from evaluator.ingest.otel import Span, parse_otlp_spans
+from evaluator.ingest.otlp_proto import resource_prefix
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import group_info
@@ -49,57 +49,27 @@ class BadRequest(ValueError):
     pass
 
 
-def _pb_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_pb_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return _pb_attributes(value.kvlist_value.values)
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return getattr(value, kind) if kind else None
-
-
-def _pb_attributes(items: Any) -> dict[str, Any]:
-    result = {}
-    for kv in items:
-        assert isinstance(kv, KeyValue)
-        result[kv.key] = _pb_value(kv.value)
-    return result
-
-
-def spans_from_protobuf(body: bytes) -> tuple[list[Span], int]:
-    """Spans of an ExportTraceServiceRequest, and how many were refused for bad ids."""
+def protobuf_groups(body: bytes) -> tuple[dict[str, Held], int]:
+    """The spans of an ExportTraceServiceRequest grouped by trace, still as protobuf; and how
+    many were refused for bad ids."""
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except DecodeError as exc:
         raise BadRequest(f"not an OTLP ExportTraceServiceRequest (protobuf): {exc}") from None
-    spans, refused = [], 0
+    groups: dict[str, Held] = {}
+    refused = 0
     for resource_spans in request.resource_spans:
-        resource = _pb_attributes(resource_spans.resource.attributes)
+        prefix = resource_prefix(resource_spans.resource)
         for scope_spans in resource_spans.scope_spans:
             for raw in scope_spans.spans:
                 if len(raw.trace_id) != 16 or len(raw.span_id) != 8 or not any(raw.trace_id):
                     refused += 1
                     continue
-                error = None
-                if raw.status.code == 2:  # STATUS_CODE_ERROR
-                    error = raw.status.message or "span status ERROR"
-                spans.append(
-                    Span(
-                        trace_id=raw.trace_id.hex(),
-                        span_id=raw.span_id.hex(),
-                        parent_id=raw.parent_span_id.hex() or None,
-                        name=raw.name,
-                        start_ns=raw.start_time_unix_nano,
-                        end_ns=raw.end_time_unix_nano,
-                        attributes=_pb_attributes(raw.attributes),
-                        resource=resource,
-                        events=[(e.name, _pb_attributes(e.attributes)) for e in raw.events],
-                        error=error,
-                    )
-                )
-    return spans, refused
+                trace_id = raw.trace_id.hex()
+                has_root, entries = groups.get(trace_id, (False, []))
+                entries.append(prefix + raw.SerializeToString())
+                groups[trace_id] = (has_root or not raw.parent_span_id, entries)
+    return groups, refused
 
 
 def _valid_id(value: Any, length: int) -> bool:
@@ -210,8 +180,10 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         try:
             if request.headers.get("content-encoding", "").lower() == "gzip":
                 body = _gunzip(body, limit)
-            parse = spans_from_protobuf if content_type == PROTOBUF else spans_from_json
-            spans, refused = parse(body)
+            if content_type == PROTOBUF:
+                groups, refused = protobuf_groups(body)
+            else:
+                spans, refused = spans_from_json(body)
         except OverflowError:
             return _error(413, f"decompressed body over {limit} bytes", "too_large")
         except BadRequest as exc:
@@ -220,7 +192,10 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
             return _error(
                 503, "evalfleet is behind; retry later", "backpressure", {"Retry-After": "5"}
             )
-        full = await run_in_threadpool(receiver.assembler.add, spans)
+        if content_type == PROTOBUF:
+            full = await run_in_threadpool(receiver.assembler.add_encoded, groups)
+        else:
+            full = await run_in_threadpool(receiver.assembler.add, spans)
         metrics.OTLP_SPANS.labels("refused_bad_id").inc(refused)
         metrics.OTLP_REQUESTS.labels("accepted").inc()
         reasons = []
@@ -259,4 +234,4 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
     return app
 
 
-__all__ = ["create_receiver_app", "spans_from_json", "spans_from_protobuf"]
+__all__ = ["create_receiver_app", "protobuf_groups", "spans_from_json"]
