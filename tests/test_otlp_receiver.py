@@ -293,3 +293,31 @@ def test_receiver_over_real_http(redis_client: redis.Redis, settings: Settings) 
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_in_process_exporter(redis_client: redis.Redis, settings: Settings) -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from evaluator.ingest.otel import EvalfleetSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "inline-app"}))
+    provider.add_span_processor(SimpleSpanProcessor(EvalfleetSpanExporter(redis_client, settings)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as root:
+        root.set_attribute("user.id", "u-7")
+        with tracer.start_as_current_span("chat") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.request.model", "gpt-4o-mini")
+            chat.set_attribute("gen_ai.prompt.0.role", "user")
+            chat.set_attribute("gen_ai.prompt.0.content", "hello?")  # the older conventions
+            chat.set_attribute("gen_ai.completion.0.content", "hi!")
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+    deadline = time.monotonic() + 5
+    while redis_client.xlen(TRACES_STREAM) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    provider.shutdown()
+    [trace] = published(redis_client)
+    assert (trace.trace_id, trace.input, trace.output) == (trace_id, "hello?", "hi!")
+    assert trace.metadata["user_id"] == "u-7" and trace.metadata["service"] == "inline-app"
