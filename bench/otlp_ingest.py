@@ -145,7 +145,7 @@ def main() -> None:
         env = {
             **os.environ,
             "EVALFLEET_REDIS_URL": redis_server.url,
-            "EVALFLEET_OTLP_GRACE_S": "1",
+            "EVALFLEET_OTLP_GRACE_S": os.environ.get("BENCH_GRACE_S", "1"),
             "EVALFLEET_OTLP_MAX_WAIT_S": "3600",
             "EVALFLEET_STREAM_MAXLEN": "10000000",
         }

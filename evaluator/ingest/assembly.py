@@ -48,19 +48,41 @@ redis.call('ZADD', KEYS[3], due, ARGV[1])
 return length + (#ARGV - 6)
 """
 
-# KEYS: spans list, meta hash, pending zset, traces stream. ARGV: trace id, spans read, now ms,
-# payload ('' drops the trace), stream maxlen, stream field. 1 when published (or dropped), 0 when
-# stale.
-_FINISH = """
-if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
-local due = redis.call('ZSCORE', KEYS[3], ARGV[1])
-if not due or tonumber(due) > tonumber(ARGV[3]) then return 0 end
-if ARGV[4] ~= '' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', ARGV[6], ARGV[4])
+# Batched over every due trace (one call instead of a command each; keys are built from the
+# prefixes in ARGV, so this needs a single Redis, not a Cluster).
+# ARGV: spans prefix, meta prefix, then trace ids. Returns per trace {root flag, spans...}.
+_READ = """
+local out = {}
+for i = 3, #ARGV do
+  local held = redis.call('LRANGE', ARGV[1] .. ARGV[i], 0, -1)
+  table.insert(held, 1, redis.call('HGET', ARGV[2] .. ARGV[i], 'root') or '')
+  out[#out + 1] = held
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
+return out
+"""
+
+# KEYS: pending zset, traces stream. ARGV: spans prefix, meta prefix, now ms, stream maxlen, stream
+# field, then per trace: id, spans read, payload ('' drops the trace). Per trace 1 when published
+# (or dropped), 0 when stale: a span arrived since the read, or another flusher took it.
+_FINISH = """
+local out = {}
+for i = 6, #ARGV, 3 do
+  local id, spans, meta = ARGV[i], ARGV[1] .. ARGV[i], ARGV[2] .. ARGV[i]
+  local done = 0
+  if redis.call('LLEN', spans) == tonumber(ARGV[i + 1]) then
+    local due = redis.call('ZSCORE', KEYS[1], id)
+    if due and tonumber(due) <= tonumber(ARGV[3]) then
+      if ARGV[i + 2] ~= '' then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', ARGV[5], ARGV[i + 2])
+      end
+      redis.call('DEL', spans, meta)
+      redis.call('ZREM', KEYS[1], id)
+      done = 1
+    end
+  end
+  out[#out + 1] = done
+end
+return out
 """
 
 
@@ -80,6 +102,7 @@ class SpanAssembler:
         self.client = client
         self.settings = settings
         self._add = client.register_script(_ADD)
+        self._read = client.register_script(_READ)
         self._finish = client.register_script(_FINISH)
 
     def pending(self) -> int:
@@ -126,7 +149,7 @@ class SpanAssembler:
         return refused
 
     def flush(self, limit: int = 500) -> FlushCounts:
-        """Publish every due trace (up to ``limit``), in two pipelined round trips."""
+        """Publish every due trace (up to ``limit``): one call reads them, one publishes."""
         now_ms = int(time.time() * 1000)
         counts = FlushCounts()
         due: Any = self.client.zrangebyscore(PENDING, "-inf", now_ms, start=0, num=limit)
@@ -134,37 +157,23 @@ class SpanAssembler:
         if not trace_ids:
             metrics.OTLP_PENDING.set(self.pending())
             return counts
-        reads = self.client.pipeline(transaction=False)
-        for trace_id in trace_ids:
-            reads.lrange(SPANS_PREFIX + trace_id, 0, -1)
-            reads.hget(META_PREFIX + trace_id, "root")
-        stored: list[Any] = reads.execute()
-        finishes = self.client.pipeline(transaction=False)
+        held: Any = self._read(args=[SPANS_PREFIX, META_PREFIX, *trace_ids])
+        args: list[Any] = [SPANS_PREFIX, META_PREFIX, now_ms, self.settings.stream_maxlen]
+        args.append(TRACE_FIELD)
         outcomes = []
-        for index, trace_id in enumerate(trace_ids):
-            raw_spans, root = stored[2 * index], stored[2 * index + 1]
+        for trace_id, (root, *raw_spans) in zip(trace_ids, held, strict=True):
             trace = spans_to_trace([decode(r) for r in raw_spans]) if raw_spans else None
             payload = ""
             if trace is not None:
-                if root is None:
+                if not root:
                     trace.metadata["partial"] = True
                 payload = trace.model_dump_json(exclude_none=True, exclude_defaults=True)
-            self._finish(
-                keys=[SPANS_PREFIX + trace_id, META_PREFIX + trace_id, PENDING, TRACES_STREAM],
-                args=[
-                    trace_id,
-                    len(raw_spans),
-                    now_ms,
-                    payload,
-                    self.settings.stream_maxlen,
-                    TRACE_FIELD,
-                ],
-                client=finishes,
-            )
-            outcomes.append((trace is None, root is None))
-        for done, (dropped, partial) in zip(finishes.execute(), outcomes, strict=True):
+            args += [trace_id, len(raw_spans), payload]
+            outcomes.append((trace is None, not root))
+        finished: Any = self._finish(keys=[PENDING, TRACES_STREAM], args=args)
+        for done, (dropped, partial) in zip(finished, outcomes, strict=True):
             if not done:
-                continue  # a span arrived meanwhile, or another flusher took it
+                continue
             if dropped:
                 counts.dropped += 1
             else:

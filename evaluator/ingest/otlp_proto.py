@@ -8,6 +8,7 @@ A held entry is ``b"p"`` + 4-byte resource length + the Resource message + the S
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -74,13 +75,16 @@ def encode_json(span: Span) -> bytes:
     return JSON_TAG + json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
+@functools.lru_cache(maxsize=1024)
+def _resource(encoded: bytes) -> dict[str, Any]:
+    # Every span of a service carries the same resource: decode it once. Callers only read it.
+    return pb_attributes(Resource.FromString(encoded).attributes)
+
+
 def decode(entry: bytes) -> Span:
     if entry[:1] == PROTOBUF_TAG:
         size = int.from_bytes(entry[1:5], "big")
-        resource = Resource.FromString(entry[5 : 5 + size])
-        return span_from_pb(
-            PbSpan.FromString(entry[5 + size :]), pb_attributes(resource.attributes)
-        )
+        return span_from_pb(PbSpan.FromString(entry[5 + size :]), _resource(entry[5 : 5 + size]))
     data = json.loads(entry[1:])
     data["events"] = [tuple(event) for event in data.get("events", [])]
     return Span(**data)
