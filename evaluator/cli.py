@@ -18,7 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from evaluator.judges import JudgeSpec
-from evaluator.settings import get_settings
+from evaluator.settings import Settings, get_settings
 from evaluator.streams import connect
 
 app = typer.Typer(help="Evalfleet: evaluate LLM traces from Redis Streams.", no_args_is_help=True)
@@ -41,6 +41,20 @@ def _logging(level: str) -> None:
     )
 
 
+def _long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, threading.Event]:
+    """Logging, /metrics when a port is given, and an event set by SIGTERM/SIGINT."""
+    from evaluator.sinks.metrics import serve_metrics
+
+    _logging(loglevel)
+    settings = get_settings()
+    if port := metrics_port or settings.metrics_port:
+        serve_metrics(port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return settings, stop
+
+
 @app.command()
 def sampler(
     consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
@@ -50,16 +64,9 @@ def sampler(
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
     from evaluator.sampler import Sampler
-    from evaluator.sinks.metrics import serve_metrics
     from evaluator.worker import celery_dispatch
 
-    _logging(loglevel)
-    settings = get_settings()
-    if port := metrics_port or settings.metrics_port:
-        serve_metrics(port)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    settings, stop = _long_running(loglevel, metrics_port)
     loop = Sampler(connect(settings.redis_url), settings, celery_dispatch(), consumer=consumer)
     logging.getLogger("evaluator.sampler").info("sampler %s started", loop.consumer)
     counts = loop.run(stop, exit_when_idle=exit_when_idle)
@@ -104,16 +111,9 @@ def relay(
     metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
 ) -> None:
     """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
-    from evaluator.sinks.metrics import serve_metrics
     from evaluator.sinks.outbox import SinkRelay
 
-    _logging(loglevel)
-    settings = get_settings()
-    if port := metrics_port or settings.metrics_port:
-        serve_metrics(port)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    settings, stop = _long_running(loglevel, metrics_port)
     relay_loop = SinkRelay.from_settings(settings)
     log = logging.getLogger("evaluator.relay")
     if not relay_loop.sinks:
@@ -259,12 +259,19 @@ def calibrate(
     Exits 1 when agreement is under the judge file's calibration thresholds."""
     from evaluator.calibrate import calibrate as run_calibration
     from evaluator.embedded import redis_or_embedded
-    from evaluator.golden import DatasetError, golden_path, read_examples
+    from evaluator.golden import (
+        DatasetError,
+        default_golden_dir,
+        golden_path,
+        read_examples,
+        record_disagreements,
+    )
     from evaluator.report import render_calibration
 
+    settings = get_settings()
     spec = _judge_spec(judge)
     _require_judge_endpoint()
-    path = dataset or golden_path(judge)
+    path = dataset or golden_path(judge, settings.golden_dir or default_golden_dir())
     try:
         examples = read_examples(path)
     except DatasetError as exc:
@@ -273,7 +280,6 @@ def calibrate(
     if not examples:
         console.print(f"[red]error:[/red] no examples in {path}")
         raise typer.Exit(2)
-    settings = get_settings()
     with redis_or_embedded(settings.redis_url) as redis_url, Progress(console=console) as progress:
         task = progress.add_task(f"judging {len(examples)} examples", total=len(examples))
         result = run_calibration(
@@ -283,6 +289,9 @@ def calibrate(
             lambda: progress.advance(task),
         )
     render_calibration(result, console)
+    if dataset is None:  # the judge's own golden set: judges with few_shot use these first
+        ids = [d.trace_id for d in result.disagreements]
+        record_disagreements(judge, spec.version, ids, path.parent)
     out = report or Path(f"calibration-{judge}.json")
     out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     console.print(f"report: {out}")
@@ -294,12 +303,13 @@ def calibrate(
 def gate(
     base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. origin/main).")],
     tolerance: Annotated[float, typer.Option(help="Allowed drop in kappa and agreement.")] = 0.05,
-    golden_dir: Annotated[Path, typer.Option(help="Golden datasets.")] = Path("datasets/golden"),
+    golden_dir: Annotated[Path | None, typer.Option(help="Default: datasets/golden")] = None,
 ) -> None:
     """Fail when a judge changed since BASE agrees less with humans than its old version."""
     from evaluator.calibrate import GateError
     from evaluator.calibrate import gate as run_gate
     from evaluator.embedded import redis_or_embedded
+    from evaluator.golden import default_golden_dir
     from evaluator.judges import judges_dir
     from evaluator.report import render_gate
 
@@ -315,7 +325,7 @@ def gate(
                 base,
                 settings.model_copy(update={"redis_url": redis_url}),
                 judges_dir(settings),
-                golden_dir,
+                golden_dir or settings.golden_dir or default_golden_dir(),
                 tolerance,
                 lambda: progress.advance(task),
             )
@@ -597,7 +607,8 @@ def judges_render(
     except ValueError as exc:
         console.print(f"[red]error:[/red] {trace}: {exc}")
         raise typer.Exit(2) from exc
-    messages = render_messages(spec, parsed, redact=get_settings().judge_redact_pii)
+    settings = get_settings()
+    messages = render_messages(spec, parsed, settings.judge_redact_pii, settings.golden_dir)
     for message in messages:
         typer.echo(f"----- {message['role']} -----\n{message['content']}")
     response_format = json.dumps(spec.response_format(), indent=2)

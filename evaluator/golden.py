@@ -8,6 +8,7 @@ into the file; ``import`` loads labels made elsewhere (JSONL in this format, or 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -19,6 +20,12 @@ from pydantic import BaseModel, Field, ValidationError
 from evaluator.models import ReviewLabel, Trace, Verdict, describe_validation_error, stable_id
 
 GOLDEN_DIR = Path("datasets/golden")
+
+
+def default_golden_dir() -> Path:
+    """The repository's datasets/golden in a source checkout, else the copy in the wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "datasets" / "golden"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_data" / "golden"
 
 
 class GoldenExample(BaseModel):
@@ -159,3 +166,56 @@ def read_any(path: Path) -> list[GoldenExample]:
     if path.suffix.lower() == ".csv":
         return read_csv(path)
     return read_examples(path)
+
+
+# -- few-shot examples for judges ----------------------------------------------------------------
+
+
+def disagreements_path(judge: str, directory: Path) -> Path:
+    return directory / f"{judge}.disagreements.json"
+
+
+def record_disagreements(judge: str, version: str, trace_ids: list[str], directory: Path) -> Path:
+    """Remember where the judge disagreed with the humans (``calibrate`` writes this)."""
+    path = disagreements_path(judge, directory)
+    path.write_text(
+        json.dumps({"judge_version": version, "trace_ids": sorted(trace_ids)}, indent=2)
+    )
+    return path
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_examples(path: Path, mtime_ns: int) -> tuple[GoldenExample, ...]:
+    return tuple(read_examples(path))
+
+
+def few_shot_examples(judge: str, k: int, exclude_trace: str, directory: Path) -> list[str]:
+    """``k`` labelled examples for a judge's prompt: the recorded disagreements first, then the
+    rest alternating human pass and fail; never the trace being judged."""
+    path = golden_path(judge, directory)
+    if k <= 0 or not path.exists():
+        return []
+    examples = [
+        e
+        for e in _cached_examples(path, path.stat().st_mtime_ns)
+        if e.trace.trace_id != exclude_trace
+    ]
+    recorded = disagreements_path(judge, directory)
+    wanted = set(json.loads(recorded.read_text())["trace_ids"]) if recorded.exists() else set()
+    first = [e for e in examples if e.trace.trace_id in wanted]
+    passes = [e for e in examples if e.trace.trace_id not in wanted and e.verdict is Verdict.PASS]
+    fails = [e for e in examples if e.trace.trace_id not in wanted and e.verdict is Verdict.FAIL]
+    alternating = [e for pair in zip(fails, passes, strict=False) for e in pair]
+    alternating += fails[len(passes) :] + passes[len(fails) :]
+    return [_example_text(e) for e in (first + alternating)[:k]]
+
+
+def _example_text(example: GoldenExample) -> str:
+    trace = example.trace
+    lines = [f"Question: {trace.input}", f"Answer: {trace.output}"]
+    lines += [f"Context: {context}" for context in trace.contexts]
+    if trace.reference:
+        lines.append(f"Reference: {trace.reference}")
+    note = f" ({example.note})" if example.note else ""
+    lines.append(f"Human verdict: {example.verdict.value}{note}")
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from evaluator.evaluators.ragas import RAGAS, RagasSpec, ragas_installed
+from evaluator.golden import default_golden_dir, few_shot_examples
 from evaluator.models import Severity, Trace, describe_validation_error
 from evaluator.pii import redact_pii
 from evaluator.settings import Settings
@@ -133,6 +134,13 @@ class JudgeSpec(BaseModel):
     output: dict[str, OutputField]
     review_thresholds: dict[str, float] = Field(default_factory=dict)
     calibration: CalibrationPolicy = CalibrationPolicy()
+    few_shot: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Labelled examples from the golden set in the prompt (disagreements first); "
+        "the user template prints them with {{ examples | fence_each('example') }}.",
+    )
 
     @model_validator(mode="after")
     def _schema_rules(self) -> JudgeSpec:
@@ -288,7 +296,7 @@ def _template(source: str) -> Template:
     return _ENV.from_string(source)
 
 
-def _template_variables(trace: Trace, redact: bool) -> dict[str, Any]:
+def _template_variables(trace: Trace, redact: bool, examples: list[str]) -> dict[str, Any]:
     def clean(text: str) -> Untrusted:
         return Untrusted(redact_pii(text) if redact else text)
 
@@ -298,14 +306,21 @@ def _template_variables(trace: Trace, redact: bool) -> dict[str, Any]:
         "contexts": [clean(c) for c in trace.contexts],
         "reference": clean(trace.reference) if trace.reference is not None else None,
         "metadata": {k: clean(json.dumps(v)) for k, v in trace.metadata.items()},
+        "examples": [clean(e) for e in examples],
     }
 
 
-def render_messages(spec: JudgeSpec, trace: Trace, redact: bool = False) -> list[dict[str, str]]:
-    """Chat messages for ``trace``: the static system prompt first (prefix caching), then data."""
+def render_messages(
+    spec: JudgeSpec, trace: Trace, redact: bool = False, golden_dir: Path | None = None
+) -> list[dict[str, str]]:
+    """Chat messages for ``trace``: the static system prompt first (prefix caching), then data
+    (with ``few_shot`` labelled examples from ``golden_dir`` when the judge asks for them)."""
+    examples = few_shot_examples(
+        spec.name, spec.few_shot, trace.trace_id, golden_dir or default_golden_dir()
+    )
     try:
         system = _template(spec.system).render()
-        user = _template(spec.user).render(**_template_variables(trace, redact))
+        user = _template(spec.user).render(**_template_variables(trace, redact, examples))
     except TemplateError as exc:
         raise JudgeFileError(f"{spec.name}.yaml: template error: {exc}") from exc
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -335,6 +350,11 @@ def validate_judge(spec: JudgeSpec) -> list[str]:
         problems.append(f"{spec.name}: trace text reaches the prompt outside a fence")
     if _CANARY not in messages[1]["content"]:
         problems.append(f"{spec.name}: the user template shows no trace text")
+    if spec.few_shot and "examples" not in spec.user:
+        problems.append(
+            f"{spec.name}: few_shot is {spec.few_shot} but the user template never prints "
+            "{{ examples | fence_each('example') }}"
+        )
     try:
         spec.output_model.model_json_schema()
     except Exception as exc:

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["groundedness", "answer_relevance", "correctness", "safety"],
         description="Judges run on sampled traces (each only where its applies_when holds).",
     )
+    golden_dir: Path | None = Field(
+        default=None, description="Golden datasets; default ./datasets/golden of the repo."
+    )
     judge_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint; a judge file's base_url wins."
     )

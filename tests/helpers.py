@@ -7,11 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from evaluator.embedded import free_port
 from evaluator.models import Trace
 from evaluator.settings import Settings
 
@@ -132,3 +136,26 @@ def make_trace(index: int, **fields: Any) -> Trace:
         "latency_ms": 800.0,
     }
     return Trace(**{**base, **fields})
+
+
+@dataclass
+class RestartableServer:
+    """An HTTP server on a fixed loopback port that a test can stop and start again (a sink or
+    receiver "down for a while"); subclasses say how requests are handled."""
+
+    port: int = field(default_factory=free_port)
+    server: ThreadingHTTPServer | None = None
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

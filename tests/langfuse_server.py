@@ -16,11 +16,11 @@ import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from evaluator.embedded import free_port
+from helpers import RestartableServer
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-test", "sk-lf-test"
 
@@ -57,15 +57,13 @@ def _matches(observation: dict[str, Any], condition: dict[str, Any]) -> bool:
 
 
 @dataclass
-class FakeLangfuse:
-    port: int = field(default_factory=free_port)
+class FakeLangfuse(RestartableServer):
     fail_next: int = 0
     reject_names: set[str] = field(default_factory=set)
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
@@ -78,7 +76,7 @@ class FakeLangfuse:
             "LANGFUSE_HOST": self.url,
         }
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,15 +89,7 @@ class FakeLangfuse:
             def do_GET(self) -> None:
                 fake.handle(self, "GET")
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        return Handler
 
     def score_posts(self) -> list[Request]:
         return [r for r in self.requests if r.method == "POST"]

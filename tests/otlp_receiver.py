@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from helpers import RestartableServer
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -17,8 +17,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-from evaluator.embedded import free_port
 
 
 def any_value(value: AnyValue) -> Any:
@@ -31,17 +29,15 @@ def attributes(items: Any) -> dict[str, Any]:
 
 
 @dataclass
-class OTLPReceiver:
-    port: int = field(default_factory=free_port)
+class OTLPReceiver(RestartableServer):
     spans: list[Any] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,12 +72,4 @@ class OTLPReceiver:
                 self.end_headers()
                 self.wfile.write(data)
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        return Handler

@@ -152,7 +152,15 @@ def test_gate_fails_a_worse_judge_version(
 def test_calibrate_command_writes_the_report(
     tmp_path: Path, server: OpenAIServer, redis_url: str, sqlite_url: str
 ) -> None:
-    env = fleet_env(redis_url, sqlite_url, judge_base_url=server.base_url, judge_api_key="sk-test")
+    golden = tmp_path / "golden"
+    shutil.copytree(GOLDEN, golden)
+    env = fleet_env(
+        redis_url,
+        sqlite_url,
+        judge_base_url=server.base_url,
+        judge_api_key="sk-test",
+        golden_dir=golden,
+    )
     report = tmp_path / "report.json"
     command = [
         sys.executable,
@@ -170,6 +178,8 @@ def test_calibrate_command_writes_the_report(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "answer_relevance: PASS" in done.stdout and "Cohen's kappa" in done.stdout
     data = json.loads(report.read_text())
+    recorded = json.loads((golden / "answer_relevance.disagreements.json").read_text())
+    assert recorded == {"judge_version": "1.0.0", "trace_ids": []}
     assert data["passed"] and data["agreement"]["n"] == 50 and data["agreement"]["kappa"] == 1.0
     no_endpoint = {k: v for k, v in env.items() if not k.startswith("EVALFLEET_JUDGE")}
     refused = subprocess.run(

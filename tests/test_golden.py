@@ -116,3 +116,48 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path) -> None:
     broken.write_text('{"verdict": "pass"}\n')
     with pytest.raises(DatasetError, match=r"broken.jsonl:1: .*trace"):
         read_examples(broken)
+
+
+def test_few_shot_examples_come_fenced_disagreements_first(tmp_path: Path) -> None:
+    from evaluator.golden import record_disagreements, write_examples
+    from evaluator.judges import default_judges_dir, load_judge, render_messages, validate_judge
+
+    golden = tmp_path / "golden"
+    examples = [
+        GoldenExample.from_label(label(i, Verdict.FAIL if i % 2 else Verdict.PASS, T0))
+        for i in range(1, 7)
+    ]
+    for i, example in enumerate(examples, 1):
+        example.trace.output = f"answer number {i}"
+    write_examples(golden / "grounded_fs.jsonl", examples)
+    record_disagreements("grounded_fs", "1.0.0", ["t-000004"], golden)
+
+    judges = tmp_path / "judges"
+    judges.mkdir()
+    text = (default_judges_dir() / "groundedness.yaml").read_text()
+    few_shot = text.replace("name: groundedness", "name: grounded_fs").replace(
+        "review_thresholds:", "few_shot: 3\nreview_thresholds:"
+    )
+    without = judges / "grounded_fs.yaml"
+    without.write_text(few_shot)
+    assert "never prints {{ examples" in " ".join(validate_judge(load_judge(without)))
+
+    with_examples = few_shot.replace(
+        "  {{ contexts | fence_each('context') }}",
+        "  Labelled examples:\n  {{ examples | fence_each('example') }}\n"
+        "  {{ contexts | fence_each('context') }}",
+    )
+    without.write_text(with_examples)
+    spec = load_judge(without)
+    assert validate_judge(spec) == []
+    user = render_messages(spec, examples[0].trace, golden_dir=golden)[1]["content"]
+    assert user.count('<untrusted-data name="example') == 3
+    shown = [line for line in user.splitlines() if line.startswith("Answer: ")]
+    # the recorded disagreement first, then alternating fail / pass; never the judged trace
+    assert shown == [
+        "Answer: answer number 4",
+        "Answer: answer number 3",
+        "Answer: answer number 2",
+    ]
+    assert "Human verdict: pass (checked)" in user
+    assert user.index("answer number 4") < user.index("</untrusted-data>")

