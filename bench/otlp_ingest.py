@@ -159,6 +159,8 @@ def main() -> None:
                 str(port),
                 "--loglevel",
                 "warning",
+                "--flushers",
+                os.environ.get("BENCH_FLUSHERS", "1"),
             ],
             env=env,
         )

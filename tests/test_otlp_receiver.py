@@ -321,3 +321,56 @@ def test_in_process_exporter(redis_client: redis.Redis, settings: Settings) -> N
     [trace] = published(redis_client)
     assert (trace.trace_id, trace.input, trace.output) == (trace_id, "hello?", "hi!")
     assert trace.metadata["user_id"] == "u-7" and trace.metadata["service"] == "inline-app"
+
+
+def test_cli_receiver_with_a_flusher_process(
+    redis_url: str, redis_client: redis.Redis, sqlite_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    from helpers import fleet_env, wait_for
+
+    from evaluator.embedded import free_port
+
+    port = free_port()
+    env = {**fleet_env(redis_url, sqlite_url, otlp_grace_s=0.3)}
+    command = [
+        sys.executable,
+        "-m",
+        "evaluator.cli",
+        "otlp-receiver",
+        "--port",
+        str(port),
+        "--flushers",
+        "1",
+        "--loglevel",
+        "warning",
+    ]
+    receiver = subprocess.Popen(command, env=env)
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 20, "receiver up")
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/traces", content=export(rag_spans(77)), headers=PROTOBUF
+        )
+        assert answer.status_code == 200
+        wait_for(
+            lambda: redis_client.xlen(TRACES_STREAM) == 1, 20, "published by the flusher process"
+        )
+        assert published(redis_client)[0].trace_id == f"{77:032x}"
+    finally:
+        receiver.terminate()
+        receiver.wait(20)
+    # The flusher process leaves with its receiver, even when uvicorn re-raises SIGTERM.
+    time.sleep(2)
+    children = subprocess.run(
+        ["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True
+    )
+    assert children.stdout.strip() == ""

@@ -12,6 +12,7 @@ they were read: a restart loses nothing and a trace is published once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -148,11 +149,14 @@ class SpanAssembler:
         metrics.OTLP_SPANS.labels("refused_trace_full").inc(refused)
         return refused
 
-    def flush(self, limit: int = 500) -> FlushCounts:
-        """Publish every due trace (up to ``limit``): one call reads them, one publishes."""
+    def flush(self, limit: int = 500, window: int = 0) -> FlushCounts:
+        """Publish due traces (up to ``limit``): one call reads them, one publishes. Flusher
+        number ``window`` takes the ``window``-th slice of the due traces, so several flushers
+        rarely do the same work (when they do, the guarded publish lets one win)."""
         now_ms = int(time.time() * 1000)
         counts = FlushCounts()
-        due: Any = self.client.zrangebyscore(PENDING, "-inf", now_ms, start=0, num=limit)
+        start = window * limit
+        due: Any = self.client.zrangebyscore(PENDING, "-inf", now_ms, start=start, num=limit)
         trace_ids = [text(raw_id) for raw_id in due]
         if not trace_ids:
             metrics.OTLP_PENDING.set(self.pending())
@@ -185,14 +189,35 @@ class SpanAssembler:
         metrics.OTLP_PENDING.set(self.pending())
         return counts
 
-    def run_flusher(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+    def run_flusher(self, stop: threading.Event, interval_s: float = 0.2, window: int = 0) -> None:
         """Flush until ``stop`` is set; Redis errors are logged and retried."""
         while not stop.is_set():
             try:
-                counts = self.flush()
+                counts = self.flush(window=window)
             except redis.RedisError as exc:
                 log.warning("flush failed, retrying: %s", exc)
                 stop.wait(1.0)
                 continue
             if not counts.published and not counts.dropped:
                 stop.wait(interval_s)
+
+
+def run_flusher_process(settings: Settings, window: int = 0) -> None:
+    """Entry point of the receiver's flusher process: flush until SIGTERM."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # uvicorn re-raises SIGTERM after its shutdown, so the receiver may die without stopping
+        # us: leave when it is gone.
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    client = redis.Redis.from_url(settings.redis_url)
+    SpanAssembler(client, settings).run_flusher(stop, window=window)
