@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from evaluator.cli import app
 from evaluator.constants import TRACE_FIELD, TRACES_STREAM
-from evaluator.ingest import publish, publish_many, read_otlp, read_traces
+from evaluator.ingest import publish, publish_many, read_otlp, read_traces, traces_from_otlp
 from evaluator.models import Trace
 from evaluator.settings import Settings
 
@@ -74,6 +74,59 @@ def test_otel_legacy_conventions_and_errors() -> None:
     assert legacy.error == "client disconnected"
     assert legacy.tokens is not None and legacy.tokens.total == 1156
     assert legacy.retrieval is False and legacy.contexts == []
+
+
+def test_otel_tool_calls_and_their_errors() -> None:
+    span = {"traceId": "ab" * 16, "startTimeUnixNano": "1", "endTimeUnixNano": "9"}
+    document = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {**span, "spanId": "01" * 8, "name": "request"},
+                            {
+                                **span,
+                                "spanId": "02" * 8,
+                                "parentSpanId": "01" * 8,
+                                "name": "execute_tool lookup_plan",
+                                "startTimeUnixNano": "2",
+                                "attributes": [
+                                    {
+                                        "key": "gen_ai.operation.name",
+                                        "value": {"stringValue": "execute_tool"},
+                                    },
+                                    {
+                                        "key": "gen_ai.tool.name",
+                                        "value": {"stringValue": "lookup_plan"},
+                                    },
+                                ],
+                                "status": {"code": 2, "message": "plan service timed out"},
+                            },
+                            {
+                                **span,
+                                "spanId": "03" * 8,
+                                "parentSpanId": "01" * 8,
+                                "name": "chat",
+                                "startTimeUnixNano": "3",
+                                "attributes": [
+                                    {
+                                        "key": "gen_ai.operation.name",
+                                        "value": {"stringValue": "chat"},
+                                    }
+                                ],
+                            },
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    [trace] = traces_from_otlp(document)
+    assert trace.metadata["tool_calls"] == [
+        {"name": "lookup_plan", "error": "plan service timed out"}
+    ]
+    assert trace.error == "plan service timed out"
 
 
 def test_otel_trace_without_generation_is_dropped() -> None:

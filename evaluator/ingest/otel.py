@@ -7,6 +7,9 @@ Understands both the current conventions (``gen_ai.input.messages`` / ``gen_ai.o
 ``gen_ai.content.completion`` events, ``gen_ai.usage.prompt_tokens``, OpenInference
 ``retrieval.documents.N.document.content``).
 
+Tool spans (``gen_ai.operation.name = execute_tool``) are listed in ``metadata.tool_calls`` with
+their errors; any span in error sets the Trace's ``error``.
+
 The answer of a trace is its last-ending generation span (a span with ``gen_ai.request.model``,
 ``gen_ai.response.model`` or an inference ``gen_ai.operation.name``), unless a generation span
 carries ``evalfleet.answer = true``.
@@ -235,6 +238,13 @@ def spans_to_trace(spans: list[Span]) -> Trace | None:
         }.items()
         if value is not None
     }
+    tools = [
+        {"name": str(s.attributes.get("gen_ai.tool.name") or s.name), "error": s.error}
+        for s in sorted(spans, key=lambda s: s.start_ns)
+        if s.operation == "execute_tool"
+    ]
+    if tools:
+        metadata["tool_calls"] = tools
     return Trace(
         trace_id=answer.trace_id,
         input=_prompt(answer),
