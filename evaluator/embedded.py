@@ -117,13 +117,19 @@ class EmbeddedRedis:
 def redis_or_embedded(url: str) -> Iterator[str]:
     """``url`` when a Redis answers there, else a throwaway server for the duration (commands
     such as ``calibrate`` then run on a laptop without the fleet's Redis)."""
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        client.ping()
-        client.close()
+    if redis_answers(url):
         yield url
         return
-    except redis.RedisError:
-        pass
     with EmbeddedRedis() as server:
         yield server.url
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether a Redis server answers PING at ``url``."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -12,7 +12,7 @@ import redis
 import sqlalchemy
 from helpers import Fleet
 
-from evaluator.embedded import EmbeddedRedis
+from evaluator.embedded import EmbeddedRedis, redis_answers
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
 
@@ -22,16 +22,6 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-def _reachable(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-        client.ping()
-        client.close()
-        return True
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     configured = os.environ.get("EVALFLEET_TEST_REDIS_URL")
@@ -39,7 +29,7 @@ def redis_url() -> Iterator[str]:
         yield configured
         return
     local = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
-    if _reachable(local):
+    if redis_answers(local, timeout_s=0.5):
         yield local
         return
     with EmbeddedRedis() as server:

@@ -13,7 +13,8 @@ class Evaluator(Protocol):
     name: ClassVar[str]
     version: ClassVar[str]
 
-    def evaluate(self, trace: Trace) -> list[Score]: ...
+    def evaluate(self, trace: Trace) -> list[Score]:
+        """The scores for ``trace`` (deterministic ids via ``Score.for_trace``)."""
 
 
 class CheckEvaluator:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from evaluator.models import TokenUsage, Trace
+from evaluator.settings import get_settings
 
 _GENERATION_OPERATIONS = {"chat", "text_completion", "generate_content", "completion"}
 _ERROR_STATUS = {2, "STATUS_CODE_ERROR"}
@@ -311,10 +313,7 @@ class EvalfleetSpanExporter:
     """
 
     def __init__(self, client: Any, settings: Any = None, flush_interval_s: float = 0.2) -> None:
-        import threading
-
-        from evaluator.ingest.assembly import SpanAssembler
-        from evaluator.settings import get_settings
+        from evaluator.ingest.assembly import SpanAssembler  # imports this module
 
         self.assembler = SpanAssembler(client, settings or get_settings())
         self._stop = threading.Event()

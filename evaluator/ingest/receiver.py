@@ -46,7 +46,7 @@ _HEX = frozenset("0123456789abcdef")
 
 
 class BadRequest(ValueError):
-    pass
+    """A body that cannot be decoded; answered 400 with this message."""
 
 
 def protobuf_groups(body: bytes) -> tuple[dict[str, Held], int]:

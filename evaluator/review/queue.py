@@ -34,15 +34,15 @@ class ReviewError(Exception):
 
 
 class NotFound(ReviewError):
-    pass
+    """No such review item (or it was trimmed from its queue)."""
 
 
 class LeaseLost(ReviewError):
-    pass
+    """The caller does not hold the item's lease: never claimed, expired, or taken over."""
 
 
 class AlreadyLabelled(ReviewError):
-    pass
+    """The item has its final label, by someone else or with another verdict."""
 
 
 @dataclass(frozen=True)

@@ -47,15 +47,14 @@ class Sink(Protocol):
     def payload(self, score: Score, trace: Trace) -> dict[str, Any] | str:
         """What to send for this score (JSON-ready, without the time), or a short reason why
         this sink does not take it."""
-        ...
 
     def deliver(self, payloads: dict[str, dict[str, Any]]) -> dict[str, str]:
         """Send the payloads (keyed by outbox row id; the relay adds ``timestamp``, the score's
         ISO time). Returns the rows the sink rejected for good, with the reason; every other row
         counts as delivered. Raises SinkUnavailable."""
-        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections (the relay calls it when it stops)."""
 
 
 def outbox_rows(
