@@ -32,6 +32,11 @@ judges_app = typer.Typer(
     help="Judge files: list, show, render, validate, lock.", no_args_is_help=True
 )
 app.add_typer(judges_app, name="judges")
+ledger_app = typer.Typer(
+    help="The evaluation ledger: where each (trace, evaluator, version) stands.",
+    no_args_is_help=True,
+)
+app.add_typer(ledger_app, name="ledger")
 console = Console()
 
 
@@ -63,11 +68,10 @@ def sampler(
     metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
-    from evaluator.sampler import Sampler
-    from evaluator.worker import celery_dispatch
+    from evaluator.worker import build_sampler
 
     settings, stop = _long_running(loglevel, metrics_port)
-    loop = Sampler(connect(settings.redis_url), settings, celery_dispatch(), consumer=consumer)
+    loop = build_sampler(settings, consumer)
     logging.getLogger("evaluator.sampler").info("sampler %s started", loop.consumer)
     counts = loop.run(stop, exit_when_idle=exit_when_idle)
     logging.getLogger("evaluator.sampler").info("sampler stopped: %s", counts)
@@ -469,6 +473,93 @@ def replay(
             publish_many(client, chunk, settings)  # type: ignore[arg-type]
             progress.advance(task, len(chunk))
     console.print(f"published {len(items):,} traces")
+
+
+@ledger_app.command("show")
+def ledger_show(trace: Annotated[str, typer.Option(help="The trace id.")]) -> None:
+    """Every evaluator's state for one trace."""
+    from evaluator.ledger import rows_for_trace
+    from evaluator.sinks.sql import SQLStore
+
+    store = SQLStore(get_settings().sqlalchemy_url)
+    rows = rows_for_trace(store, trace)
+    store.close()
+    if not rows:
+        console.print(f"no ledger rows for trace {trace!r}")
+        raise typer.Exit(1)
+    table = Table("evaluator", "version", "state", "attempt", "stratum", "P(incl.)", "updated",
+                  "reason")  # fmt: skip
+    for r in rows:
+        p = f"{r.inclusion_probability:g}" if r.inclusion_probability is not None else ""
+        updated = r.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r.evaluator, r.evaluator_version, r.state, str(r.attempt), r.stratum or "",
+                      p, updated, r.reason)  # fmt: skip
+    console.print(table)
+
+
+@ledger_app.command("summary")
+def ledger_summary(
+    since: Annotated[str, typer.Option(help="Rows updated since: 1h, 7d, or an ISO time.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts by evaluator and state."""
+    from evaluator.ledger import OPEN_RANK, summary
+    from evaluator.sinks.sql import SQLStore
+    from evaluator.timeparse import parse_since
+
+    store = SQLStore(get_settings().sqlalchemy_url)
+    counts = summary(store, parse_since(since))
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(counts, indent=2, sort_keys=True))
+        return
+    states = sorted({state for per in counts.values() for state in per})
+    table = Table("evaluator", *states, "open")
+    for evaluator, per in sorted(counts.items()):
+        still_open = sum(n for state, n in per.items() if state in OPEN_RANK)
+        table.add_row(evaluator, *[str(per.get(s, "")) for s in states], str(still_open))
+    console.print(table)
+
+
+@ledger_app.command("reap")
+def ledger_reap() -> None:
+    """Re-dispatch evaluations stuck past their deadline, or fail them with a reason (the
+    sampler does this every EVALFLEET_REAPER_INTERVAL_S)."""
+    from evaluator.judges import judge_registry
+    from evaluator.ledger import reap
+    from evaluator.sinks.sql import SQLStore
+    from evaluator.worker import dispatch_judges
+
+    settings = get_settings()
+    store = SQLStore(settings.sqlalchemy_url)
+    counts = reap(store, judge_registry(settings), settings, dispatch_judges)
+    store.close()
+    console.print(f"re-dispatched {counts.redispatched}, failed {counts.failed}")
+    for reason in sorted(set(counts.reasons)):
+        console.print(f"  failed: {reason}")
+
+
+@ledger_app.command("redrive")
+def ledger_redrive(
+    state: Annotated[str, typer.Option(help="over_budget or failed.")] = "over_budget",
+    evaluator: Annotated[str | None, typer.Option(help="Only this evaluator.")] = None,
+) -> None:
+    """Reopen over-budget (or failed) evaluations, e.g. after raising a budget; the reaper
+    dispatches them."""
+    from evaluator.ledger import LedgerState, redrive
+    from evaluator.sinks.sql import SQLStore
+
+    allowed = {LedgerState.OVER_BUDGET.value, LedgerState.FAILED.value}
+    if state not in allowed:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(sorted(allowed))}", param_hint="--state"
+        )
+    store = SQLStore(get_settings().sqlalchemy_url)
+    count = redrive(store, LedgerState(state), evaluator)
+    store.close()
+    console.print(
+        f"reopened {count} evaluations; `evalfleet ledger reap` or the sampler sends them"
+    )
 
 
 @app.command()

@@ -21,6 +21,9 @@ REVIEW_GROUP: Final = "reviewers"
 
 HEURISTICS_QUEUE: Final = "heuristics"
 JUDGES_QUEUE: Final = "judges"
+# Re-evaluation runs: a worker serving both takes live judge work first (queues are read in
+# sorted order, and "judges" sorts before "judges_backfill").
+JUDGES_BACKFILL_QUEUE: Final = "judges_backfill"
 
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"

@@ -161,8 +161,20 @@ class SampleDecision(BaseModel):
 
     judge: bool
     reasons: list[str] = Field(default_factory=list)
-    rate: float = Field(ge=0, le=1)
+    stratum: str = "control"
+    rate: float = Field(ge=0, le=1, description="The stratum's rate: P(trace sampled).")
     judges: list[str] = Field(default_factory=list, description="Judges that apply to the trace.")
+    inclusion: dict[str, float] = Field(
+        default_factory=dict, description="Per judge: P(this judge ran on the trace)."
+    )
+    sampled_out: list[str] = Field(
+        default_factory=list,
+        description="Judges not run by sampling: every judge of an unsampled trace, or thinned "
+        "out by a judge's budget.",
+    )
+    filtered: dict[str, str] = Field(
+        default_factory=dict, description="Judges whose applies_when ruled the trace out, and why."
+    )
 
 
 class ReviewStatus(StrEnum):

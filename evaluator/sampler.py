@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
@@ -29,7 +31,7 @@ from evaluator.constants import (
 )
 from evaluator.judges import Judge, enabled_judges
 from evaluator.models import Trace, describe_validation_error
-from evaluator.sampling import SamplingPolicy
+from evaluator.sampling import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import (
@@ -92,14 +94,22 @@ class Sampler:
         dispatch: Dispatch,
         consumer: str | None = None,
         judges: dict[str, Judge] | None = None,
+        budget: BudgetPlanner | None = None,
+        chores: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.client = client
+        # Periodic fleet work (the ledger reaper, estimate gauges): tried every claim interval,
+        # each chore decides itself whether it is due (see FleetChore).
+        self.chores = list(chores)
         self.settings = settings
         self.dispatch = dispatch
         self.consumer = consumer or settings.sampler_consumer
         self.policy = SamplingPolicy.from_settings(
             settings, enabled_judges(settings) if judges is None else judges
         )
+        self.versions = VersionTracker(client, settings.canary_window_s)
+        # Lowers stratum rates when projected judge spend would exceed a budget (None: no budget).
+        self.budget = budget
         self.counts = SamplerCounts()
         # Start by re-reading our own pending entries (a restart after a crash under this name).
         self._recover_own_pending = True
@@ -138,6 +148,8 @@ class Sampler:
         if time.monotonic() - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = time.monotonic()
             self.refresh_gauges()
+            for chore in self.chores:
+                chore()
             claimed = self.reclaim()
             if claimed:
                 return claimed
@@ -215,6 +227,7 @@ class Sampler:
         dead: list[tuple[str, str, bytes]] = []
         tasks: list[dict[str, Any]] = []
         judge_tasks: list[dict[str, Any]] = []
+        valid: list[tuple[str, Trace, str]] = []
         for raw_id, fields in entries:
             entry_id = text(raw_id)
             if not fields:
@@ -226,9 +239,18 @@ class Sampler:
             if isinstance(outcome, str):
                 dead.append((entry_id, outcome, _payload_of(fields)))
                 continue
-            decision = self.policy.decide(outcome)
+            valid.append((entry_id, outcome, text(fields[TRACE_FIELD.encode()])))
+        recent = self.versions.recent(trace for _, trace, _ in valid)
+        policy = self.budget.policy(self.policy) if self.budget else self.policy
+        strata: Counter[str] = Counter()
+        eligible: Counter[str] = Counter()
+        for entry_id, trace, payload in valid:
+            decision = policy.decide(trace, recent)
             self.counts.judge_sampled += decision.judge
-            payload = text(fields[TRACE_FIELD.encode()])
+            strata[decision.stratum] += 1
+            if decision.judge:  # judges that applied, thinned out by their budget or not
+                eligible.update(decision.judges + decision.sampled_out)
+            metrics.STRATUM_TRACES.labels(decision.stratum, str(decision.judge).lower()).inc()
             tasks.append({"id": entry_id, "trace": payload, "decision": decision.model_dump()})
             if decision.judges:
                 judge_tasks.append(
@@ -236,6 +258,7 @@ class Sampler:
                         "id": entry_id,
                         "trace": payload,
                         "judges": decision.judges,
+                        "inclusion": decision.inclusion,
                         "since": time.time(),
                     }
                 )
@@ -246,6 +269,9 @@ class Sampler:
             for chunk in _chunks(items, size):
                 self.dispatch(queue, chunk)
                 self.counts.batches_dispatched += 1
+        if valid:
+            sampled = sum(1 for t in tasks if t["decision"]["judge"])
+            record_traffic(self.client, strata, sampled, eligible)
         self._dead_letter_and_ack(dead, [text(entry_id) for entry_id, _ in entries])
         self.counts.consumed += len(entries)
         self.counts.dead_lettered += len(dead)
@@ -284,6 +310,28 @@ class Sampler:
             if exit_when_idle and handled == 0 and not self.backpressured():
                 break
         return self.counts
+
+
+class FleetChore:
+    """Runs ``work`` at most once per ``interval_s`` across every sampler of the fleet (a Redis
+    key set NX with that expiry). A failure is logged, not raised: the sampler goes on."""
+
+    def __init__(
+        self, client: redis.Redis, name: str, interval_s: float, work: Callable[[], object]
+    ) -> None:
+        self.client = client
+        self.key = f"evalfleet:chore:{name}"
+        self.interval_ms = int(interval_s * 1000)
+        self.work = work
+
+    def __call__(self) -> bool:
+        try:
+            if not self.client.set(self.key, "1", nx=True, px=self.interval_ms):
+                return False
+            self.work()
+        except Exception:
+            log.exception("periodic %s failed; next try in one interval", self.key)
+        return True
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

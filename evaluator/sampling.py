@@ -1,15 +1,56 @@
-"""Which traces get the expensive judges: a pure function of the trace and the policy."""
+"""Which traces get the expensive judges: outcome strata, each with a rate, decided per trace.
+
+Every trace falls into exactly one stratum, the first that matches in ``STRATA`` order (an app
+error before negative feedback before a truncation, ...; ``control`` when none does). It is
+sampled when its deterministic sample point (a hash of the trace id) is below its stratum's
+rate, so a trace's **inclusion probability** is that rate, and each judge may thin it further
+with a factor of its own (a per-judge budget). The probability is recorded with every decision:
+aggregates weight each judged trace by its inverse (``evaluator.estimates``), which is what keeps
+oversampled failures from making production quality look worse than it is. No rate is ever
+zero: a stratum never sampled would make those estimates biased.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import redis
 
 from evaluator.judges import Judge
 from evaluator.models import SampleDecision, Trace
 from evaluator.settings import Settings
 
 _TRUNCATED_OR_FILTERED = {"length", "max_tokens", "content_filter"}
+FIRST_SEEN_KEY = "evalfleet:first-seen"
+
+
+class Stratum(StrEnum):
+    ERROR = "error"
+    NEGATIVE_FEEDBACK = "negative_feedback"
+    TRUNCATED = "truncated"
+    HIGH_LATENCY = "high_latency"
+    HIGH_COST = "high_cost"
+    CANARY = "canary"
+    SHORT_OUTPUT = "short_output"
+    CONTROL = "control"
+
+
+STRATA = list(Stratum)  # first match wins
+# Outcome strata are judged in full by default; control at EVALFLEET_JUDGE_SAMPLE_RATE.
+DEFAULT_STRATUM_RATES: dict[str, float] = {
+    Stratum.ERROR: 1.0,
+    Stratum.NEGATIVE_FEEDBACK: 1.0,
+    Stratum.TRUNCATED: 1.0,
+    Stratum.HIGH_LATENCY: 1.0,
+    Stratum.HIGH_COST: 1.0,
+    Stratum.CANARY: 0.5,
+    Stratum.SHORT_OUTPUT: 1.0,
+}
 
 
 def sample_point(trace_id: str, salt: str = "") -> float:
@@ -18,16 +59,30 @@ def sample_point(trace_id: str, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def version_keys(trace: Trace) -> list[str]:
+    """The deployment versions a trace carries; one first seen recently makes it a canary."""
+    keys = []
+    if trace.prompt_version:
+        keys.append(f"prompt:{trace.prompt_version}")
+    if trace.model:
+        keys.append(f"model:{trace.model}")
+    return keys
+
+
 @dataclass(frozen=True)
 class SamplingPolicy:
-    """Base rate, per-tenant/feature overrides, and rules that always send a trace to the judges."""
+    """Stratum rates, per-tenant/feature control rates, per-judge thinning factors."""
 
-    base_rate: float = 0.1
+    base_rate: float = 0.1  # the control stratum's rate
     overrides: dict[str, float] = field(default_factory=dict)
+    stratum_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STRATUM_RATES))
+    judge_factors: dict[str, float] = field(default_factory=dict)
     latency_bound_ms: float = 20_000
     short_output_chars: int = 20
+    high_cost_usd: float = 0.05
     salt: str = ""
     judges: dict[str, Judge] = field(default_factory=dict)
+    settings: Settings | None = None  # prices, for a trace that states tokens but not cost
 
     @classmethod
     def from_settings(
@@ -36,46 +91,114 @@ class SamplingPolicy:
         return cls(
             base_rate=settings.judge_sample_rate,
             overrides=dict(settings.sample_rate_overrides),
+            stratum_rates={**DEFAULT_STRATUM_RATES, **settings.stratum_rates},
             latency_bound_ms=settings.always_evaluate_latency_ms,
             short_output_chars=settings.always_evaluate_short_output_chars,
+            high_cost_usd=settings.high_cost_usd,
             salt=settings.sampling_salt,
             judges=judges or {},
+            settings=settings,
         )
 
-    def rate_for(self, trace: Trace) -> float:
-        """Feature override, else tenant override, else the base rate."""
+    def with_rates(self, stratum_rates: dict[str, float], judge_factors: dict[str, float]) -> Any:
+        """A copy with the budget planner's rates (see ``evaluator.budget``)."""
+        return replace(self, stratum_rates=stratum_rates, judge_factors=judge_factors)
+
+    def control_rate(self, trace: Trace) -> float:
+        """Feature override, else tenant override, else the control rate."""
         for key in (f"feature:{trace.feature}", f"tenant:{trace.tenant}"):
             if key in self.overrides:
                 return self.overrides[key]
-        return self.base_rate
+        return self.stratum_rates.get(Stratum.CONTROL, self.base_rate)
 
-    def always_reasons(self, trace: Trace) -> list[str]:
-        """The always-evaluate rules this trace triggers."""
-        reasons = []
+    def trace_cost(self, trace: Trace) -> float | None:
+        if trace.cost_usd is not None:
+            return trace.cost_usd
+        if trace.tokens and trace.model and self.settings is not None:
+            return self.settings.cost_usd(trace.model, trace.tokens.input, trace.tokens.output)
+        return None
+
+    def stratum(
+        self, trace: Trace, recent_versions: frozenset[str] = frozenset()
+    ) -> tuple[Stratum, str]:
+        """The trace's stratum and why."""
         if trace.error:
-            reasons.append("app error")
-        if trace.latency_ms is not None and trace.latency_ms > self.latency_bound_ms:
-            reasons.append(f"latency {trace.latency_ms:.0f} ms > {self.latency_bound_ms:.0f} ms")
-        if len(trace.output.strip()) < self.short_output_chars:
-            reasons.append(f"output shorter than {self.short_output_chars} chars")
-        if trace.finish_reason and trace.finish_reason.lower() in _TRUNCATED_OR_FILTERED:
-            reasons.append(f"finish_reason {trace.finish_reason}")
+            return Stratum.ERROR, "app error"
         if trace.user_feedback == "negative":
-            reasons.append("negative user feedback")
-        return reasons
+            return Stratum.NEGATIVE_FEEDBACK, "negative user feedback"
+        if trace.finish_reason and trace.finish_reason.lower() in _TRUNCATED_OR_FILTERED:
+            return Stratum.TRUNCATED, f"finish_reason {trace.finish_reason}"
+        if trace.latency_ms is not None and trace.latency_ms > self.latency_bound_ms:
+            bound = self.latency_bound_ms
+            return Stratum.HIGH_LATENCY, f"latency {trace.latency_ms:.0f} ms > {bound:.0f} ms"
+        cost = self.trace_cost(trace)
+        if cost is not None and cost > self.high_cost_usd:
+            return Stratum.HIGH_COST, f"cost ${cost:.4f} > ${self.high_cost_usd:g}"
+        new = [key for key in version_keys(trace) if key in recent_versions]
+        if new:
+            return Stratum.CANARY, f"new {new[0]}"
+        if len(trace.output.strip()) < self.short_output_chars:
+            return Stratum.SHORT_OUTPUT, f"output shorter than {self.short_output_chars} chars"
+        return Stratum.CONTROL, "control"
 
-    def decide(self, trace: Trace) -> SampleDecision:
-        rate = self.rate_for(trace)
-        reasons = self.always_reasons(trace)
-        if not reasons and sample_point(trace.trace_id, self.salt) < rate:
-            reasons = [f"sampled at rate {rate:g}"]
-        if not reasons:
-            return SampleDecision(judge=False, reasons=[], rate=rate)
-        judges = []
+    def rate(self, stratum: Stratum, trace: Trace) -> float:
+        if stratum is Stratum.CONTROL:
+            return self.control_rate(trace)
+        return self.stratum_rates.get(stratum, 1.0)
+
+    def decide(self, trace: Trace, recent_versions: frozenset[str] = frozenset()) -> SampleDecision:
+        stratum, why = self.stratum(trace, recent_versions)
+        rate = self.rate(stratum, trace)
+        base = {"stratum": stratum.value, "rate": rate}
+        if sample_point(trace.trace_id, self.salt) >= rate:
+            return SampleDecision(judge=False, sampled_out=list(self.judges), **base)
+        reasons = [f"{why} (stratum {stratum.value}, rate {rate:g})"]
+        judges, inclusion, thinned, filtered = [], {}, [], {}
         for name, spec in self.judges.items():
             why_not = spec.applies_when.why_not(trace)
+            factor = self.judge_factors.get(name, 1.0)
             if why_not:
                 reasons.append(f"{name} skipped: {why_not}")
+                filtered[name] = why_not
+            elif factor < 1.0 and sample_point(trace.trace_id, f"{self.salt}|{name}") >= factor:
+                thinned.append(name)  # this judge's budget thins it; still an unbiased sample
             else:
                 judges.append(name)
-        return SampleDecision(judge=True, reasons=reasons, rate=rate, judges=judges)
+                inclusion[name] = rate * factor
+        if thinned:
+            reasons.append(f"thinned by budget: {', '.join(thinned)}")
+        return SampleDecision(
+            judge=True,
+            reasons=reasons,
+            judges=judges,
+            inclusion=inclusion,
+            sampled_out=thinned,
+            filtered=filtered,
+            **base,
+        )
+
+
+class VersionTracker:
+    """When each prompt version and model was first seen, fleet-wide (a Redis hash).
+
+    Samplers keep what they read: a first-seen time never changes.
+    """
+
+    def __init__(self, client: redis.Redis, window_s: float) -> None:
+        self.client = client
+        self.window_s = window_s
+        self._first_seen: dict[str, float] = {}
+
+    def recent(self, traces: Iterable[Trace], now: float | None = None) -> frozenset[str]:
+        now = time.time() if now is None else now
+        keys = {key for trace in traces for key in version_keys(trace)}
+        unknown = sorted(keys - self._first_seen.keys())
+        if unknown:
+            pipe = self.client.pipeline(transaction=False)
+            for key in unknown:
+                pipe.hsetnx(FIRST_SEEN_KEY, key, repr(now))
+            pipe.hmget(FIRST_SEEN_KEY, unknown)
+            seen: Any = pipe.execute()[-1]
+            for key, value in zip(unknown, seen, strict=True):
+                self._first_seen[key] = float(value)
+        return frozenset(k for k in keys if now - self._first_seen[k] < self.window_s)

@@ -12,16 +12,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from pydantic import ValidationError
 
+from evaluator.budget import SpendMeter
 from evaluator.constants import DEAD_STREAM
 from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import Judge
+from evaluator.ledger import HEURISTICS, LedgerState, decision_rows, heuristics_version, ledger_row
 from evaluator.models import (
     ReviewItem,
     SampleDecision,
@@ -66,6 +68,12 @@ class ScoringContext:
     run_judges: RunJudges | None = None
     # External sinks get outbox rows written with the scores; `evalfleet relay` delivers them.
     sinks: list[Sink] = field(default_factory=list)
+    # Judge spend accounting and caps; None: no accounting (tests of the scoring alone).
+    spend: SpendMeter | None = None
+
+    @property
+    def heuristics_version(self) -> str:
+        return heuristics_version(self.evaluators)
 
     def judge(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
         if self.run_judges is not None:
@@ -89,6 +97,17 @@ def trace_row(
         "judge_reasons": decision.reasons,
         "judges": decision.judges,
         "sample_rate": decision.rate,
+        "stratum": decision.stratum,
+    }
+
+
+def payload_row(entry_id: str, trace: Trace, payload: str) -> dict[str, Any]:
+    return {
+        "trace_id": trace.trace_id,
+        "tenant": trace.tenant,
+        "prompt_version": trace.prompt_version,
+        "published_at": datetime.fromtimestamp(stream_id_ms(entry_id) / 1000, UTC),
+        "payload": payload,
     }
 
 
@@ -100,8 +119,14 @@ def _record(
         metrics.REVIEW_ROUTED.labels(item.evaluator).inc()
 
 
-def _row(score: Score, trace: Trace) -> dict[str, Any]:
-    return score_row(score, trace.tenant, trace.feature, trace.prompt_version)
+# (trace id, evaluator) -> P(that evaluation ran on the trace); absent means 1 (heuristics).
+Inclusion = dict[tuple[str, str], float]
+
+
+def _row(score: Score, trace: Trace, inclusion: Inclusion) -> dict[str, Any]:
+    row = score_row(score, trace.tenant, trace.feature, trace.prompt_version)
+    row["inclusion_probability"] = inclusion.get((score.trace_id, score.evaluator), 1.0)
+    return row
 
 
 def _write(
@@ -111,12 +136,18 @@ def _write(
     scores: list[Score],
     reviews: list[ReviewItem],
     calls: Sequence[dict[str, Any]] = (),
+    ledger: Sequence[dict[str, Any]] = (),
+    payloads: Sequence[dict[str, Any]] = (),
+    inclusion: Inclusion | None = None,
 ) -> None:
-    """One transaction: traces, scores, judge calls, review items and the sinks' outbox rows."""
-    rows = {s.id: _row(s, traces[s.trace_id]) for s in scores}
+    """One transaction: traces, scores, judge calls, review items, ledger rows, trace payloads
+    and the sinks' outbox rows."""
+    rows = {s.id: _row(s, traces[s.trace_id], inclusion or {}) for s in scores}
     outbox = outbox_rows(ctx.sinks, list({s.id: s for s in scores}.values()), traces, _now())
     try:
-        ctx.store.write_batch(trace_rows, list(rows.values()), reviews, calls, outbox)
+        ctx.store.write_batch(
+            trace_rows, list(rows.values()), reviews, calls, outbox, ledger, payloads
+        )
     except Exception:
         metrics.SQL_WRITES.labels("failed").inc()
         raise
@@ -136,6 +167,9 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     dead = 0
     all_scores: list[Score] = []
     prompt_versions: dict[str, str | None] = {}
+    ledger: list[dict[str, Any]] = []
+    payloads: list[dict[str, Any]] = []
+    version = ctx.heuristics_version
     for entry in entries:
         try:
             trace = Trace.model_validate_json(entry["trace"])
@@ -156,8 +190,22 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         trace_rows[trace.trace_id] = trace_row(entry["id"], trace, decision, now)
         traces[trace.trace_id] = trace
         reviews += ctx.router.route(trace, scores)
+        ledger.append(
+            ledger_row(trace.trace_id, HEURISTICS, version, LedgerState.DONE, now, inclusion=1.0)
+        )
+        ledger += decision_rows(trace.trace_id, decision, ctx.judges, ctx.settings, now)
+        if ctx.settings.trace_retention_s > 0:
+            payloads.append(payload_row(entry["id"], trace, entry["trace"]))
     unique_reviews = list({r.id: r for r in reviews}.values())
-    _write(ctx, traces, list(trace_rows.values()), all_scores, unique_reviews)
+    _write(
+        ctx,
+        traces,
+        list(trace_rows.values()),
+        all_scores,
+        unique_reviews,
+        ledger=ledger,
+        payloads=list({p["trace_id"]: p for p in payloads}.values()),
+    )
     routed = ctx.router.publish(ctx.client, unique_reviews)
     _record(all_scores, prompt_versions, routed)
     for row in trace_rows.values():
@@ -188,40 +236,106 @@ def _gave_up_score(spec: Judge, trace: Trace, waited_s: float) -> Score:
     )
 
 
+def _judge_outcome(result: JudgeResult) -> tuple[LedgerState, str]:
+    """done, or failed with the first error score's reason (schema failures, refusals...)."""
+    errors = [score.reason for score in result.scores if score.status == ScoreStatus.ERROR]
+    return (LedgerState.FAILED, errors[0]) if errors else (LedgerState.DONE, "")
+
+
 def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatchResult:
-    """Run each entry's judges concurrently; write scores and calls; requeue what must wait."""
+    """Run each entry's judges concurrently; write scores, calls and ledger rows; requeue what
+    must wait; record work over a spend cap as over_budget instead of running it."""
+    now = _now()
+    s = ctx.settings
     traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
     scores: list[Score] = []
+    ledger: list[dict[str, Any]] = []
+    running: list[dict[str, Any]] = []
+    inclusion: Inclusion = {}
     work: list[tuple[Judge, Trace, dict[str, Any]]] = []
+    spent = ctx.spend.today() if ctx.spend else {}
+    run_spent: dict[str, float] = {}
+
+    def row(
+        spec: Judge, trace: Trace, entry: dict[str, Any], state: LedgerState, **kw: Any
+    ) -> None:
+        kw.setdefault("attempt", int(entry.get("attempt", 1)))
+        target = running if state is LedgerState.RUNNING else ledger
+        p = entry.get("inclusion", {}).get(spec.name)
+        target.append(
+            ledger_row(
+                trace.trace_id, spec.name, spec.version, state, now,
+                inclusion=p, run=entry.get("run"), **kw,
+            )
+        )  # fmt: skip
+
     for entry in entries:
         trace = traces[entry["id"]]
+        run = entry.get("run")
         for name in entry["judges"]:
-            if name in ctx.judges:
-                work.append((ctx.judges[name], trace, entry))
-            else:
+            spec = ctx.judges.get(name)
+            if spec is None:
                 scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
+                continue
+            inclusion[(trace.trace_id, name)] = entry.get("inclusion", {}).get(name, 1.0)
+            if ctx.spend is not None:
+                if run is not None and run not in run_spent:
+                    run_spent[run] = ctx.spend.run_spent(run)
+                blocked = ctx.spend.over_cap(
+                    name, spent, run, run_spent.get(run or "", 0.0), entry.get("run_cap")
+                )
+                if blocked:
+                    row(spec, trace, entry, LedgerState.OVER_BUDGET, reason=blocked)
+                    metrics.OVER_BUDGET.labels(name).inc()
+                    continue
+            deadline = now + timedelta(seconds=s.ledger_running_deadline_s)
+            row(spec, trace, entry, LedgerState.RUNNING, deadline_at=deadline)
+            work.append((spec, trace, entry))
+    if running:
+        # Before the calls: a worker killed now leaves rows the reaper can see are stuck.
+        ctx.store.write_ledger(running)
     results = ctx.judge([(spec, trace) for spec, trace, _ in work])
     calls: list[dict[str, Any]] = []
     later: dict[str, dict[str, Any]] = {}
     delay = 0.0
     for (spec, trace, entry), result in zip(work, results, strict=True):
         waited = time.time() - entry["since"]
-        if result.deferred and waited < ctx.settings.judge_give_up_after_s:
-            later.setdefault(entry["id"], {**entry, "judges": []})["judges"].append(spec.name)
+        if result.deferred and waited < s.judge_give_up_after_s:
+            attempt = int(entry.get("attempt", 1))
+            later.setdefault(entry["id"], {**entry, "judges": [], "attempt": attempt + 1})[
+                "judges"
+            ].append(spec.name)
             delay = max(delay, result.defer_s)
+            next_at = now + timedelta(seconds=result.defer_s)
+            why = result.call.get("error") or "judge endpoint unavailable"
+            row(
+                spec, trace, entry, LedgerState.RETRYING, reason=f"transient: {why}",
+                next_attempt_at=next_at,
+                deadline_at=next_at + timedelta(seconds=s.ledger_queued_deadline_s),
+            )  # fmt: skip
             continue
-        scores += result.scores if not result.deferred else [_gave_up_score(spec, trace, waited)]
-        if not result.deferred:
-            calls.append(result.call)
+        if result.deferred:
+            gave_up = _gave_up_score(spec, trace, waited)
+            scores.append(gave_up)
+            row(spec, trace, entry, LedgerState.FAILED, reason=gave_up.reason)
+            continue
+        scores += result.scores
+        calls.append({**result.call, "run": entry.get("run")})
+        state, reason = _judge_outcome(result)
+        row(spec, trace, entry, state, reason=reason)
     by_trace: dict[str, list[Score]] = defaultdict(list)
     for score in scores:
         by_trace[score.trace_id].append(score)
     trace_of = {t.trace_id: t for t in traces.values()}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
-    _write(ctx, trace_of, [], scores, reviews, calls)
+    call_rows = [{k: v for k, v in c.items() if k != "run"} for c in calls]
+    _write(ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=inclusion)
+    if ctx.spend is not None and calls:
+        for run in {c["run"] for c in calls}:
+            ctx.spend.record([c for c in calls if c["run"] == run], run)
     routed = ctx.router.publish(ctx.client, reviews)
     _record(scores, {t.trace_id: t.prompt_version for t in traces.values()}, routed)
-    metrics.record_judge_calls(calls)
+    metrics.record_judge_calls(call_rows)
     if later:
         if ctx.requeue is None:
             raise RuntimeError("deferred judge work but no requeue configured")

@@ -83,8 +83,66 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Rates by "tenant:NAME" or "feature:NAME"; feature wins over tenant.',
     )
-    always_evaluate_latency_ms: float = 20_000
+    always_evaluate_latency_ms: float = Field(
+        default=20_000, description="Traces slower than this are in the high_latency stratum."
+    )
     always_evaluate_short_output_chars: int = 20
+    stratum_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='Rates of the outcome strata, e.g. {"canary": 0.5, "high_cost": 0.3}; '
+        "control is EVALFLEET_JUDGE_SAMPLE_RATE.",
+    )
+    high_cost_usd: float = Field(
+        default=0.05, ge=0, description="A trace whose own LLM cost exceeds this is high_cost."
+    )
+    canary_window_s: float = Field(
+        default=24 * 3600, gt=0, description="A prompt version or model first seen this recently."
+    )
+
+    # Judge spend: a daily budget per judge and fleet-wide (USD, UTC days). The sampler lowers
+    # stratum rates to stay inside it; workers treat it as a hard cap (work over it is over_budget).
+    judge_daily_budget_usd: float | None = Field(default=None, gt=0)
+    judge_budgets_usd: dict[str, float] = Field(default_factory=dict)
+    budget_shed_order: list[str] = Field(
+        default_factory=lambda: [
+            "control",
+            "short_output",
+            "canary",
+            "high_latency",
+            "high_cost",
+            "truncated",
+            "negative_feedback",
+            "error",
+        ],
+        description="Strata whose rates go down first when projected spend exceeds a budget.",
+    )
+    budget_rate_floor: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="No stratum or judge rate goes below this (estimates stay unbiased).",
+    )
+    budget_refresh_s: float = Field(default=30.0, gt=0)
+
+    # The evaluation ledger and its reaper (run by the sampler).
+    ledger_queued_deadline_s: float = Field(
+        default=3600, gt=0, description="A queued or retrying judge evaluation is reaped after."
+    )
+    ledger_running_deadline_s: float = Field(
+        default=900, gt=0, description="A running judge evaluation is reaped after this."
+    )
+    ledger_max_dispatches: int = Field(
+        default=5, ge=1, description="After this many dispatches a stuck evaluation fails."
+    )
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    trace_retention_s: int = Field(
+        default=14 * 24 * 3600,
+        ge=0,
+        description="Trace payloads are kept this long (re-dispatch, reeval); 0 keeps none.",
+    )
+    judge_backfill_batch_size: int = Field(
+        default=8, ge=1, description="Traces per re-evaluation task (small: live work overtakes)."
+    )
     sampling_salt: str = Field(
         default="", description="Changes which traces a rate selects, still deterministically."
     )

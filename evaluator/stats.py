@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -15,6 +16,8 @@ from evaluator.constants import (
     SAMPLER_GROUP,
     TRACES_STREAM,
 )
+from evaluator.estimates import ScoreEstimate, score_estimates
+from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore, TraceRecord
 from evaluator.streams import group_info, queue_depth
 
@@ -34,9 +37,15 @@ class FleetStats:
     scores: list[dict[str, Any]] = field(default_factory=list)
     # Outbox rows per external sink and status (pending, delivered, rejected).
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Inverse-probability weighted pass rates and means beside the plain ones.
+    estimates: list[ScoreEstimate] = field(default_factory=list)
+    # Evaluation ledger: {evaluator: {state: count}}.
+    ledger: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def fleet_stats(client: redis.Redis, store: SQLStore) -> FleetStats:
+def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = None) -> FleetStats:
+    from evaluator.ledger import summary  # the ledger imports the judges; stats stays light
+
     group = group_info(client, TRACES_STREAM, SAMPLER_GROUP)
     return FleetStats(
         stream_length=int(client.xlen(TRACES_STREAM)),
@@ -51,4 +60,18 @@ def fleet_stats(client: redis.Redis, store: SQLStore) -> FleetStats:
         review_pending=store.pending_review_count(),
         scores=store.score_summary(),
         sinks=store.outbox_counts(),
+        estimates=score_estimates(store.scores_with_inclusion(since)),
+        ledger=summary(store, since),
     )
+
+
+def refresh_estimate_gauges(store: SQLStore, window_s: float = 3600) -> None:
+    """Set the estimated-score gauges from the last ``window_s`` of scores."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    for e in score_estimates(store.scores_with_inclusion(since)):
+        for bound, value in (
+            ("estimate", e.weighted.mean),
+            ("low", e.weighted.low),
+            ("high", e.weighted.high),
+        ):
+            metrics.ESTIMATED_SCORE.labels(e.evaluator, e.name, e.statistic, bound).set(value)

@@ -5,6 +5,7 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,18 +21,21 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
+from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
     HEURISTICS_TASK,
+    JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     JUDGES_TASK,
 )
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.judge import JudgeLoop
-from evaluator.judges import judge_registry
+from evaluator.judges import enabled_judges, judge_registry
+from evaluator.ledger import HEURISTICS, LedgerState, ledger_row, reap
 from evaluator.review import ReviewRouter
-from evaluator.sampler import Dispatch, DispatchError
+from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks import metrics
@@ -47,6 +51,9 @@ def _transport_options(visibility_timeout_s: int) -> dict[str, Any]:
         "visibility_timeout": visibility_timeout_s,
         "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 3)),
         "unacked_restore_throttle": 1,
+        # BRPOP over the queues in sorted order, not round robin: live judge work before
+        # re-evaluation (see constants.JUDGES_BACKFILL_QUEUE).
+        "queue_order_strategy": "sorted",
     }
 
 
@@ -61,7 +68,8 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_queues=[
-            Queue(q, Exchange(q), routing_key=q) for q in (HEURISTICS_QUEUE, JUDGES_QUEUE)
+            Queue(q, Exchange(q), routing_key=q)
+            for q in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
         ],
         task_default_queue=HEURISTICS_QUEUE,
         task_routes={
@@ -97,21 +105,59 @@ def scoring_context() -> ScoringContext:
 @cache
 def _build_scoring_context() -> ScoringContext:
     settings = get_settings()
+    store = SQLStore(settings.sqlalchemy_url)
+    client = connect(settings.redis_url)
     return ScoringContext(
         evaluators=heuristic_evaluators(settings),
-        store=SQLStore(settings.sqlalchemy_url),
+        store=store,
         router=ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s),
-        client=connect(settings.redis_url),
+        client=client,
         settings=settings,
         judges=judge_registry(settings),
         requeue=_requeue_judges,
         run_judges=JudgeLoop(settings),
         sinks=build_sinks(settings),
+        spend=SpendMeter(client, settings, store.judge_spend_since),
     )
 
 
+def judges_queue(run: str | None) -> str:
+    """Live judge work, or a re-evaluation run's (served after live work)."""
+    return JUDGES_QUEUE if run is None else JUDGES_BACKFILL_QUEUE
+
+
 def _requeue_judges(entries: list[dict[str, Any]], delay_s: float) -> None:
-    app.send_task(JUDGES_TASK, args=[entries], queue=JUDGES_QUEUE, countdown=delay_s)
+    for run in {entry.get("run") for entry in entries}:
+        batch = [entry for entry in entries if entry.get("run") == run]
+        app.send_task(JUDGES_TASK, args=[batch], queue=judges_queue(run), countdown=delay_s)
+
+
+def dispatch_judges(entries: list[dict[str, Any]], run: str | None) -> None:
+    """The reaper's and ``reeval``'s hand-off of judge entries."""
+    app.send_task(JUDGES_TASK, args=[entries], queue=judges_queue(run))
+
+
+def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
+    """The production sampler: Celery dispatch, the spend budget, and its fleet chores (the
+    ledger reaper and the estimated-score gauges)."""
+    from evaluator.stats import refresh_estimate_gauges
+
+    client = connect(settings.redis_url)
+    store = SQLStore(settings.sqlalchemy_url)
+    judges = enabled_judges(settings)
+    budget = BudgetPlanner(client, settings, SpendMeter(client, settings, store.judge_spend_since))
+    chores = [
+        FleetChore(
+            client,
+            "reaper",
+            settings.reaper_interval_s,
+            lambda: reap(store, judge_registry(settings), settings, dispatch_judges),
+        ),
+        FleetChore(client, "estimates", 60, lambda: refresh_estimate_gauges(store)),
+    ]
+    return Sampler(
+        client, settings, celery_dispatch(), consumer, judges, budget=budget, chores=chores
+    )
 
 
 # Infrastructure errors are retried with backoff, forever: the work waits for the database or
@@ -139,14 +185,53 @@ def _run(
     except Exception as exc:
         log.exception("%s failed; dead-lettering its %d entries", task, len(entries))
         reason = f"worker {task}: {type(exc).__name__}: {exc}"[:1000]
-        failed_at = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC)
         pipe = ctx.client.pipeline(transaction=True)
         for entry in entries:
             pipe.xadd(
-                DEAD_STREAM, dead_letter(reason, entry["trace"], entry["id"], task, failed_at)
+                DEAD_STREAM,
+                dead_letter(reason, entry["trace"], entry["id"], task, now.isoformat()),
             )
         pipe.execute()
+        _ledger_dead_lettered(ctx, entries, reason, now)
         return {"dead_lettered": len(entries)}
+
+
+def _ledger_dead_lettered(
+    ctx: ScoringContext, entries: list[dict[str, Any]], reason: str, now: datetime
+) -> None:
+    rows = []
+    for entry in entries:
+        trace_id = _trace_id(entry["trace"])
+        if trace_id is None:
+            continue
+        if "judges" not in entry:
+            version = ctx.heuristics_version
+            rows.append(
+                ledger_row(
+                    trace_id, HEURISTICS, version, LedgerState.DEAD_LETTERED, now, reason=reason
+                )
+            )
+        for name in entry.get("judges", []):
+            if name in ctx.judges:
+                version = ctx.judges[name].version
+                rows.append(
+                    ledger_row(
+                        trace_id, name, version, LedgerState.DEAD_LETTERED, now, reason=reason
+                    )
+                )
+    try:
+        ctx.store.write_ledger(rows)
+    except Exception:  # the dead-letter stream holds them; the ledger row is a convenience
+        log.exception("could not record %d dead-lettered evaluations in the ledger", len(rows))
+
+
+def _trace_id(payload: str) -> str | None:
+    try:
+        value = json.loads(payload).get("trace_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @app.task(name=HEURISTICS_TASK, **_TASK_OPTIONS)

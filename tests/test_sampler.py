@@ -19,6 +19,7 @@ from evaluator.constants import (
 )
 from evaluator.ingest import publish, publish_many
 from evaluator.judges import JudgeFileError
+from evaluator.models import SampleDecision
 from evaluator.sampler import DispatchError, Sampler
 from evaluator.settings import Settings
 from evaluator.streams import group_info
@@ -72,7 +73,8 @@ def test_batches_dispatch_and_ack(redis_client: redis.Redis) -> None:
     assert group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
     first = dispatch.entries[0]
     assert json.loads(first["trace"])["trace_id"] == "t-000000"
-    assert set(first["decision"]) == {"judge", "reasons", "rate", "judges"}
+    assert set(first["decision"]) == set(SampleDecision.model_fields)
+    assert first["decision"]["stratum"] == "control"
 
 
 def test_invalid_entries_are_dead_lettered_with_readable_reasons(redis_client: redis.Redis) -> None:
@@ -168,15 +170,33 @@ def test_decision_is_recorded_per_entry(redis_client: redis.Redis) -> None:
     judge_endpoint = "http://127.0.0.1:9/v1"  # configured, never called: the sampler only decides
     drain(sampler(redis_client, dispatch, judge_sample_rate=0.0, judge_base_url=judge_endpoint))
     decisions = {json.loads(e["trace"])["trace_id"]: e["decision"] for e in dispatch.entries}
+    judges = ["groundedness", "answer_relevance", "safety"]
     assert decisions["t-000001"] == {
         "judge": True,
-        "reasons": ["app error", "correctness skipped: needs a reference answer"],
-        "rate": 0.0,
-        "judges": ["groundedness", "answer_relevance", "safety"],
+        "reasons": [
+            "app error (stratum error, rate 1)",
+            "correctness skipped: needs a reference answer",
+        ],
+        "stratum": "error",
+        "rate": 1.0,
+        "judges": judges,
+        "inclusion": dict.fromkeys(judges, 1.0),
+        "sampled_out": [],
+        "filtered": {"correctness": "needs a reference answer"},
     }
-    assert decisions["t-000002"] == {"judge": False, "reasons": [], "rate": 0.0, "judges": []}
+    assert decisions["t-000002"] == {
+        "judge": False,
+        "reasons": [],
+        "stratum": "control",
+        "rate": 0.0,
+        "judges": [],
+        "inclusion": {},
+        "sampled_out": ["groundedness", "answer_relevance", "correctness", "safety"],
+        "filtered": {},
+    }
     [judged] = dispatch.judge_entries
-    assert judged["judges"] == ["groundedness", "answer_relevance", "safety"]
+    assert judged["judges"] == judges
+    assert judged["inclusion"] == dict.fromkeys(judges, 1.0)
     assert json.loads(judged["trace"])["trace_id"] == "t-000001"
 
 

@@ -108,6 +108,50 @@ OLDEST_UNSCORED_AGE = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# Sampling strata, budget and the evaluation ledger.
+STRATUM_TRACES = Counter(
+    "evalfleet_stratum_traces_total", "Traces by stratum and judged.", ["stratum", "judged"]
+)
+STRATUM_RATE = Gauge(
+    "evalfleet_stratum_rate",
+    "Sampling rate per stratum after the budget.",
+    ["stratum"],
+    multiprocess_mode="mostrecent",
+)
+JUDGE_BUDGET_FACTOR = Gauge(
+    "evalfleet_judge_budget_factor",
+    "Per-judge thinning factor from its budget (1 = not thinned).",
+    ["judge"],
+    multiprocess_mode="mostrecent",
+)
+PROJECTED_SPEND = Gauge(
+    "evalfleet_judge_projected_spend_usd",
+    "Judge spend projected for today (UTC) under the current rates.",
+    multiprocess_mode="mostrecent",
+)
+LEDGER_TRANSITIONS = Counter(
+    "evalfleet_ledger_transitions_total",
+    "Evaluation ledger writes by evaluator and state.",
+    ["evaluator", "state"],
+)
+LEDGER_REAPED = Counter(
+    "evalfleet_ledger_reaped_total",
+    "Stuck ledger rows the reaper re-dispatched or failed.",
+    ["evaluator", "action"],
+)
+OVER_BUDGET = Counter(
+    "evalfleet_judge_over_budget_total",
+    "Judge evaluations not run because a spend cap was reached (ledger: over_budget).",
+    ["judge"],
+)
+ESTIMATED_SCORE = Gauge(
+    "evalfleet_estimated_score",
+    "Population estimate (inverse-probability weighted) of a score's mean or pass rate over "
+    "the last hour, with its 95% interval.",
+    ["evaluator", "score", "statistic", "bound"],
+    multiprocess_mode="mostrecent",
+)
+
 
 def record_scores(scores: Iterable[Score], prompt_versions: dict[str, str | None]) -> None:
     for score in scores:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     column,
     event,
     func,
+    inspect,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -67,6 +68,9 @@ class ScoreRecord(SQLModel, table=True):
     prompt_version: str | None = Field(default=None, max_length=128)
     created_at: datetime = _tz_datetime(nullable=False)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # P(this evaluation ran on the trace): 1 for heuristics, the sampler's for judges. Aggregates
+    # weight by its inverse (evaluator.estimates). Rows from before it existed read as 1.
+    inclusion_probability: float | None = None
 
 
 class TraceRecord(SQLModel, table=True):
@@ -86,6 +90,52 @@ class TraceRecord(SQLModel, table=True):
     judge_reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     judges: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     sample_rate: float
+    stratum: str | None = Field(default=None, max_length=32)
+
+
+class TracePayloadRecord(SQLModel, table=True):
+    """The trace as published, kept ``EVALFLEET_TRACE_RETENTION_S``: what the reaper re-dispatches
+    and ``evalfleet reeval`` re-judges."""
+
+    __tablename__ = "trace_payloads"
+
+    trace_id: str = Field(primary_key=True, max_length=256)
+    tenant: str | None = Field(default=None, max_length=128)
+    prompt_version: str | None = Field(default=None, max_length=128)
+    published_at: datetime = _tz_datetime(nullable=False, index=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class LedgerRecord(SQLModel, table=True):
+    """One row per (trace, evaluator, evaluator version): where that evaluation stands.
+
+    See ``evaluator.ledger`` for the states and the rule that a row only moves forward.
+    """
+
+    __tablename__ = "evaluation_ledger"
+
+    id: str = Field(primary_key=True, max_length=32)
+    trace_id: str = Field(index=True, max_length=256)
+    evaluator: str = Field(max_length=128)
+    evaluator_version: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    terminal: bool
+    # attempt * 10 + the state's rank: a write lands only when it moves the row forward.
+    progress: int
+    attempt: int = 0
+    stratum: str | None = Field(default=None, max_length=32)
+    inclusion_probability: float | None = None
+    run: str | None = Field(default=None, max_length=64)  # a re-evaluation run; None: live
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    next_attempt_at: datetime | None = _tz_datetime(nullable=True)
+    deadline_at: datetime | None = _tz_datetime(nullable=True)
+    created_at: datetime = _tz_datetime(nullable=False)
+    updated_at: datetime = _tz_datetime(nullable=False, index=True)
+
+    __table_args__ = (
+        Index("ix_evaluation_ledger_open", "terminal", "deadline_at"),
+        Index("ix_evaluation_ledger_evaluator", "evaluator", "evaluator_version", "state"),
+    )
 
 
 class JudgeCallRecord(SQLModel, table=True):
@@ -289,12 +339,42 @@ class _CompiledUpsert:
         return converted
 
 
+# Which existing rows an upsert may update: (table, the proposed row) -> condition.
+Guard = Callable[[Any, Any], Any]
+
+
+def _digest_changed(table: Any, proposed: Any) -> Any:
+    # Outbox: leave a row alone when its content (digest) did not change.
+    return table.c.digest != proposed.digest
+
+
+def _moves_forward(table: Any, proposed: Any) -> Any:
+    # Ledger: a terminal row stays; an open one only moves to a later attempt or state.
+    return table.c.terminal.is_(False) & (proposed.progress > table.c.progress)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add nullable columns that a newer version declares to tables an older one created."""
+    existing = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not existing.has_table(table.name):
+            continue
+        present = {c["name"] for c in existing.get_columns(table.name)}
+        for missing in [c for c in table.columns if c.name not in present and c.nullable]:
+            kind = missing.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.exec_driver_sql(
+                    f'ALTER TABLE {table.name} ADD COLUMN "{missing.name}" {kind}'
+                )
+
+
 class SQLStore:
     """Idempotent batch writes and the read queries used by ``stats``, ``demo`` and tests."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         SQLModel.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -306,11 +386,12 @@ class SQLStore:
         rows: Sequence[dict[str, Any]],
         key: str,
         update: bool,
-        unless_same: str | None = None,
+        guard: Guard | None = None,
+        keep: tuple[str, ...] = (),
     ) -> None:
         if not rows:
             return
-        upsert = self._compiled_upsert(model, tuple(rows[0]), key, update, unless_same)
+        upsert = self._compiled_upsert(model, tuple(rows[0]), key, update, guard, keep)
         session.connection().exec_driver_sql(upsert.sql, upsert.parameters(rows))
 
     @cache  # noqa: B019 - one entry per (table, columns, mode); the store lives as long as the process
@@ -320,7 +401,8 @@ class SQLStore:
         columns: tuple[str, ...],
         key: str,
         update: bool,
-        unless_same: str | None = None,
+        guard: Guard | None = None,
+        keep: tuple[str, ...] = (),
     ) -> _CompiledUpsert:
         """Compile the upsert once; batches then skip SQLAlchemy's per-row parameter handling.
 
@@ -342,12 +424,12 @@ class SQLStore:
             base = sqlite.insert(table)
         else:
             raise ValueError(f"unsupported database {dialect.name!r} (use SQLite or PostgreSQL)")
-        # unless_same: leave a row alone when that column (a content digest) did not change.
-        where = None if unless_same is None else table.c[unless_same] != base.excluded[unless_same]
+        # guard: update an existing row only where it holds; keep: columns an update leaves alone.
+        where = None if guard is None else guard(table, base.excluded)
         stmt = (
             base.on_conflict_do_update(
                 index_elements=[key],
-                set_={c: base.excluded[c] for c in columns if c != key},
+                set_={c: base.excluded[c] for c in columns if c != key and c not in keep},
                 where=where,
             )
             if update
@@ -369,11 +451,16 @@ class SQLStore:
         reviews: Sequence[ReviewItem],
         calls: Sequence[dict[str, Any]] = (),
         outbox: Sequence[dict[str, Any]] = (),
+        ledger: Sequence[dict[str, Any]] = (),
+        payloads: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Upsert traces, scores and judge calls; insert-if-absent review items (keeping their
-        reviewer state); queue sink deliveries whose content changed."""
+        reviewer state) and trace payloads; queue sink deliveries whose content changed; move
+        ledger rows forward."""
         with Session(self.engine) as session:
-            self._upsert(session, OutboxRecord, outbox, "id", update=True, unless_same="digest")
+            self._upsert(session, TracePayloadRecord, payloads, "trace_id", update=False)
+            self.write_ledger(ledger, session)
+            self._upsert(session, OutboxRecord, outbox, "id", update=True, guard=_digest_changed)
             self._upsert(session, JudgeCallRecord, calls, "id", update=True)
             self._upsert(session, TraceRecord, traces, "trace_id", update=True)
             self._upsert(session, ScoreRecord, scores, "id", update=True)
@@ -381,6 +468,18 @@ class SQLStore:
                 session, ReviewItemRecord, [review_row(r) for r in reviews], "id", update=False
             )
             session.commit()
+
+    def write_ledger(self, rows: Sequence[dict[str, Any]], session: Session | None = None) -> None:
+        """Move ledger rows forward (see ``evaluator.ledger``); stale or backward writes are no-ops.
+        Rows sorted by id: concurrent writers then lock in one order (no deadlocks)."""
+        unique = sorted({r["id"]: r for r in rows}.values(), key=lambda r: str(r["id"]))
+        keep = ("created_at",)
+        if session is not None:
+            self._upsert(session, LedgerRecord, unique, "id", True, _moves_forward, keep)
+            return
+        with Session(self.engine) as own:
+            self._upsert(own, LedgerRecord, unique, "id", True, _moves_forward, keep)
+            own.commit()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -427,6 +526,32 @@ class SQLStore:
                 .where(col(TraceRecord.judge_sampled).is_(True))
             )
             return int(session.exec(query).one())
+
+    def scores_with_inclusion(
+        self, since: datetime | None = None
+    ) -> list[tuple[str, str, float | None, bool | None, float | None]]:
+        """(evaluator, name, value, passed, inclusion probability) of successful scores."""
+        with Session(self.engine) as session:
+            query = sa_select(
+                col(ScoreRecord.evaluator),
+                col(ScoreRecord.name),
+                col(ScoreRecord.value),
+                col(ScoreRecord.passed),
+                col(ScoreRecord.inclusion_probability),
+            ).where(col(ScoreRecord.status) == ScoreStatus.OK.value)
+            if since is not None:
+                query = query.where(col(ScoreRecord.created_at) >= since)
+            return [(e, n, v, p, i) for e, n, v, p, i in session.execute(query)]
+
+    def judge_spend_since(self, since: datetime) -> dict[str, tuple[float, int]]:
+        """{judge: (USD, calls)} recorded in judge_calls since ``since``."""
+        with Session(self.engine) as session:
+            query = (
+                select(JudgeCallRecord.judge, func.sum(JudgeCallRecord.cost_usd), func.count())
+                .where(col(JudgeCallRecord.created_at) >= since)
+                .group_by(col(JudgeCallRecord.judge))
+            )
+            return {judge: (float(usd or 0.0), int(n)) for judge, usd, n in session.exec(query)}
 
     def pending_review_count(self) -> int:
         with Session(self.engine) as session:
@@ -520,11 +645,13 @@ class SQLStore:
 
 __all__ = [
     "JudgeCallRecord",
+    "LedgerRecord",
     "OutboxRecord",
     "ReviewItemRecord",
     "ReviewLabelRecord",
     "SQLStore",
     "ScoreRecord",
+    "TracePayloadRecord",
     "TraceRecord",
     "make_engine",
 ]
