@@ -215,7 +215,7 @@ def plan_rates(
         allowed = max(0.0, fleet_budget - spent.get(FLEET, 0.0)) / (per_sampled * seconds_left)
         excess = sampled_per_s() - allowed
         for stratum in settings.budget_shed_order:
-            if excess <= 0:
+            if excess <= 1e-9:  # met (up to rounding)
                 break
             traffic = traffic_per_s.get(stratum, 0.0)
             if stratum not in rates or traffic <= 0:
@@ -237,10 +237,17 @@ def plan_rates(
 class BudgetPlanner:
     """The sampler's view of the budget: re-planned every ``budget_refresh_s``."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, meter: SpendMeter) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        meter: SpendMeter,
+        seconds_left: Callable[[], float] = seconds_left_today,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.meter = meter
+        self.seconds_left = seconds_left
         self._planned_at = 0.0
         self._plan: Plan | None = None
 
@@ -273,7 +280,7 @@ class BudgetPlanner:
         eligible = {j: per_s.get(f"eligible:{j}", 0.0) / sampled for j in judges if sampled}
         cost = {j: spent[j] / spent[f"calls:{j}"] for j in judges if spent.get(f"calls:{j}", 0) > 0}
         plan = plan_rates(
-            self.settings, desired, traffic, eligible, cost, spent, seconds_left_today()
+            self.settings, desired, traffic, eligible, cost, spent, self.seconds_left()
         )
         for stratum, rate in plan.stratum_rates.items():
             metrics.STRATUM_RATE.labels(stratum).set(rate)

@@ -10,7 +10,7 @@ import threading
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -475,6 +475,137 @@ def replay(
     console.print(f"published {len(items):,} traces")
 
 
+@app.command()
+def reeval(
+    evaluator: Annotated[str, typer.Option(help="NAME@VERSION (or NAME: its current version).")],
+    since: Annotated[str, typer.Option(help="Traces published since: 7d, 12h, or an ISO time.")],
+    until: Annotated[str | None, typer.Option(help="...and before this.")] = None,
+    prompt_version: Annotated[str | None, typer.Option(help="Only this prompt version.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many traces.")] = None,
+    all_traces: Annotated[
+        bool,
+        typer.Option(help="Every stored trace, not only those the sampler chose for judges."),
+    ] = False,
+    max_usd: Annotated[
+        float | None, typer.Option(min=0, help="This run's spend cap (default: 1.5 x estimate).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the preview only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Re-run a judge version over stored traces, priced first; runs after live judge work."""
+    from evaluator import reeval as re_evaluation
+    from evaluator.judges import judge_registry
+    from evaluator.sinks.sql import SQLStore
+    from evaluator.timeparse import parse_since
+    from evaluator.worker import create_app, judge_dispatch
+
+    settings = get_settings()
+    store = SQLStore(settings.sqlalchemy_url)
+    try:
+        spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
+        planned = re_evaluation.plan(
+            store, settings, spec, parse_since(since), parse_since(until) if until else None,
+            prompt_version, tenant, limit, all_traces,
+        )  # fmt: skip
+    except ValueError as exc:
+        store.close()
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    render_reeval_plan(planned)
+    if dry_run or planned.count == 0:
+        store.close()
+        return
+    cap = max_usd if max_usd is not None else (planned.usd * 1.5 if planned.usd else None)
+    question = f"Start re-evaluating {planned.count:,} traces" + (
+        f" with a ${cap:.2f} cap?" if cap is not None else " without a spend cap?"
+    )
+    if not yes and not typer.confirm(question):
+        store.close()
+        raise typer.Exit(1)
+    with Progress(console=console) as progress:
+        task = progress.add_task("dispatching", total=planned.count)
+        run = re_evaluation.start(
+            store, settings, planned, judge_dispatch(create_app(settings)), cap,
+            lambda n: progress.advance(task, n),
+        )  # fmt: skip
+    store.close()
+    console.print(
+        f"run {run.run}: {run.dispatched:,} evaluations queued on judges_backfill; follow with "
+        f"`evalfleet ledger summary`, then `evalfleet compare {spec.name}@OLD {spec.name}@"
+        f"{spec.version}`"
+    )
+
+
+def render_reeval_plan(planned: Any) -> None:
+    spec = planned.spec
+    console.print(f"[bold]{spec.name}@{spec.version}[/bold] ({spec.model})")
+    console.print(
+        f"  traces: {planned.count:,} to judge of {planned.considered:,} stored in the window "
+        f"({planned.already:,} already scored by this version, {planned.filtered:,} outside "
+        "its applies_when)"
+    )
+    console.print(
+        f"  tokens per call: {planned.input_tokens_per_call:,.0f} in + "
+        f"{planned.output_tokens_per_call:,.0f} out, from {planned.tokens_from or 'nothing'}"
+    )
+    total_tokens = planned.count * (planned.input_tokens_per_call + planned.output_tokens_per_call)
+    usd = f"${planned.usd:,.2f}" if planned.usd is not None else "unknown"
+    console.print(f"  estimated: {total_tokens:,.0f} tokens, {usd}")
+    if planned.seconds is not None:
+        console.print(f"  time: ~{planned.seconds / 60:,.1f} min ({planned.pace})")
+    for note in planned.notes:
+        console.print(f"  [yellow]note:[/yellow] {note}")
+
+
+@app.command()
+def compare(
+    first: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    second: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Agreement between two versions of a judge on the traces both scored, and with human
+    labels where there are some."""
+    from evaluator.reeval import compare as compare_versions
+    from evaluator.sinks.sql import SQLStore
+
+    name_a, _, version_a = first.partition("@")
+    name_b, _, version_b = second.partition("@")
+    if name_a != name_b or not version_a or not version_b:
+        raise typer.BadParameter("give two versions of one judge: NAME@V1 NAME@V2")
+    store = SQLStore(get_settings().sqlalchemy_url)
+    result = compare_versions(store, name_a, version_a, version_b)
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    v = result.verdicts
+    console.print(
+        f"{name_a}: {result.traces_a:,} traces scored by {version_a}, {result.traces_b:,} by "
+        f"{version_b}, {result.both:,} by both"
+    )
+    if not result.both:
+        return
+    kappa = f"{v.kappa:.3f}" if v.kappa is not None else "n/a"
+    console.print(f"verdicts agree on {100 * v.accuracy:.1f} % (Cohen's kappa {kappa})")
+    console.print(
+        f"  {version_a} pass / {version_b} fail: {v.confusion['pass']['fail']:,}; "
+        f"{version_a} fail / {version_b} pass: {v.confusion['fail']['pass']:,}"
+    )
+    for f in result.fields:
+        rho = f"{f.spearman:.3f}" if f.spearman is not None else "n/a"
+        console.print(
+            f"  {f.name}: Spearman {rho} over {f.n:,}; mean {f.mean_a:.3f} -> {f.mean_b:.3f}"
+        )
+    for version, humans in ((version_a, result.humans_a), (version_b, result.humans_b)):
+        if humans is not None:
+            k = f"{humans.kappa:.3f}" if humans.kappa is not None else "n/a"
+            console.print(
+                f"  vs human labels ({humans.n:,}): {version} {100 * humans.accuracy:.1f} % "
+                f"agreement, kappa {k}"
+            )
+
+
 @ledger_app.command("show")
 def ledger_show(trace: Annotated[str, typer.Option(help="The trace id.")]) -> None:
     """Every evaluator's state for one trace."""
@@ -528,11 +659,11 @@ def ledger_reap() -> None:
     from evaluator.judges import judge_registry
     from evaluator.ledger import reap
     from evaluator.sinks.sql import SQLStore
-    from evaluator.worker import dispatch_judges
+    from evaluator.worker import create_app, judge_dispatch
 
     settings = get_settings()
     store = SQLStore(settings.sqlalchemy_url)
-    counts = reap(store, judge_registry(settings), settings, dispatch_judges)
+    counts = reap(store, judge_registry(settings), settings, judge_dispatch(create_app(settings)))
     store.close()
     console.print(f"re-dispatched {counts.redispatched}, failed {counts.failed}")
     for reason in sorted(set(counts.reasons)):
@@ -565,19 +696,24 @@ def ledger_redrive(
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Estimates and ledger over this window: 1h, 7d, ISO time.")
+    ] = None,
 ) -> None:
-    """Stream length, pending, queue depths, dead letters, scores and pass rates."""
+    """Stream length, pending, queue depths, dead letters, scores and pass rates, population
+    estimates of the sampled scores, and the evaluation ledger."""
     from dataclasses import asdict
 
     from evaluator.report import render_stats
     from evaluator.sinks.sql import SQLStore
     from evaluator.stats import fleet_stats
+    from evaluator.timeparse import parse_since
 
     settings = get_settings()
     store = SQLStore(settings.sqlalchemy_url)
     client = connect(settings.redis_url)
     try:
-        result = fleet_stats(client, store)
+        result = fleet_stats(client, store, parse_since(since) if since else None)
     finally:
         store.close()
         client.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
 from evaluator.calibrate import CalibrationReport, GateResult
 from evaluator.dlq import DeadLetter
+from evaluator.estimates import ScoreEstimate
+from evaluator.ledger import LedgerState
 from evaluator.models import display_name
 from evaluator.sinks.sql import ReviewItemRecord
 from evaluator.stats import FleetStats
@@ -54,6 +58,46 @@ def render_stats(stats: FleetStats, console: Console) -> None:
             style=style,
         )
     console.print(scores)
+    render_estimates(stats.estimates, console)
+    render_ledger(stats.ledger, console)
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f} %"
+
+
+def render_estimates(estimates: list[ScoreEstimate], console: Console) -> None:
+    """Sampled evaluations as population estimates: each score weighted by 1 / its inclusion
+    probability, with the unweighted figure beside it. Only scores with sampling weights."""
+    sampled = [e for e in estimates if e.weighted.population > e.weighted.n + 1e-9]
+    if not sampled:
+        return
+    table = Table(
+        "score", "stat", "sampled", "stands for", "estimate (95 % CI)", "unweighted",
+        title="Population estimates (inverse inclusion probability weights)",
+        title_justify="left",
+    )  # fmt: skip
+    for e in sampled:
+        w, plain = e.weighted, e.plain
+        if e.statistic == "pass_rate":
+            shown = f"{_pct(w.mean)} ± {100 * w.half_width:.1f}"
+            unweighted = _pct(plain.mean)
+        else:
+            shown = f"{w.mean:.3f} ± {w.half_width:.3f}"
+            unweighted = f"{plain.mean:.3f}"
+        name = display_name(e.evaluator, e.name)
+        table.add_row(name, e.statistic, f"{w.n:,}", f"{w.population:,.0f}", shown, unweighted)
+    console.print(table)
+
+
+def render_ledger(ledger: dict[str, dict[str, int]], console: Console) -> None:
+    if not ledger:
+        return
+    states = [s.value for s in LedgerState if any(s.value in per for per in ledger.values())]
+    table = Table("evaluator", *states, title="Evaluation ledger", title_justify="left")
+    for evaluator, per in sorted(ledger.items()):
+        table.add_row(evaluator, *[f"{per[s]:,}" if s in per else "" for s in states])
+    console.print(table)
 
 
 def render_dead_letters(letters: list[DeadLetter], console: Console) -> None:

@@ -17,6 +17,7 @@ from evaluator.constants import (
     TRACES_STREAM,
 )
 from evaluator.estimates import ScoreEstimate, score_estimates
+from evaluator.ledger import summary
 from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore, TraceRecord
 from evaluator.streams import group_info, queue_depth
@@ -44,8 +45,6 @@ class FleetStats:
 
 
 def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = None) -> FleetStats:
-    from evaluator.ledger import summary  # the ledger imports the judges; stats stays light
-
     group = group_info(client, TRACES_STREAM, SAMPLER_GROUP)
     return FleetStats(
         stream_length=int(client.xlen(TRACES_STREAM)),

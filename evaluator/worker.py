@@ -33,7 +33,7 @@ from evaluator.constants import (
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.judge import JudgeLoop
 from evaluator.judges import enabled_judges, judge_registry
-from evaluator.ledger import HEURISTICS, LedgerState, ledger_row, reap
+from evaluator.ledger import HEURISTICS, DispatchJudges, LedgerState, ledger_row, reap
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
@@ -132,9 +132,13 @@ def _requeue_judges(entries: list[dict[str, Any]], delay_s: float) -> None:
         app.send_task(JUDGES_TASK, args=[batch], queue=judges_queue(run), countdown=delay_s)
 
 
-def dispatch_judges(entries: list[dict[str, Any]], run: str | None) -> None:
-    """The reaper's and ``reeval``'s hand-off of judge entries."""
-    app.send_task(JUDGES_TASK, args=[entries], queue=judges_queue(run))
+def judge_dispatch(celery_app: Celery = app) -> DispatchJudges:
+    """The reaper's and ``reeval``'s hand-off of judge entries: live or backfill queue."""
+
+    def dispatch(entries: list[dict[str, Any]], run: str | None) -> None:
+        celery_app.send_task(JUDGES_TASK, args=[entries], queue=judges_queue(run))
+
+    return dispatch
 
 
 def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
@@ -151,7 +155,7 @@ def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
             client,
             "reaper",
             settings.reaper_interval_s,
-            lambda: reap(store, judge_registry(settings), settings, dispatch_judges),
+            lambda: reap(store, judge_registry(settings), settings, judge_dispatch()),
         ),
         FleetChore(client, "estimates", 60, lambda: refresh_estimate_gauges(store)),
     ]
