@@ -40,14 +40,27 @@ class Agreement:
     confusion: dict[str, dict[str, int]]
 
 
-def agreement(pairs: Sequence[tuple[Verdict, Verdict]]) -> Agreement:
-    """Agreement of (human, judge) verdict pairs; the fail class is the positive one."""
+def agreement(
+    pairs: Sequence[tuple[Verdict, Verdict]], weights: Sequence[float] | None = None
+) -> Agreement:
+    """Agreement of (human, judge) verdict pairs; the fail class is the positive one. With
+    ``weights`` (1 / inclusion probability) every rate is a population estimate; ``n`` and the
+    confusion matrix stay counts of examples."""
     counts = {h.value: {j.value: 0 for j in (PASS, FAIL)} for h in (PASS, FAIL)}
-    for human, judge in pairs:
+    weighted = {h.value: {j.value: 0.0 for j in (PASS, FAIL)} for h in (PASS, FAIL)}
+    for (human, judge), w in zip(pairs, weights or [1.0] * len(pairs), strict=True):
         counts[human.value][judge.value] += 1
-    tp, fn = counts["fail"]["fail"], counts["fail"]["pass"]
-    fp, tn = counts["pass"]["fail"], counts["pass"]["pass"]
-    n = len(pairs)
+        weighted[human.value][judge.value] += w
+    tp, fn = weighted["fail"]["fail"], weighted["fail"]["pass"]
+    fp, tn = weighted["pass"]["fail"], weighted["pass"]["pass"]
+    total = tp + fn + fp + tn
+    result = _rates(tp, fn, fp, tn, total)
+    return Agreement(len(pairs), *result, counts)
+
+
+def _rates(
+    tp: float, fn: float, fp: float, tn: float, n: float
+) -> tuple[float, float | None, float | None, float | None, float | None]:
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
     f1 = (
@@ -59,7 +72,7 @@ def agreement(pairs: Sequence[tuple[Verdict, Verdict]]) -> Agreement:
     # Chance agreement from each rater's own marginals (Cohen, 1960).
     expected = ((tp + fn) * (tp + fp) + (tn + fp) * (tn + fn)) / (n * n) if n else 0.0
     kappa = (observed - expected) / (1 - expected) if n and expected < 1 else None
-    return Agreement(n, observed, precision, recall, f1, kappa, counts)
+    return observed, precision, recall, f1, kappa
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -115,6 +128,9 @@ class CalibrationReport:
     agreement: Agreement
     spearman: dict[str, float | None]
     disagreements: list[Disagreement] = field(default_factory=list)
+    # The same agreement with each example weighted by 1 / its inclusion probability (when the
+    # golden set carries them): what the judge's agreement is on production traffic.
+    weighted: Agreement | None = None
     min_kappa: float = 0.6
     min_agreement: float = 0.75
 
@@ -148,6 +164,7 @@ def report_for(
     spec: JudgeSpec, examples: Sequence[GoldenExample], results: Sequence[list[Score]]
 ) -> CalibrationReport:
     pairs: list[tuple[Verdict, Verdict]] = []
+    weights: list[float] = []
     numeric: dict[str, tuple[list[float], list[float]]] = {}
     disagreements = []
     errors = 0
@@ -157,6 +174,7 @@ def report_for(
             errors += 1
             continue
         pairs.append((example.verdict, verdict))
+        weights.append(1.0 / (example.inclusion_probability or 1.0))
         for score in scores:
             human = example.field_scores.get(score.name)
             if score.value is not None and isinstance(human, int | float):
@@ -185,6 +203,7 @@ def report_for(
         disagreements=disagreements,
         min_kappa=spec.calibration.min_kappa,
         min_agreement=spec.calibration.min_agreement,
+        weighted=agreement(pairs, weights) if any(w != 1.0 for w in weights) else None,
     )
 
 

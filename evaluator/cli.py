@@ -213,11 +213,14 @@ def dataset_export(
 ) -> None:
     """Merge the labels in SQL into the judge's golden dataset (deduplicated by trace)."""
     from evaluator.golden import export, golden_path
+    from evaluator.ledger import inclusion_probabilities
     from evaluator.sinks.sql import SQLStore
 
     store = SQLStore(get_settings().sqlalchemy_url)
     path = out or golden_path(judge)
-    total, merged = export(store.labels(judge), path)
+    labels = store.labels(judge)
+    inclusion = inclusion_probabilities(store, judge, [label.trace_id for label in labels])
+    total, merged = export(labels, path, inclusion)
     store.close()
     console.print(f"{path}: {total} examples ({merged} labels from the store merged)")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,18 @@ class GoldenExample(BaseModel):
     judge_version: str | None = Field(
         default=None, description="The judge version that flagged the trace for review."
     )
+    inclusion_probability: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="P(the sampler sent the trace to this judge), from the ledger at export; "
+        "calibration weights the example by its inverse. None (hand-written): 1.",
+    )
 
     @classmethod
-    def from_label(cls, label: ReviewLabel) -> GoldenExample:
+    def from_label(cls, label: ReviewLabel, inclusion: float | None = None) -> GoldenExample:
         return cls(
+            inclusion_probability=inclusion,
             trace=label.trace,
             verdict=label.verdict,
             field_scores=label.field_scores,
@@ -111,9 +119,13 @@ def write_examples(path: Path, examples: Iterable[GoldenExample]) -> int:
     return len(lines)
 
 
-def export(labels: Iterable[ReviewLabel], path: Path) -> tuple[int, int]:
-    """Merge labels into the dataset file; returns (examples in the file, labels merged)."""
-    new = [GoldenExample.from_label(label) for label in labels]
+def export(
+    labels: Iterable[ReviewLabel], path: Path, inclusion: Mapping[str, float] | None = None
+) -> tuple[int, int]:
+    """Merge labels into the dataset file; returns (examples in the file, labels merged).
+    ``inclusion``: trace id -> the trace's inclusion probability for this judge."""
+    inclusion = inclusion or {}
+    new = [GoldenExample.from_label(label, inclusion.get(label.trace_id)) for label in labels]
     return write_examples(path, merge(read_examples(path), new)), len(new)
 
 

@@ -164,6 +164,22 @@ def summary(store: SQLStore, since: datetime | None = None) -> dict[str, dict[st
         return out
 
 
+def inclusion_probabilities(
+    store: SQLStore, evaluator: str, trace_ids: Sequence[str]
+) -> dict[str, float]:
+    """trace id -> P(the sampler sent it to ``evaluator``), where the ledger knows it."""
+    found: dict[str, float] = {}
+    with Session(store.engine) as session:
+        for start in range(0, len(trace_ids), 500):
+            query = select(LedgerRecord.trace_id, LedgerRecord.inclusion_probability).where(
+                LedgerRecord.evaluator == evaluator,
+                col(LedgerRecord.trace_id).in_(trace_ids[start : start + 500]),
+                col(LedgerRecord.inclusion_probability).is_not(None),
+            )
+            found.update({t: float(p) for t, p in session.exec(query) if p})
+    return found
+
+
 def open_count(store: SQLStore) -> int:
     with Session(store.engine) as session:
         query = (

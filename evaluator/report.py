@@ -145,6 +145,14 @@ def render_calibration(
         ("fail class recall", pct(a.recall_fail)),
         ("fail class F1", pct(a.f1_fail)),
         *((f"Spearman {name}", _number(rho)) for name, rho in report.spearman.items()),
+        *(
+            [
+                ("weighted agreement (1/P(incl.))", pct(report.weighted.accuracy)),
+                ("weighted kappa", _number(report.weighted.kappa)),
+            ]
+            if report.weighted is not None
+            else []
+        ),
     ):
         table.add_row(label, value)
     console.print(table)

@@ -186,3 +186,18 @@ def test_calibrate_command_writes_the_report(
         command, env=no_endpoint, capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert refused.returncode == 2 and "no judge endpoint" in refused.stdout
+
+
+def test_weighted_agreement_is_the_population_estimate() -> None:
+    """Ten failing traces judged in full agree; twenty passing ones sampled at 10 % stand for
+    200, and the judge wrongly fails 2 of those 20: 90 % agreement on the examples, 81.8 % on
+    the traffic they stand for."""
+    P, F = Verdict.PASS, Verdict.FAIL
+    pairs = [(F, F)] * 10 + [(P, F)] * 2 + [(P, P)] * 18
+    weights = [1.0] * 10 + [10.0] * 20
+    plain, weighted = agreement(pairs), agreement(pairs, weights)
+    assert plain.accuracy == pytest.approx(28 / 30)
+    assert weighted.accuracy == pytest.approx((10 + 180) / 210)
+    assert weighted.n == 30 and weighted.confusion == plain.confusion  # still counts
+    assert weighted.kappa is not None and plain.kappa is not None
+    assert weighted.kappa < plain.kappa

@@ -11,6 +11,7 @@ import pytest
 from helpers import fleet_env, make_trace
 
 from evaluator.golden import DatasetError, GoldenExample, export, read_any, read_examples
+from evaluator.ledger import LedgerState, inclusion_probabilities, ledger_row
 from evaluator.models import ReviewLabel, Verdict
 from evaluator.sinks.sql import SQLStore
 
@@ -56,6 +57,17 @@ def test_export_dedups_by_trace_newest_wins_and_is_stable(sqlite_url: str, tmp_p
     before = path.read_bytes()
     export(store.labels("groundedness"), path)
     assert path.read_bytes() == before  # stable: a re-export changes nothing
+    # The ledger knows how likely the sampler was to send t-000001 to the judge: kept with it.
+    now = datetime.now(UTC)
+    store.write_ledger(
+        [ledger_row("t-000001", "groundedness", "1.0.0", LedgerState.DONE, now, inclusion=0.25)]
+    )
+    labels = store.labels("groundedness")
+    inclusion = inclusion_probabilities(store, "groundedness", [lb.trace_id for lb in labels])
+    assert inclusion == {"t-000001": 0.25}
+    export(labels, path, inclusion)
+    weights = {e.trace.trace_id: e.inclusion_probability for e in read_examples(path)}
+    assert weights == {"t-000001": 0.25, "t-000002": None, "t-000009": None}
     assert b'"verdict": "fail"' in before.splitlines()[0]  # sorted keys, readable diffs
     store.close()
 
