@@ -201,7 +201,9 @@ def main() -> None:
             spans_s, traces_s = n * spans_per_request / seconds, n * per / seconds
             print(f"accepted: {spans_s:,.0f} spans/s, {traces_s:,.0f} traces/s ({seconds:.1f}s)")
             count = client_redis.xlen("evalfleet:traces")
-            print(f"published (grace 1 s included): {count:,} traces after {published_s:.1f}s", end="")
+            print(
+                f"published (grace 1 s included): {count:,} traces after {published_s:.1f}s", end=""
+            )
             print(f" = {count * 7 / published_s:,.0f} spans/s end to end")
 
             # 10,000 traces pending: root never ends, max wait 1 h, so nothing is published.

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlmodel import SQLModel
 
+from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.embedded import EmbeddedRedis
 from evaluator.ingest import publish_many
 from evaluator.models import Trace
@@ -67,13 +68,29 @@ def traces(n: int, prefix: str) -> list[Trace]:
     return out
 
 
-def bench_sampler(client_url: str, n: int) -> float:
-    """Sampler alone: validation, sampling decision, Celery publish, XACK. Returns traces/s."""
-    settings = Settings(redis_url=client_url, max_heuristics_queue_depth=10**9)
+def bench_sampler(client_url: str, n: int, budget: bool = False) -> float:
+    """Sampler alone: validation, strata and sampling decision, Celery publish, XACK. With
+    ``budget``: four judges decided per sampled trace and a daily budget the planner enforces
+    (spend already recorded, so the plan lowers rates). Returns traces/s."""
+    extra: dict[str, object] = {}
+    if budget:
+        extra = {
+            "judge_base_url": "http://127.0.0.1:9/v1",  # judges on, never called here
+            "judge_daily_budget_usd": 5.0,
+            "judge_budgets_usd": {"safety": 1.0},
+        }
+    settings = Settings(redis_url=client_url, max_heuristics_queue_depth=10**9, **extra)  # type: ignore[arg-type]
     client = connect(client_url)
     client.flushdb()
+    planner = None
+    if budget:
+        meter = SpendMeter(client, settings)
+        meter.record([{"judge": "safety", "cost_usd": 0.0004}] * 2000)  # $0.80 spent today
+        planner = BudgetPlanner(client, settings, meter)
     publish_many(client, traces(n, "s"), settings)
-    loop = Sampler(client, settings, celery_dispatch(create_app(settings)), consumer="bench")
+    loop = Sampler(
+        client, settings, celery_dispatch(create_app(settings)), consumer="bench", budget=planner
+    )
     started = time.perf_counter()
     while loop.step(block_ms=1):
         pass
@@ -159,6 +176,8 @@ def main() -> None:
             if not args.skip_sampler:
                 rate = bench_sampler(redis_url, args.n)
                 print(f"sampler only (dispatch to Celery): {rate:,.0f} traces/s")
+                rate = bench_sampler(redis_url, args.n, budget=True)
+                print(f"sampler only, 4 judges + strata + daily budget: {rate:,.0f} traces/s")
             worker_args = ["--concurrency", str(args.concurrency), "--pool", args.pool]
             result = bench_end_to_end(redis_url, database_url, args.n, args.rate, worker_args)
             mode = f"paced at {args.rate:,.0f}/s" if args.rate else "burst"

@@ -91,7 +91,11 @@ class SamplingPolicy:
         return cls(
             base_rate=settings.judge_sample_rate,
             overrides=dict(settings.sample_rate_overrides),
-            stratum_rates={**DEFAULT_STRATUM_RATES, **settings.stratum_rates},
+            # An outcome stratum is never sampled less than the control stratum.
+            stratum_rates={
+                stratum: max(rate, settings.judge_sample_rate)
+                for stratum, rate in {**DEFAULT_STRATUM_RATES, **settings.stratum_rates}.items()
+            },
             latency_bound_ms=settings.always_evaluate_latency_ms,
             short_output_chars=settings.always_evaluate_short_output_chars,
             high_cost_usd=settings.high_cost_usd,
