@@ -80,7 +80,9 @@ def sampler(
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "heuristics,judges",
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues (live judge work before backfill).")
+    ] = "heuristics,judges,judges_backfill",
     loglevel: str = "INFO",
     pool: str = "prefork",
     metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,

@@ -24,6 +24,7 @@ from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
+    JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     SAMPLER_GROUP,
     TRACE_FIELD,
@@ -161,7 +162,7 @@ class Sampler:
         group = group_info(self.client, TRACES_STREAM, SAMPLER_GROUP)
         metrics.STREAM_LENGTH.set(int(self.client.xlen(TRACES_STREAM)))
         metrics.PENDING.set(group["pending"])
-        for queue in (HEURISTICS_QUEUE, JUDGES_QUEUE):
+        for queue in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE):
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.client, queue))
         oldest = oldest_unhandled_id(self.client)
         age = time.time() - stream_id_ms(oldest) / 1000 if oldest else 0.0

@@ -11,6 +11,7 @@ import redis
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
+    JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     REVIEW_STREAM,
     SAMPLER_GROUP,
@@ -51,7 +52,10 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
         pending=group["pending"],
         lag=group["lag"],
         consumers=group["consumers"],
-        queue_depths={q: queue_depth(client, q) for q in (HEURISTICS_QUEUE, JUDGES_QUEUE)},
+        queue_depths={
+            q: queue_depth(client, q)
+            for q in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
+        },
         dead_letters=int(client.xlen(DEAD_STREAM)),
         review_stream_length=int(client.xlen(REVIEW_STREAM)),
         traces_scored=store.count(TraceRecord),

@@ -58,7 +58,14 @@ def test_compose_mounts_exist_and_env_names_are_settings() -> None:
         assert f'"{process}:9108"' in scraped
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/evalfleet.json").read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Health", "Quality", "Cost", "Review", "Deployment"]
+    assert rows == [
+        "Health",
+        "Quality",
+        "Cost",
+        "Review",
+        "Deployment",
+        "Sampling, budget and the evaluation ledger",
+    ]
 
 
 def test_judge_gate_workflow_runs_the_gate_on_judge_changes() -> None:
