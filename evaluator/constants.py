@@ -24,6 +24,7 @@ JUDGES_QUEUE: Final = "judges"
 # Re-evaluation runs: a worker serving both takes live judge work first (queues are read in
 # sorted order, and "judges" sorts before "judges_backfill").
 JUDGES_BACKFILL_QUEUE: Final = "judges_backfill"
+WORK_QUEUES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
 
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"

@@ -24,11 +24,11 @@ from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     DEAD_STREAM,
     HEURISTICS_QUEUE,
-    JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     SAMPLER_GROUP,
     TRACE_FIELD,
     TRACES_STREAM,
+    WORK_QUEUES,
 )
 from evaluator.judges import Judge, enabled_judges
 from evaluator.models import Trace, describe_validation_error
@@ -162,7 +162,7 @@ class Sampler:
         group = group_info(self.client, TRACES_STREAM, SAMPLER_GROUP)
         metrics.STREAM_LENGTH.set(int(self.client.xlen(TRACES_STREAM)))
         metrics.PENDING.set(group["pending"])
-        for queue in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE):
+        for queue in WORK_QUEUES:
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.client, queue))
         oldest = oldest_unhandled_id(self.client)
         age = time.time() - stream_id_ms(oldest) / 1000 if oldest else 0.0

@@ -10,12 +10,10 @@ import redis
 
 from evaluator.constants import (
     DEAD_STREAM,
-    HEURISTICS_QUEUE,
-    JUDGES_BACKFILL_QUEUE,
-    JUDGES_QUEUE,
     REVIEW_STREAM,
     SAMPLER_GROUP,
     TRACES_STREAM,
+    WORK_QUEUES,
 )
 from evaluator.estimates import ScoreEstimate, score_estimates
 from evaluator.ledger import summary
@@ -52,10 +50,7 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
         pending=group["pending"],
         lag=group["lag"],
         consumers=group["consumers"],
-        queue_depths={
-            q: queue_depth(client, q)
-            for q in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
-        },
+        queue_depths={q: queue_depth(client, q) for q in WORK_QUEUES},
         dead_letters=int(client.xlen(DEAD_STREAM)),
         review_stream_length=int(client.xlen(REVIEW_STREAM)),
         traces_scored=store.count(TraceRecord),

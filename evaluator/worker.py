@@ -29,6 +29,7 @@ from evaluator.constants import (
     JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     JUDGES_TASK,
+    WORK_QUEUES,
 )
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.judge import JudgeLoop
@@ -67,10 +68,7 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[
-            Queue(q, Exchange(q), routing_key=q)
-            for q in (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
-        ],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in WORK_QUEUES],
         task_default_queue=HEURISTICS_QUEUE,
         task_routes={
             HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE},
