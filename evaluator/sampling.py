@@ -185,8 +185,13 @@ class SamplingPolicy:
 class VersionTracker:
     """When each prompt version and model was first seen, fleet-wide (a Redis hash).
 
+    Versions the fleet saw within ``BASELINE_S`` of its very first trace are the baseline, not
+    canaries: a new deployment of Evalfleet would otherwise call all of today's traffic new.
     Samplers keep what they read: a first-seen time never changes.
     """
+
+    BASELINE_S = 600.0
+    _FLEET = "__fleet__"
 
     def __init__(self, client: redis.Redis, window_s: float) -> None:
         self.client = client
@@ -196,7 +201,7 @@ class VersionTracker:
     def recent(self, traces: Iterable[Trace], now: float | None = None) -> frozenset[str]:
         now = time.time() if now is None else now
         keys = {key for trace in traces for key in version_keys(trace)}
-        unknown = sorted(keys - self._first_seen.keys())
+        unknown = sorted((keys | {self._FLEET}) - self._first_seen.keys())
         if unknown:
             pipe = self.client.pipeline(transaction=False)
             for key in unknown:
@@ -205,4 +210,9 @@ class VersionTracker:
             seen: Any = pipe.execute()[-1]
             for key, value in zip(unknown, seen, strict=True):
                 self._first_seen[key] = float(value)
-        return frozenset(k for k in keys if now - self._first_seen[k] < self.window_s)
+        baseline_until = self._first_seen[self._FLEET] + self.BASELINE_S
+        return frozenset(
+            k
+            for k in keys
+            if now - self._first_seen[k] < self.window_s and self._first_seen[k] > baseline_until
+        )

@@ -82,11 +82,14 @@ def test_canary_stratum_from_versions_first_seen_recently(redis_client: Any) -> 
     tracker = VersionTracker(redis_client, window_s=3600)
     policy = SamplingPolicy(base_rate=0.0, stratum_rates={"canary": 1.0})
     old = make_trace(1, prompt_version="v1")
-    assert tracker.recent([old], now=1_000.0) == {"prompt:v1"}  # first seen now
+    # Seen with the fleet's first traces: the baseline, not a canary.
+    assert tracker.recent([old], now=1_000.0) == frozenset()
     later = 1_000.0 + 7200
     new = make_trace(2, prompt_version="v2")
     recent = tracker.recent([old, new], now=later)
-    assert recent == {"prompt:v2"}
+    assert recent == {"prompt:v2"}  # first seen now, two hours into the fleet's life
+    assert tracker.recent([new], now=later + 3599) == {"prompt:v2"}
+    assert tracker.recent([new], now=later + 3601) == frozenset()  # the window has passed
     assert policy.decide(new, recent).stratum == "canary"
     assert policy.decide(new, recent).judge is True
     assert policy.decide(old, recent).judge is False  # control at rate 0
