@@ -33,8 +33,8 @@ judges_app = typer.Typer(
 )
 app.add_typer(judges_app, name="judges")
 ledger_app = typer.Typer(
-    help="The evaluation ledger: where each (trace, evaluator, version) stands.",
-    no_args_is_help=True,
+    help="The evaluation ledger: where each (trace, evaluator, version) stands. "
+    "`evalfleet ledger --trace ID` shows one trace.",
 )
 app.add_typer(ledger_app, name="ledger")
 console = Console()
@@ -611,9 +611,19 @@ def compare(
             )
 
 
-@ledger_app.command("show")
-def ledger_show(trace: Annotated[str, typer.Option(help="The trace id.")]) -> None:
-    """Every evaluator's state for one trace."""
+@ledger_app.callback(invoke_without_command=True)
+def ledger_trace(
+    context: typer.Context,
+    trace: Annotated[
+        str | None, typer.Option(help="Every evaluator's state for this trace id.")
+    ] = None,
+) -> None:
+    """The evaluation ledger: one trace (--trace), or a subcommand."""
+    if context.invoked_subcommand is not None:
+        return
+    if trace is None:
+        typer.echo(context.get_help())
+        raise typer.Exit(2)
     from evaluator.ledger import rows_for_trace
     from evaluator.sinks.sql import SQLStore
 

@@ -33,7 +33,13 @@ from evaluator.judges import Judge
 from evaluator.models import SampleDecision, stable_id
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
-from evaluator.sinks.sql import LedgerRecord, SQLStore, TracePayloadRecord
+from evaluator.sinks.sql import (
+    LedgerRecord,
+    SQLStore,
+    TracePayloadRecord,
+    TraceRecord,
+    as_utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +223,15 @@ def reap(
     counts = ReapCounts()
     with Session(store.engine) as session:
         query = (
-            select(LedgerRecord, TracePayloadRecord.payload)
+            select(LedgerRecord, TracePayloadRecord.payload, TraceRecord.trace_id)
             .join(
                 TracePayloadRecord,
                 col(TracePayloadRecord.trace_id) == col(LedgerRecord.trace_id),
+                isouter=True,
+            )
+            .join(
+                TraceRecord,
+                col(TraceRecord.trace_id) == col(LedgerRecord.trace_id),
                 isouter=True,
             )
             .where(col(LedgerRecord.terminal).is_(False), col(LedgerRecord.deadline_at) < now)
@@ -228,12 +239,17 @@ def reap(
             .limit(limit)
         )
         stuck = list(session.exec(query))
+    # A trace not stored yet: its heuristics batch is still on its way (Celery redelivers a lost
+    # one after the visibility timeout). Wait for it, but not for ever.
+    patience = timedelta(seconds=settings.ledger_queued_deadline_s * settings.ledger_max_dispatches)
     rows: list[dict[str, Any]] = []
     entries: dict[str | None, list[dict[str, Any]]] = {}
     deadline = now + timedelta(seconds=settings.ledger_queued_deadline_s)
-    for record, payload in stuck:
+    for record, payload, stored in stuck:
         spec = judges.get(record.evaluator)
         reason = ""
+        if payload is None and stored is None and now - as_utc(record.created_at) < patience:
+            continue
         if record.attempt >= settings.ledger_max_dispatches:
             reason = (
                 f"still {record.state} after {record.attempt} dispatches "
@@ -243,6 +259,8 @@ def reap(
             reason = f"judge {record.evaluator!r} is not configured on this fleet any more"
         elif spec.version != record.evaluator_version:
             reason = f"judge {record.evaluator} is now at version {spec.version}"
+        elif payload is None and stored is None:
+            reason = "its trace was never stored (the heuristics batch did not complete)"
         elif payload is None:
             reason = "the trace payload is no longer stored (EVALFLEET_TRACE_RETENTION_S)"
         common: dict[str, Any] = {
@@ -288,15 +306,23 @@ def reap(
     for run, batch in entries.items():
         for start in range(0, len(batch), settings.judge_batch_size):
             dispatch(batch[start : start + settings.judge_batch_size], run)
-    counts.payloads_pruned = prune_payloads(store, settings, now)
+    counts.payloads_pruned = prune(store, settings, now)
     return counts
 
 
-def prune_payloads(store: SQLStore, settings: Settings, now: datetime) -> int:
+def prune(store: SQLStore, settings: Settings, now: datetime) -> int:
+    """Drop trace payloads and terminal ledger rows older than their retentions; returns how
+    many payloads went. Open rows stay whatever their age: the reaper settles them."""
     cutoff = now - timedelta(seconds=settings.trace_retention_s)
+    ledger_cutoff = now - timedelta(seconds=settings.ledger_retention_s)
     with Session(store.engine) as session:
         result: Any = session.exec(
             delete(TracePayloadRecord).where(col(TracePayloadRecord.published_at) < cutoff)
+        )
+        session.exec(
+            delete(LedgerRecord).where(
+                col(LedgerRecord.terminal).is_(True), col(LedgerRecord.updated_at) < ledger_cutoff
+            )
         )
         session.commit()
         return int(result.rowcount or 0)

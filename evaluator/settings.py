@@ -140,6 +140,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Trace payloads are kept this long (re-dispatch, reeval); 0 keeps none.",
     )
+    ledger_retention_s: int = Field(
+        default=30 * 24 * 3600, ge=3600, description="Settled ledger rows are kept this long."
+    )
     judge_backfill_batch_size: int = Field(
         default=8, ge=1, description="Traces per re-evaluation task (small: live work overtakes)."
     )

@@ -2,7 +2,12 @@
 OpenAI instrumentation (opentelemetry-instrumentation-openai-v2) for the LLM call, a hand-made
 retrieval span, and the SDK's OTLP/HTTP exporter pointed at Evalfleet's receiver.
 
-    python tests/otel_app.py OPENAI_BASE_URL OTLP_ENDPOINT N
+    python tests/otel_app.py OPENAI_BASE_URL OTLP_TRACES_ENDPOINT N [spans|events]
+
+``spans`` (default): message content on the spans, in the current GenAI conventions.
+``events``: the instrumentation's default conventions, message content as log-based events
+(``gen_ai.user.message``, ``gen_ai.choice``) exported by the SDK's OTLP/HTTP log exporter to the
+same receiver's ``/v1/logs``.
 
 Prints one JSON line per request: the trace id and what the app sent and received.
 """
@@ -13,13 +18,22 @@ import json
 import os
 import sys
 
-# Message content on the spans (not only in log events), in the current GenAI conventions.
-os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental")
-os.environ.setdefault("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+# Before the instrumentation is imported: it reads these once.
+os.environ.update(
+    {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    if sys.argv[4:5] == ["events"]
+    else {
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "SPAN_ONLY",
+    }
+)
 
 import openai
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -32,11 +46,13 @@ DOCUMENTS = {
 
 def main() -> None:
     base_url, endpoint, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "support-bot", "service.version": "2.1.0"})
-    )
+    resource = Resource.create({"service.name": "support-bot", "service.version": "2.1.0"})
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    OpenAIInstrumentor().instrument(tracer_provider=provider)
+    logs = LoggerProvider(resource=resource)
+    logs_endpoint = endpoint.removesuffix("/v1/traces") + "/v1/logs"
+    logs.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=logs_endpoint)))
+    OpenAIInstrumentor().instrument(tracer_provider=provider, logger_provider=logs)
     tracer = provider.get_tracer("support-bot")
     client = openai.OpenAI(base_url=base_url, api_key="sk-test")
     for index in range(count):
@@ -70,7 +86,8 @@ def main() -> None:
             ),
             flush=True,
         )
-    provider.shutdown()  # flushes the batch processor
+    logs.shutdown()  # flushes the batch processors
+    provider.shutdown()
 
 
 if __name__ == "__main__":

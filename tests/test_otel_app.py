@@ -27,12 +27,10 @@ from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
 pytest.importorskip("opentelemetry.instrumentation.openai_v2")
 
 
-def test_instrumented_app_to_scores(
-    redis_url: str,
-    redis_client: redis.Redis,
-    sqlite_url: str,
-    fleet_factory: Callable[[dict[str, str]], Fleet],
-) -> None:
+def run_app(
+    redis_url: str, redis_client: redis.Redis, mode: str
+) -> tuple[dict[str, dict[str, str]], dict[str, Trace]]:
+    """Run tests/otel_app.py against a receiver; what the app sent and the published Traces."""
     settings = Settings(redis_url=redis_url, otlp_grace_s=0.5)
     port = free_port()
     app = create_receiver_app(redis.Redis.from_url(redis_url), settings)
@@ -48,6 +46,7 @@ def test_instrumented_app_to_scores(
                 llm.base_url,
                 f"http://127.0.0.1:{port}/v1/traces",
                 "6",
+                mode,
             ]
             done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -64,6 +63,16 @@ def test_instrumented_app_to_scores(
         )
     }
     assert set(traces) == set(sent)
+    return sent, traces
+
+
+def test_instrumented_app_to_scores(
+    redis_url: str,
+    redis_client: redis.Redis,
+    sqlite_url: str,
+    fleet_factory: Callable[[dict[str, str]], Fleet],
+) -> None:
+    sent, traces = run_app(redis_url, redis_client, "spans")
     for trace_id, row in sent.items():
         trace = traces[trace_id]
         assert (trace.input, trace.output, trace.contexts) == (
@@ -89,3 +98,16 @@ def test_instrumented_app_to_scores(
         scored = set(session.exec(select(ScoreRecord.trace_id)).all())
     assert scored == set(sent)
     store.close()
+
+
+def test_message_content_from_log_events(redis_url: str, redis_client: redis.Redis) -> None:
+    """The instrumentation's default: content only in log-based events, sent to /v1/logs."""
+    sent, traces = run_app(redis_url, redis_client, "events")
+    for trace_id, row in sent.items():
+        trace = traces[trace_id]
+        assert (trace.input, trace.output, trace.contexts) == (
+            row["question"],
+            row["answer"],
+            [row["context"]],
+        )
+        assert trace.finish_reason == "stop" and trace.model == "gpt-4o-mini"

@@ -11,11 +11,16 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from pydantic import SecretStr
@@ -374,3 +379,84 @@ def test_cli_receiver_with_a_flusher_process(
         ["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True
     )
     assert children.stdout.strip() == ""
+
+
+def log_export(records: list[LogRecord]) -> bytes:
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])]
+    ).SerializeToString()
+
+
+def event(trace: int, span_index: int, name: str, body: AnyValue) -> LogRecord:
+    return LogRecord(
+        trace_id=trace.to_bytes(16, "big"),
+        span_id=(trace * 100 + span_index).to_bytes(8, "big"),
+        event_name=name,
+        body=body,
+        attributes=[kv("gen_ai.system", "openai")],
+    )
+
+
+def kvlist(**values: Any) -> AnyValue:
+    body = AnyValue()
+    for key, value in values.items():
+        item = body.kvlist_value.values.add(key=key)
+        item.value.CopyFrom(value if isinstance(value, AnyValue) else kv(key, value).value)
+    return body
+
+
+def test_message_content_from_log_events(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Spans without content (the instrumentation's default) + GenAI events on /v1/logs."""
+    root = span(9, 0, None, "handle_request")
+    chat = span(9, 2, 0, "chat gpt-4o-mini", gen_ai__request__model="gpt-4o-mini")
+    records = [
+        event(9, 2, "gen_ai.system.message", kvlist(content="Answer from the docs.")),
+        event(9, 2, "gen_ai.user.message", kvlist(content="an earlier question")),
+        event(9, 2, "gen_ai.user.message", kvlist(content="how do I rotate keys?")),
+        event(
+            9,
+            2,
+            "gen_ai.choice",
+            kvlist(
+                index=0,
+                finish_reason="stop",
+                message=kvlist(role="assistant", content="Click Rotate."),
+            ),
+        ),
+        LogRecord(body=AnyValue(string_value="GET /healthz 200")),  # an app log: ignored
+        event(9, 2, "http.request", AnyValue(string_value="not a GenAI event")),  # ignored
+    ]
+    answer = client.post("/v1/logs", content=log_export(records), headers=PROTOBUF)
+    assert answer.status_code == 200
+    assert not ExportLogsServiceResponse.FromString(
+        answer.content
+    ).partial_success.rejected_log_records
+    client.post("/v1/traces", content=export([chat, root]), headers=PROTOBUF)
+    time.sleep(0.4)
+    assert SpanAssembler(redis_client, settings).flush().published == 1
+    [trace] = published(redis_client)
+    assert (trace.input, trace.output) == ("how do I rotate keys?", "Click Rotate.")
+    # OTLP/JSON logs, and the current conventions' single details event.
+    details = {
+        "resourceLogs": [{"scopeLogs": [{"logRecords": [{
+            "traceId": f"{10:032x}", "spanId": f"{1002:016x}",
+            "eventName": "gen_ai.client.inference.operation.details",
+            "attributes": [
+                {"key": "gen_ai.input.messages", "value": {"stringValue": json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "q10"}]}])}},
+                {"key": "gen_ai.output.messages", "value": {"stringValue": json.dumps(
+                    [{"role": "assistant", "parts": [{"type": "text", "content": "a10"}]}])}},
+            ],
+        }]}]}]
+    }  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    assert client.post("/v1/logs", json=details, headers=headers).status_code == 200
+    chat10 = span(10, 2, 0, "chat", gen_ai__operation__name="chat")
+    client.post("/v1/traces", content=export([chat10, span(10, 0, None, "root")]), headers=PROTOBUF)
+    time.sleep(0.4)
+    SpanAssembler(redis_client, settings).flush()
+    assert [(t.input, t.output) for t in published(redis_client)][1] == ("q10", "a10")
+    bad = client.post("/v1/logs", content=b"\x00garbage", headers=PROTOBUF)
+    assert bad.status_code == 400 and "ExportLogsServiceRequest" in bad.text

@@ -76,13 +76,24 @@ def browser() -> Iterator[object]:
 
 def submit(browser: Any, element_id: str) -> None:
     """Click a submit button and wait until the browser has loaded the page that follows."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.ID, element_id).click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+
+    def left(_: Any) -> bool:
+        # The old page is gone once its element cannot be asked about. Chromium answers that
+        # with StaleElementReference, or mid-navigation with "Node with given id does not belong
+        # to the document" (an unknown error): both mean it left.
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(browser, 10).until(left)
     WebDriverWait(browser, 10).until(
         lambda driver: driver.execute_script("return document.readyState") == "complete"
     )

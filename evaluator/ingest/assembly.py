@@ -22,7 +22,7 @@ import redis
 
 from evaluator.constants import TRACE_FIELD, TRACES_STREAM
 from evaluator.ingest.otel import Span, spans_to_trace
-from evaluator.ingest.otlp_proto import decode, encode_json
+from evaluator.ingest.otlp_proto import decode_trace, encode_json
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import text
@@ -166,7 +166,7 @@ class SpanAssembler:
         args.append(TRACE_FIELD)
         outcomes = []
         for trace_id, (root, *raw_spans) in zip(trace_ids, held, strict=True):
-            trace = spans_to_trace([decode(r) for r in raw_spans]) if raw_spans else None
+            trace = spans_to_trace(decode_trace(raw_spans)) if raw_spans else None
             payload = ""
             if trace is not None:
                 if not root:

@@ -7,6 +7,10 @@ Understands both the current conventions (``gen_ai.input.messages`` / ``gen_ai.o
 ``gen_ai.content.completion`` events, ``gen_ai.usage.prompt_tokens``, OpenInference
 ``retrieval.documents.N.document.content``).
 
+Message content may also come as log-based events (``gen_ai.user.message``, ``gen_ai.choice``,
+``gen_ai.client.inference.operation.details``) received on ``/v1/logs`` and attached to the span
+they were emitted in.
+
 Tool spans (``gen_ai.operation.name = execute_tool``) are listed in ``metadata.tool_calls`` with
 their errors; any span in error sets the Trace's ``error``.
 
@@ -34,7 +38,7 @@ _GENERATION_OPERATIONS = {"chat", "text_completion", "generate_content", "comple
 _ERROR_STATUS = {2, "STATUS_CODE_ERROR"}
 
 
-def _any_value(value: dict[str, Any]) -> Any:
+def json_any_value(value: dict[str, Any]) -> Any:
     """Decode an OTLP/JSON AnyValue."""
     if "stringValue" in value:
         return value["stringValue"]
@@ -45,14 +49,14 @@ def _any_value(value: dict[str, Any]) -> Any:
     if "boolValue" in value:
         return bool(value["boolValue"])
     if "arrayValue" in value:
-        return [_any_value(v) for v in value["arrayValue"].get("values", [])]
+        return [json_any_value(v) for v in value["arrayValue"].get("values", [])]
     if "kvlistValue" in value:
-        return _attributes(value["kvlistValue"].get("values", []))
+        return json_attributes(value["kvlistValue"].get("values", []))
     return None
 
 
-def _attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {item["key"]: _any_value(item.get("value", {})) for item in items}
+def json_attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {item["key"]: json_any_value(item.get("value", {})) for item in items}
 
 
 @dataclass
@@ -89,7 +93,7 @@ def parse_otlp_spans(document: dict[str, Any]) -> list[Span]:
     """Flatten an OTLP/JSON ``{"resourceSpans": [...]}`` export into spans."""
     spans: list[Span] = []
     for resource_spans in document.get("resourceSpans", []):
-        resource = _attributes(resource_spans.get("resource", {}).get("attributes", []))
+        resource = json_attributes(resource_spans.get("resource", {}).get("attributes", []))
         for scope_spans in resource_spans.get("scopeSpans", []):
             for raw in scope_spans.get("spans", []):
                 status = raw.get("status", {})
@@ -104,10 +108,10 @@ def parse_otlp_spans(document: dict[str, Any]) -> list[Span]:
                         name=raw.get("name", ""),
                         start_ns=int(raw.get("startTimeUnixNano", 0)),
                         end_ns=int(raw.get("endTimeUnixNano", 0)),
-                        attributes=_attributes(raw.get("attributes", [])),
+                        attributes=json_attributes(raw.get("attributes", [])),
                         resource=resource,
                         events=[
-                            (e.get("name", ""), _attributes(e.get("attributes", [])))
+                            (e.get("name", ""), json_attributes(e.get("attributes", [])))
                             for e in raw.get("events", [])
                         ],
                         error=error,
@@ -163,11 +167,16 @@ def _prompt(span: Span) -> str:
         return last_user_text(json_messages(a["gen_ai.input.messages"]))
     if legacy := _indexed(a, "gen_ai.prompt"):
         return last_user_text(legacy)
+    user_messages = []
     for name, attrs in span.events:
+        if "gen_ai.input.messages" in attrs:  # gen_ai.client.inference.operation.details
+            return last_user_text(json_messages(attrs["gen_ai.input.messages"]))
         if name == "gen_ai.content.prompt" and "gen_ai.prompt" in attrs:
             return last_user_text(json_messages(attrs["gen_ai.prompt"]))
-        if name == "gen_ai.user.message":
-            return message_text(attrs)
+        if name == "gen_ai.user.message":  # one event per message: the last one asks
+            user_messages.append(message_text(attrs))
+    if user_messages:
+        return user_messages[-1]
     return str(a.get("gen_ai.prompt", ""))
 
 
@@ -178,6 +187,8 @@ def _completion(span: Span) -> str:
     if legacy := _indexed(a, "gen_ai.completion"):
         return message_text(legacy[0])
     for name, attrs in span.events:
+        if "gen_ai.output.messages" in attrs:
+            return "".join(message_text(m) for m in json_messages(attrs["gen_ai.output.messages"]))
         if name == "gen_ai.content.completion" and "gen_ai.completion" in attrs:
             return "".join(message_text(m) for m in json_messages(attrs["gen_ai.completion"]))
         if name == "gen_ai.choice":

@@ -2,8 +2,9 @@
 
 The receiver keeps protobuf spans as protobuf (serialising a span is done in C) and decodes them
 into Python objects once, when the trace is published; that halved the receiver's CPU per span.
-A held entry is ``b"p"`` + 4-byte resource length + the Resource message + the Span message, or
-``b"j"`` + the JSON of a ``Span`` (OTLP/JSON input and the in-process exporter).
+A held entry is ``b"p"`` + 4-byte resource length + the Resource message + the Span message,
+``b"j"`` + the JSON of a ``Span`` (OTLP/JSON input and the in-process exporter), or ``b"e"`` + the
+JSON of a log-based GenAI event (``/v1/logs``) to attach to its span when the trace is published.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from evaluator.ingest.otel import Span
 
-PROTOBUF_TAG, JSON_TAG = b"p", b"j"
+PROTOBUF_TAG, JSON_TAG, EVENT_TAG = b"p", b"j", b"e"
 
 
 def pb_value(value: AnyValue) -> Any:
@@ -88,3 +89,24 @@ def decode(entry: bytes) -> Span:
     data = json.loads(entry[1:])
     data["events"] = [tuple(event) for event in data.get("events", [])]
     return Span(**data)
+
+
+def encode_event(span_id: str, name: str, attributes: dict[str, Any]) -> bytes:
+    body = {"span_id": span_id, "name": name, "attributes": attributes}
+    return EVENT_TAG + json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def decode_trace(entries: list[bytes]) -> list[Span]:
+    """The spans of a held trace, with the log-based events attached to the spans they were
+    emitted in (an event whose span never arrived has nothing to attach to and is left out)."""
+    spans: list[Span] = []
+    events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for entry in entries:
+        if entry[:1] == EVENT_TAG:
+            event = json.loads(entry[1:])
+            events.setdefault(event["span_id"], []).append((event["name"], event["attributes"]))
+        else:
+            spans.append(decode(entry))
+    for span in spans:
+        span.events = [*span.events, *events.get(span.span_id, [])]
+    return spans

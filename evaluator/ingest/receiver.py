@@ -1,5 +1,6 @@
-"""``evalfleet otlp-receiver``: an OTLP/HTTP endpoint (``POST /v1/traces``) that turns the spans
-any OpenTelemetry SDK or Collector exports into Traces on ``evalfleet:traces``.
+"""``evalfleet otlp-receiver``: an OTLP/HTTP endpoint (``POST /v1/traces``, and ``POST /v1/logs``
+for log-based GenAI events carrying message content) that turns what any OpenTelemetry SDK or
+Collector exports into Traces on ``evalfleet:traces``.
 
 Protobuf and JSON encodings, gzip, an optional bearer token, a body size limit. Answers follow
 the OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
@@ -22,6 +23,10 @@ from typing import Any
 
 import redis
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -35,8 +40,8 @@ from starlette.routing import Route
 
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
 from evaluator.ingest.assembly import Held, SpanAssembler
-from evaluator.ingest.otel import Span, parse_otlp_spans
-from evaluator.ingest.otlp_proto import resource_prefix
+from evaluator.ingest.otel import Span, json_any_value, json_attributes, parse_otlp_spans
+from evaluator.ingest.otlp_proto import encode_event, pb_attributes, pb_value, resource_prefix
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import group_info
@@ -70,6 +75,65 @@ def protobuf_groups(body: bytes) -> tuple[dict[str, Held], int]:
                 entries.append(prefix + raw.SerializeToString())
                 groups[trace_id] = (has_root or not raw.parent_span_id, entries)
     return groups, refused
+
+
+def _event_attributes(attributes: dict[str, Any], body: Any) -> dict[str, Any]:
+    """A log record's attributes with its body merged in (the GenAI events carry the message
+    in the body: ``{"content": ...}``, ``{"message": {...}, "finish_reason": ...}``)."""
+    if isinstance(body, dict):
+        return {**attributes, **body}
+    if body not in (None, ""):
+        return {**attributes, "content": body}
+    return attributes
+
+
+def protobuf_log_groups(body: bytes) -> tuple[dict[str, Held], int]:
+    """GenAI events of an ExportLogsServiceRequest grouped by trace (to be attached to their
+    spans), and how many records were ignored: no trace context, or not a ``gen_ai.`` event."""
+    try:
+        request = ExportLogsServiceRequest.FromString(body)
+    except DecodeError as exc:
+        raise BadRequest(f"not an OTLP ExportLogsServiceRequest (protobuf): {exc}") from None
+    groups: dict[str, Held] = {}
+    ignored = 0
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                attributes = pb_attributes(record.attributes)
+                name = record.event_name or str(attributes.get("event.name", ""))
+                traced = len(record.trace_id) == 16 and len(record.span_id) == 8
+                if not name.startswith("gen_ai.") or not traced or not any(record.trace_id):
+                    ignored += 1
+                    continue
+                merged = _event_attributes(attributes, pb_value(record.body))
+                entry = encode_event(record.span_id.hex(), name, merged)
+                groups.setdefault(record.trace_id.hex(), (False, []))[1].append(entry)
+    return groups, ignored
+
+
+def log_groups_from_json(body: bytes) -> tuple[dict[str, Held], int]:
+    """The same for an OTLP/JSON logs export (hex ids)."""
+    try:
+        document = json.loads(body)
+        groups: dict[str, Held] = {}
+        ignored = 0
+        for resource_logs in document.get("resourceLogs", []):
+            for scope_logs in resource_logs.get("scopeLogs", []):
+                for record in scope_logs.get("logRecords", []):
+                    attributes = json_attributes(record.get("attributes", []))
+                    name = record.get("eventName") or str(attributes.get("event.name", ""))
+                    trace_id, span_id = record.get("traceId"), record.get("spanId")
+                    traced = _valid_id(trace_id, 32) and _valid_id(span_id, 16)
+                    if not name.startswith("gen_ai.") or not traced:
+                        ignored += 1
+                        continue
+                    body_value = json_any_value(record.get("body", {}))
+                    merged = _event_attributes(attributes, body_value)
+                    entry = encode_event(span_id.lower(), name, merged)
+                    groups.setdefault(trace_id.lower(), (False, []))[1].append(entry)
+        return groups, ignored
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        raise BadRequest(f"not an OTLP/JSON logs export: {type(exc).__name__}: {exc}") from None
 
 
 def _valid_id(value: Any, length: int) -> bool:
@@ -139,15 +203,23 @@ class Receiver:
         )
 
 
-def _response(content_type: str, refused: int, reason: str) -> Response:
-    answer = ExportTraceServiceResponse()
-    if refused:
-        answer.partial_success.rejected_spans = refused
-        answer.partial_success.error_message = reason
+def _response(content_type: str, refused: int, reason: str, logs: bool = False) -> Response:
+    answer: ExportTraceServiceResponse | ExportLogsServiceResponse
+    if logs:
+        answer = ExportLogsServiceResponse()
+        if refused:
+            answer.partial_success.rejected_log_records = refused
+            answer.partial_success.error_message = reason
+    else:
+        answer = ExportTraceServiceResponse()
+        if refused:
+            answer.partial_success.rejected_spans = refused
+            answer.partial_success.error_message = reason
     if content_type == JSON:
         body: dict[str, Any] = {}
         if refused:
-            body["partialSuccess"] = {"rejectedSpans": str(refused), "errorMessage": reason}
+            rejected = "rejectedLogRecords" if logs else "rejectedSpans"
+            body["partialSuccess"] = {rejected: str(refused), "errorMessage": reason}
         return Response(json.dumps(body), media_type=JSON)
     return Response(answer.SerializeToString(), media_type=PROTOBUF)
 
@@ -159,11 +231,16 @@ def _error(
     return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
 
 
+def _backpressure() -> Response:
+    return _error(503, "evalfleet is behind; retry later", "backpressure", {"Retry-After": "5"})
+
+
 def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = True) -> Starlette:
     receiver = Receiver(client, settings)
     limit = settings.otlp_max_body_bytes
 
-    async def export(request: Request) -> Response:
+    async def read(request: Request) -> tuple[str, bytes] | Response:
+        """The request's content type and (decompressed) body, or the error answer."""
         if not receiver.authorised(request):
             return _error(401, "a valid bearer token is required", "unauthorised")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -180,18 +257,26 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         try:
             if request.headers.get("content-encoding", "").lower() == "gzip":
                 body = _gunzip(body, limit)
-            if content_type == PROTOBUF:
-                groups, refused = protobuf_groups(body)
-            else:
-                spans, refused = spans_from_json(body)
         except OverflowError:
             return _error(413, f"decompressed body over {limit} bytes", "too_large")
         except BadRequest as exc:
             return _error(400, str(exc), "malformed")
+        return content_type, body
+
+    async def export(request: Request) -> Response:
+        got = await read(request)
+        if isinstance(got, Response):
+            return got
+        content_type, body = got
+        try:
+            if content_type == PROTOBUF:
+                groups, refused = protobuf_groups(body)
+            else:
+                spans, refused = spans_from_json(body)
+        except BadRequest as exc:
+            return _error(400, str(exc), "malformed")
         if await run_in_threadpool(receiver.behind):
-            return _error(
-                503, "evalfleet is behind; retry later", "backpressure", {"Retry-After": "5"}
-            )
+            return _backpressure()
         if content_type == PROTOBUF:
             full = await run_in_threadpool(receiver.assembler.add_encoded, groups)
         else:
@@ -204,6 +289,29 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         if full:
             reasons.append(f"{full} spans over the per-trace limit")
         return _response(content_type, refused + full, "; ".join(reasons))
+
+    async def export_logs(request: Request) -> Response:
+        """Log-based GenAI events (message content): held with their trace's spans. Other
+        log records are accepted and not kept (a Collector may send every log here)."""
+        got = await read(request)
+        if isinstance(got, Response):
+            return got
+        content_type, body = got
+        try:
+            decode = protobuf_log_groups if content_type == PROTOBUF else log_groups_from_json
+            groups, ignored = decode(body)
+        except BadRequest as exc:
+            return _error(400, str(exc), "malformed")
+        if await run_in_threadpool(receiver.behind):
+            return _backpressure()
+        full = await run_in_threadpool(receiver.assembler.add_encoded, groups) if groups else 0
+        kept = sum(len(entries) for _, entries in groups.values()) - full
+        metrics.OTLP_LOG_RECORDS.labels("genai_event").inc(kept)
+        metrics.OTLP_LOG_RECORDS.labels("ignored").inc(ignored)
+        metrics.OTLP_LOG_RECORDS.labels("refused_trace_full").inc(full)
+        metrics.OTLP_REQUESTS.labels("accepted").inc()
+        reason = f"{full} events over the per-trace limit" if full else ""
+        return _response(content_type, full, reason, logs=True)
 
     async def healthz(_: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
@@ -225,6 +333,7 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
     app = Starlette(
         routes=[
             Route("/v1/traces", export, methods=["POST"]),
+            Route("/v1/logs", export_logs, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/metrics", prometheus),
         ],
@@ -234,4 +343,10 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
     return app
 
 
-__all__ = ["create_receiver_app", "protobuf_groups", "spans_from_json"]
+__all__ = [
+    "create_receiver_app",
+    "log_groups_from_json",
+    "protobuf_groups",
+    "protobuf_log_groups",
+    "spans_from_json",
+]

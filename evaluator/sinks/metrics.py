@@ -69,6 +69,11 @@ OTLP_SPANS = Counter("evalfleet_otlp_spans_total", "Spans received, by outcome."
 OTLP_TRACES = Counter(
     "evalfleet_otlp_traces_total", "Assembled traces: published, partial, dropped.", ["outcome"]
 )
+OTLP_LOG_RECORDS = Counter(
+    "evalfleet_otlp_log_records_total",
+    "Log records received on /v1/logs: GenAI events kept, others ignored, refused.",
+    ["outcome"],
+)
 OTLP_PENDING = Gauge(
     "evalfleet_otlp_pending_traces", "Traces waiting to complete.", multiprocess_mode="mostrecent"
 )

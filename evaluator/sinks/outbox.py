@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from evaluator.models import Score, Trace, stable_id
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
-from evaluator.sinks.sql import OutboxRecord, SQLStore
+from evaluator.sinks.sql import OutboxRecord, SQLStore, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,6 @@ class RelayCounts:
     delivered: int = 0
     rejected: int = 0
     retried: int = 0
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _otel_signals(settings: Settings) -> list[str]:
@@ -181,7 +176,7 @@ class SinkRelay:
             if self.store.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = [
-                (row_id, tries, {**json.loads(body), "timestamp": _utc(at).isoformat()})
+                (row_id, tries, {**json.loads(body), "timestamp": as_utc(at).isoformat()})
                 for row_id, tries, body, at in session.exec(query)
             ]
             if rows:
@@ -256,7 +251,7 @@ class SinkRelay:
                 .group_by(OutboxRecord.sink)
             )
             for sink, count, oldest in session.exec(query):
-                result[sink] = (int(count), (now - _utc(oldest)).total_seconds())
+                result[sink] = (int(count), (now - as_utc(oldest)).total_seconds())
         for sink, (count, age) in result.items():
             metrics.SINK_BACKLOG.labels(sink).set(count)
             metrics.SINK_OLDEST_PENDING_AGE.labels(sink).set(age)

@@ -234,13 +234,13 @@ class ReviewLabelRecord(SQLModel, table=True):
             verdict=Verdict(self.verdict),
             field_scores=self.field_scores,
             note=self.note,
-            labelled_at=_utc(self.labelled_at),
+            labelled_at=as_utc(self.labelled_at),
             source=self.source,
             trace=Trace.model_validate(self.trace),
         )
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
