@@ -11,6 +11,7 @@ import pytest
 import redis
 import sqlalchemy
 from helpers import Fleet
+from openai_server import OpenAIServer
 
 from evaluator.embedded import EmbeddedRedis, redis_answers
 from evaluator.settings import Settings, get_settings
@@ -107,3 +108,10 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Fleet]]
         for process in fleet.processes:
             if process.poll() is None:
                 Fleet.kill(process, signal.SIGKILL)
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    """The OpenAI-protocol test server (tests/openai_server.py) on a free port."""
+    with OpenAIServer() as running:
+        yield running

@@ -27,12 +27,6 @@ def store(sqlite_url: str) -> Iterator[SQLStore]:
     sql.close()
 
 
-@pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as running:
-        yield running
-
-
 def judge_env(
     redis_url: str, database_url: str, server: OpenAIServer, **extra: object
 ) -> dict[str, str]:

@@ -44,13 +44,9 @@ RELEVANCE = JUDGES["answer_relevance"]
 
 
 @pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture
-def store(sqlite_url: str) -> Iterator[SQLStore]:
+def sqlite_store(sqlite_url: str) -> Iterator[SQLStore]:
+    """For the tests whose CLI or subprocesses use ``sqlite_url``; the others run on SQLite and
+    PostgreSQL (conftest's ``store``)."""
     sql = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
     yield sql
     sql.close()
@@ -309,7 +305,10 @@ def test_prune_drops_old_settled_rows_and_payloads_not_open_rows(store: SQLStore
     assert [r.state for r in rows_for_trace(store, "t3")] == ["done"]
 
 
-def test_ledger_cli(store: SQLStore, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ledger_cli(
+    sqlite_store: SQLStore, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = sqlite_store
     monkeypatch.setenv("EVALFLEET_DATABASE_URL", sqlite_url)
     now = datetime.now(UTC)
     store.write_ledger(
@@ -340,8 +339,9 @@ def test_workers_killed_at_random_every_row_ends_terminal(
     sqlite_url: str,
     server: OpenAIServer,
     fleet_factory: FleetFactory,
-    store: SQLStore,
+    sqlite_store: SQLStore,
 ) -> None:
+    store = sqlite_store
     n = 60
     server.fake.latency_s = 0.1
     env = fleet_env(

@@ -66,6 +66,14 @@ def run_app(
     return sent, traces
 
 
+def assert_content(sent: dict[str, dict[str, str]], traces: dict[str, Trace]) -> None:
+    """Each published Trace carries the question, answer and document the app used."""
+    for trace_id, row in sent.items():
+        trace = traces[trace_id]
+        expected = (row["question"], row["answer"], [row["context"]])
+        assert (trace.input, trace.output, trace.contexts) == expected
+
+
 def test_instrumented_app_to_scores(
     redis_url: str,
     redis_client: redis.Redis,
@@ -73,13 +81,8 @@ def test_instrumented_app_to_scores(
     fleet_factory: Callable[[dict[str, str]], Fleet],
 ) -> None:
     sent, traces = run_app(redis_url, redis_client, "spans")
-    for trace_id, row in sent.items():
-        trace = traces[trace_id]
-        assert (trace.input, trace.output, trace.contexts) == (
-            row["question"],
-            row["answer"],
-            [row["context"]],
-        )
+    assert_content(sent, traces)
+    for trace in traces.values():
         assert (trace.model, trace.tenant, trace.prompt_version, trace.app_version) == (
             "gpt-4o-mini",
             "acme",
@@ -103,11 +106,6 @@ def test_instrumented_app_to_scores(
 def test_message_content_from_log_events(redis_url: str, redis_client: redis.Redis) -> None:
     """The instrumentation's default: content only in log-based events, sent to /v1/logs."""
     sent, traces = run_app(redis_url, redis_client, "events")
-    for trace_id, row in sent.items():
-        trace = traces[trace_id]
-        assert (trace.input, trace.output, trace.contexts) == (
-            row["question"],
-            row["answer"],
-            [row["context"]],
-        )
+    assert_content(sent, traces)
+    for trace in traces.values():
         assert trace.finish_reason == "stop" and trace.model == "gpt-4o-mini"

@@ -37,12 +37,6 @@ OLD = RELEVANCE.model_copy(update={"version": "0-old"})
 
 
 @pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture
 def store(sqlite_url: str) -> Iterator[SQLStore]:
     sql = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
     yield sql
