@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -495,6 +496,10 @@ def reeval(
     max_usd: Annotated[
         float | None, typer.Option(min=0, help="This run's spend cap (default: 1.5 x estimate).")
     ] = None,
+    from_langfuse: Annotated[
+        bool,
+        typer.Option(help="Read the traces back from Langfuse (LANGFUSE_*) instead of the store."),
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the preview only.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -507,12 +512,19 @@ def reeval(
 
     settings = get_settings()
     store = SQLStore(settings.sqlalchemy_url)
+    start, end = parse_since(since), parse_since(until) if until else None
     try:
         spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
-        planned = re_evaluation.plan(
-            store, settings, spec, parse_since(since), parse_since(until) if until else None,
-            prompt_version, tenant, limit, all_traces,
-        )  # fmt: skip
+        with contextlib.ExitStack() as resources:
+            candidates = (
+                _langfuse_candidates(resources, settings, start, end, prompt_version, tenant)
+                if from_langfuse
+                else None
+            )
+            planned = re_evaluation.plan(
+                store, settings, spec, start, end, prompt_version, tenant, limit, all_traces,
+                candidates,
+            )  # fmt: skip
     except ValueError as exc:
         store.close()
         console.print(f"[red]error:[/red] {exc}")
@@ -542,11 +554,33 @@ def reeval(
     )
 
 
+def _langfuse_candidates(
+    resources: contextlib.ExitStack,
+    settings: Settings,
+    since: datetime,
+    until: datetime | None,
+    prompt_version: str | None,
+    tenant: str | None,
+) -> Any:
+    import httpx
+
+    from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
+    from evaluator.reeval import ReevalError, langfuse_candidates
+    from evaluator.sinks.langfuse import LangfuseSettings, langfuse_api
+
+    langfuse = LangfuseSettings()
+    if not langfuse.enabled:
+        raise ReevalError("--from-langfuse needs LANGFUSE_PUBLIC_KEY, _SECRET_KEY and _HOST")
+    http = resources.enter_context(httpx.Client(timeout=langfuse.timeout))
+    backfill = LangfuseBackfill(langfuse_api(langfuse, http), connect(settings.redis_url), settings)
+    return langfuse_candidates(backfill, BackfillQuery(since, until), prompt_version, tenant)
+
+
 def render_reeval_plan(planned: Any) -> None:
     spec = planned.spec
     console.print(f"[bold]{spec.name}@{spec.version}[/bold] ({spec.model})")
     console.print(
-        f"  traces: {planned.count:,} to judge of {planned.considered:,} stored in the window "
+        f"  traces: {planned.count:,} to judge of {planned.considered:,} in the window "
         f"({planned.already:,} already scored by this version, {planned.filtered:,} outside "
         "its applies_when)"
     )

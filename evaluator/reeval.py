@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from evaluator.calibrate import Agreement, agreement, spearman
+from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
 from evaluator.judges import Judge, JudgeSpec, render_messages
 from evaluator.ledger import DispatchJudges, LedgerState, ledger_row
 from evaluator.models import Trace, Verdict
@@ -94,13 +95,15 @@ def plan(
     tenant: str | None = None,
     limit: int | None = None,
     all_traces: bool = False,
+    candidates: Iterable[Candidate] | None = None,
 ) -> ReevalPlan:
-    """What a re-evaluation would judge and what it would cost."""
+    """What a re-evaluation would judge and what it would cost. ``candidates`` replaces the
+    stored traces (e.g. ``langfuse_candidates``); the filters then have been applied by it."""
     result = ReevalPlan(spec, [])
     done = _already_scored(store, spec)
-    for trace_id, payload, rate in _stored_traces(
-        store, since, until, prompt_version, tenant, all_traces
-    ):
+    if candidates is None:
+        candidates = _stored_traces(store, since, until, prompt_version, tenant, all_traces)
+    for trace_id, payload, rate in candidates:
         result.considered += 1
         if trace_id in done:
             result.already += 1
@@ -114,6 +117,27 @@ def plan(
             break
     _price(store, settings, result)
     return result
+
+
+# (trace id, trace JSON, P(the trace was sampled for judges)).
+Candidate = tuple[str, str, float]
+
+
+def langfuse_candidates(
+    backfill: LangfuseBackfill,
+    query: BackfillQuery,
+    prompt_version: str | None = None,
+    tenant: str | None = None,
+) -> Iterator[Candidate]:
+    """Traces read back from Langfuse (when they are no longer, or never were, in the store).
+    Every trace is a candidate: inclusion probability 1."""
+    for page in backfill.trace_pages(query):
+        for trace in page.traces:
+            if prompt_version is not None and trace.prompt_version != prompt_version:
+                continue
+            if tenant is not None and trace.tenant != tenant:
+                continue
+            yield trace.trace_id, trace.model_dump_json(exclude_none=True), 1.0
 
 
 def _stored_traces(
@@ -244,6 +268,10 @@ def start(
     size = settings.judge_backfill_batch_size
     for start_at in range(0, planned.count, size):
         chunk = planned.selected[start_at : start_at + size]
+        # Kept for the reaper (a no-op for traces the store already holds).
+        store.write_batch(
+            [], [], [], payloads=[_payload_row(t, payload, now) for t, payload, _ in chunk]
+        )
         store.write_ledger(
             [
                 ledger_row(
@@ -270,6 +298,17 @@ def start(
         if progress is not None:
             progress(len(chunk))
     return ReevalRun(run, planned.count, cap_usd)
+
+
+def _payload_row(trace_id: str, payload: str, now: datetime) -> dict[str, Any]:
+    trace = Trace.model_validate_json(payload)
+    return {
+        "trace_id": trace_id,
+        "tenant": trace.tenant,
+        "prompt_version": trace.prompt_version,
+        "published_at": trace.ended_at or now,
+        "payload": payload,
+    }
 
 
 # -- comparing versions ---------------------------------------------------------------------

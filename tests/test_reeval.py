@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import redis
 from helpers import Fleet, fleet_env, make_trace, wait_for
+from langfuse_server import FakeLangfuse
 from openai_server import OpenAIServer
 from sqlmodel import Session, col, select
+from test_backfill_langfuse import observations
 from typer.testing import CliRunner
 
 from evaluator import reeval
@@ -27,7 +29,7 @@ from evaluator.models import ReviewLabel, SampleDecision, Verdict
 from evaluator.review import ReviewRouter
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import ScoreRecord, SQLStore, TracePayloadRecord, TraceRecord
 from evaluator.timeparse import parse_since
 from evaluator.worker import create_app, judges_queue
 
@@ -202,7 +204,7 @@ def test_cli_dry_run_then_confirmed_run(
     args = ["reeval", "--evaluator", "answer_relevance", "--since", "7d"]
     preview = runner.invoke(app, [*args, "--dry-run"], env=env)
     assert preview.exit_code == 0, preview.output
-    assert "traces: 6 to judge of 6 stored in the window" in preview.output
+    assert "traces: 6 to judge of 6 in the window" in preview.output
     assert "estimated:" in preview.output and "$" in preview.output
     refused = runner.invoke(app, args, env=env, input="n\n")
     assert refused.exit_code == 1 and "Start re-evaluating 6 traces" in refused.output
@@ -264,3 +266,37 @@ def test_live_judge_work_is_served_ahead_of_a_large_reeval(
     # Live work overtook the queued re-evaluation: it finished while most of the run waited.
     assert backfill_left > 200, backfill_left
     assert statistics.median(delays) < 5, delays
+
+
+def test_reeval_reads_traces_back_from_langfuse(
+    store: SQLStore, redis_client: redis.Redis, redis_url: str, sqlite_url: str,
+    server: OpenAIServer,
+) -> None:  # fmt: skip
+    """Traces the store never held (or no longer holds), read from Langfuse's public API."""
+    fake = FakeLangfuse()
+    for i in range(1, 6):
+        fake.observations += observations(i)
+    fake.observations += observations(20, day=10)  # before --since
+    fake.start()
+    try:
+        env = {
+            **fake.env(),
+            "EVALFLEET_DATABASE_URL": sqlite_url,
+            "EVALFLEET_REDIS_URL": redis_url,
+            "EVALFLEET_BROKER_URL": redis_url,
+            "COLUMNS": "200",
+        }
+        args = ["reeval", "--evaluator", "answer_relevance", "--from-langfuse"]
+        args += ["--since", "2026-11-20T00:00:00+00:00", "--tenant", "acme"]
+        result = CliRunner().invoke(app, [*args, "--yes", "--max-usd", "1"], env=env)
+    finally:
+        fake.stop()
+    assert result.exit_code == 0, result.output
+    assert "traces: 5 to judge of 5 in the window" in result.output
+    assert "its prompt rendered for 5 of the traces" in result.output  # no calls recorded yet
+    assert "5 evaluations queued on judges_backfill" in result.output
+    assert summary(store)["answer_relevance"] == {"queued": 5}
+    with Session(store.engine) as session:
+        kept = session.exec(select(TracePayloadRecord.trace_id)).all()
+    assert sorted(kept) == [f"{i:032x}" for i in range(1, 6)]  # for the reaper
+    assert redis_client.llen("judges_backfill") == 1

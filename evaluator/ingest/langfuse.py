@@ -171,6 +171,13 @@ def observation_to_trace(root: Any, children: list[Any]) -> Trace:
 
 
 @dataclass
+class TracePage:
+    traces: list[Trace]
+    skipped: list[str]  # "trace id: why it could not be read"
+    cursor: str | None  # the next page's; None after the last
+
+
+@dataclass
 class BackfillResult:
     published: int = 0
     skipped: int = 0
@@ -206,6 +213,27 @@ class LangfuseBackfill:
                 children[observation.trace_id].append(observation)
         return children
 
+    def trace_pages(self, query: BackfillQuery, cursor: str | None = None) -> Iterator[TracePage]:
+        """The query's traces page by page, with what could not be converted and why."""
+        while True:
+            page = self.api.observations.get_many(
+                fields=ROOT_FIELDS, limit=self.page_size, cursor=cursor, filter=query.filter_json()
+            )
+            roots = page.data
+            children = self._children([r.trace_id for r in roots]) if roots else {}
+            converted = TracePage([], [], page.meta.cursor or None)
+            for root in roots:
+                try:
+                    converted.traces.append(
+                        observation_to_trace(root, children.get(root.trace_id, []))
+                    )
+                except ValidationError as exc:
+                    converted.skipped.append(f"{root.trace_id}: {describe_validation_error(exc)}")
+            yield converted
+            cursor = page.meta.cursor
+            if not cursor:
+                return
+
     def run(
         self,
         query: BackfillQuery,
@@ -222,26 +250,14 @@ class LangfuseBackfill:
         )
         if result.finished:
             return result
-        cursor = state.get("cursor") or None
-        while True:
-            page = self.api.observations.get_many(
-                fields=ROOT_FIELDS, limit=self.page_size, cursor=cursor, filter=query.filter_json()
-            )
-            roots = page.data
-            children = self._children([r.trace_id for r in roots]) if roots else {}
-            payloads = []
-            for root in roots:
-                try:
-                    trace = observation_to_trace(root, children.get(root.trace_id, []))
-                except ValidationError as exc:
-                    result.skipped += 1
-                    result.skip_reasons.append(f"{root.trace_id}: {describe_validation_error(exc)}")
-                    continue
-                payloads.append(trace.model_dump_json(exclude_none=True))
+        for page in self.trace_pages(query, state.get("cursor") or None):
+            payloads = [trace.model_dump_json(exclude_none=True) for trace in page.traces]
+            result.skipped += len(page.skipped)
+            result.skip_reasons += page.skipped
             publish_many(self.client, payloads, self.settings)
             result.published += len(payloads)
             result.pages += 1
-            cursor = page.meta.cursor
+            cursor = page.cursor
             progress: dict[FieldT, EncodableT] = {
                 "published": result.published,
                 "cursor": cursor or "",
@@ -256,3 +272,4 @@ class LangfuseBackfill:
                 return result
             if limit is not None and result.published >= limit:
                 return result
+        return result
