@@ -1,7 +1,7 @@
 """Re-evaluating 10,000 stored traces while live traffic flows: the run's wall time, and the live
 traces' judge latency (publish -> judge score) with and without it.
 
-    python bench/reeval.py [--n 10000] [--latency 0.2] [--live-rate 5] [--threads 8]
+    python bench/reeval.py [--n 10000] [--latency 0.2] [--live-rate 5] [--threads 8] [--rpm N]
 
 One judge worker process (threads pool, queues heuristics,judges,judges_backfill) and one
 sampler against a throwaway Redis, a SQLite file and the OpenAI-protocol test server with a
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--live-rate", type=float, default=5.0)
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rpm", type=int, default=None, help="fleet rate limit for the model")
     args = parser.parse_args()
     with (
         OpenAIServer() as server,
@@ -144,6 +145,8 @@ def main() -> None:
             "JUDGE_SAMPLE_RATE": "1.0",
             "JUDGE_BATCH_SIZE": "8",
         }
+        if args.rpm:
+            overrides["JUDGE_REQUESTS_PER_MINUTE"] = f'{{"gpt-4o-mini": {args.rpm}}}'
         env = {**os.environ, **{f"EVALFLEET_{k}": v for k, v in overrides.items()}}
         settings = Settings(
             redis_url=redis_server.url,
