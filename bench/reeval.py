@@ -2,10 +2,12 @@
 traces' judge latency (publish -> judge score) with and without it.
 
     python bench/reeval.py [--n 10000] [--latency 0.2] [--live-rate 5] [--threads 8] [--rpm N]
+                           [--backfill-worker]
 
-One judge worker process (threads pool, queues heuristics,judges,judges_backfill) and one
-sampler against a throwaway Redis, a SQLite file and the OpenAI-protocol test server with a
-fixed latency. Live traces are published at --live-rate per second, all sampled for the judge.
+One judge worker process (threads pool, queues heuristics,judges,judges_backfill), or with
+--backfill-worker the Procfile's two (live and backfill), and one sampler against a throwaway
+Redis, a SQLite file and the OpenAI-protocol test server with a fixed latency. Live traces are
+published at --live-rate per second, all sampled for the judge.
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ def main() -> None:
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rpm", type=int, default=None, help="fleet rate limit for the model")
+    parser.add_argument(
+        "--backfill-worker",
+        action="store_true",
+        help="a second worker process for judges_backfill (the Procfile's layout)",
+    )
     args = parser.parse_args()
     with (
         OpenAIServer() as server,
@@ -158,6 +165,17 @@ def main() -> None:
         store_history(store, settings, args.n)
         print(f"stored {args.n:,} traces in {time.perf_counter() - started:.1f}s")
         logs = Path(tmp)
+        threads = ["--pool", "threads", "--concurrency", str(args.threads), "--loglevel", "WARNING"]
+        commands = [("sampler", ["sampler", "--loglevel", "WARNING"])]
+        if args.backfill_worker:
+            commands += [
+                ("worker", ["worker", "--queues", "heuristics,judges", *threads]),
+                ("backfill", ["worker", "--queues", "judges_backfill", *threads]),
+            ]
+        else:
+            commands += [
+                ("worker", ["worker", "--queues", "heuristics,judges,judges_backfill", *threads])
+            ]
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "evaluator.cli", *cmd],
@@ -165,15 +183,8 @@ def main() -> None:
                 stdout=(logs / f"{name}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
-            for name, cmd in (
-                ("sampler", ["sampler", "--loglevel", "WARNING"]),
-                (
-                    "worker",
-                    ["worker", "--pool", "threads", "--concurrency", str(args.threads),
-                     "--queues", "heuristics,judges,judges_backfill", "--loglevel", "WARNING"],
-                ),
-            )
-        ]  # fmt: skip
+            for name, cmd in commands
+        ]
         try:
             time.sleep(4)  # worker start-up
             # Without a re-evaluation.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -57,13 +58,24 @@ class Limit:
         return max(1.0, self.per_minute * self.burst_seconds / 60)
 
 
+# Set in the asyncio task that runs re-evaluation work (and inherited by the tasks it starts):
+# its calls must first pass a bucket of ``backfill_share`` of each limit, which leaves the rest
+# of the fleet's limit to live judge work.
+BACKFILL: ContextVar[bool] = ContextVar("evalfleet_backfill", default=False)
+
+
 class RateLimiter:
     def __init__(
-        self, client: aioredis.Redis, requests: dict[str, int], tokens: dict[str, int]
+        self,
+        client: aioredis.Redis,
+        requests: dict[str, int],
+        tokens: dict[str, int],
+        backfill_share: float = 1.0,
     ) -> None:
         self.client = client
         self.requests = {m: Limit(v) for m, v in requests.items()}
         self.tokens = {m: Limit(v) for m, v in tokens.items()}
+        self.backfill_share = backfill_share
         self._script = client.register_script(_GCRA)
 
     async def acquire(self, model: str, tokens: int) -> float:
@@ -71,6 +83,20 @@ class RateLimiter:
         request_limit, token_limit = self.requests.get(model), self.tokens.get(model)
         if request_limit is None and token_limit is None:
             return 0.0
+        waited = 0.0
+        if BACKFILL.get() and self.backfill_share < 1.0:
+            share = self.backfill_share
+            waited += await self._wait(
+                f"{_KEY}backfill:{model}",
+                _scaled(request_limit, share),
+                _scaled(token_limit, share),
+                tokens,
+            )
+        return waited + await self._wait(f"{_KEY}{model}", request_limit, token_limit, tokens)
+
+    async def _wait(
+        self, prefix: str, request_limit: Limit | None, token_limit: Limit | None, tokens: int
+    ) -> float:
         args = [
             request_limit.interval_ms if request_limit else 0,
             request_limit.burst if request_limit else 0,
@@ -78,12 +104,18 @@ class RateLimiter:
             token_limit.burst if token_limit else 0,
             tokens,
         ]
-        keys = [f"{_KEY}{model}:requests", f"{_KEY}{model}:tokens"]
+        keys = [f"{prefix}:requests", f"{prefix}:tokens"]
         waited = 0.0
         while (wait_ms := int(await self._script(keys=keys, args=args))) > 0:
             await asyncio.sleep(wait_ms / 1000)
             waited += wait_ms / 1000
         return waited
+
+
+def _scaled(limit: Limit | None, share: float) -> Limit | None:
+    return (
+        None if limit is None else Limit(max(1, int(limit.per_minute * share)), limit.burst_seconds)
+    )
 
 
 def endpoint_key(base_url: str | None, model: str) -> str:

@@ -50,7 +50,8 @@ class BatchResult:
 
 # Puts deferred judge entries back on the judges queue after a delay (seconds).
 Requeue = Callable[[list[dict[str, Any]], float], None]
-RunJudges = Callable[[list[tuple[Judge, Trace]]], list[JudgeResult]]
+# Runs (judge, trace) work; the flag marks re-evaluation work (held to its rate-limit share).
+RunJudges = Callable[[list[tuple[Judge, Trace]], bool], list[JudgeResult]]
 
 
 @dataclass
@@ -75,10 +76,10 @@ class ScoringContext:
     def heuristics_version(self) -> str:
         return heuristics_version(self.evaluators)
 
-    def judge(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
+    def judge(self, work: list[tuple[Judge, Trace]], backfill: bool = False) -> list[JudgeResult]:
         if self.run_judges is not None:
-            return self.run_judges(work)
-        return asyncio.run(run_judgements(self.settings, work))
+            return self.run_judges(work, backfill)
+        return asyncio.run(run_judgements(self.settings, work, backfill=backfill))
 
 
 def trace_row(
@@ -294,7 +295,8 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
     if running:
         # Before the calls: a worker killed now leaves rows the reaper can see are stuck.
         ctx.store.write_ledger(running)
-    results = ctx.judge([(spec, trace) for spec, trace, _ in work])
+    backfill = any(entry.get("run") for entry in entries)  # a batch is one run's or live
+    results = ctx.judge([(spec, trace) for spec, trace, _ in work], backfill)
     calls: list[dict[str, Any]] = []
     later: dict[str, dict[str, Any]] = {}
     delay = 0.0

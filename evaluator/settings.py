@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     ledger_retention_s: int = Field(
         default=30 * 24 * 3600, ge=3600, description="Settled ledger rows are kept this long."
     )
+    judge_backfill_rate_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Re-evaluation may use this share of a model's requests/tokens per minute; "
+        "live judge work keeps the rest.",
+    )
     judge_backfill_batch_size: int = Field(
         default=8, ge=1, description="Traces per re-evaluation task (small: live work overtakes)."
     )

@@ -54,7 +54,7 @@ def test_compose_mounts_exist_and_env_names_are_settings() -> None:
                 assert variable in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST")
     assert compose["services"]["langfuse-web"]["profiles"] == ["langfuse"]
     scraped = (ROOT / "deploy/prometheus/prometheus.yml").read_text()
-    for process in ("sampler", "worker", "judge-worker", "relay"):
+    for process in ("sampler", "worker", "judge-worker", "judge-backfill-worker", "relay"):
         assert f'"{process}:9108"' in scraped
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/evalfleet.json").read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]

@@ -302,3 +302,31 @@ def test_token_limit_and_request_limit_are_enforced_together(
     # Burst 1,000 tokens: two calls at once, then one per 0.5 s: the tokens are the binding limit.
     assert waits[:2] == [0.0, 0.0]
     assert time.monotonic() - started >= 1.4
+
+
+def test_backfill_calls_keep_to_their_share_of_the_rate_limit(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """6,000 requests/min (100/s, burst 100) with a 10 % share for re-evaluation: 30 backfill
+    calls get 10 at once and then 10/s, while 30 live calls beside them go through at once."""
+    import redis.asyncio as aioredis
+
+    from evaluator.ratelimit import BACKFILL, RateLimiter
+
+    async def calls(limiter: RateLimiter, n: int, backfill: bool) -> float:
+        BACKFILL.set(backfill)
+        started = time.monotonic()
+        for _ in range(n):
+            await limiter.acquire("m", 10)
+        return time.monotonic() - started
+
+    async def both() -> tuple[float, float]:
+        client = aioredis.Redis.from_url(redis_url)
+        limiter = RateLimiter(client, {"m": 6000}, {}, backfill_share=0.1)
+        backfill, live = await asyncio.gather(calls(limiter, 30, True), calls(limiter, 30, False))
+        await client.aclose()
+        return backfill, live
+
+    backfill_s, live_s = asyncio.run(both())
+    assert backfill_s >= 1.8, backfill_s  # 20 calls after the burst at 10/s
+    assert live_s < 0.5, live_s

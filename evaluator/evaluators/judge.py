@@ -40,7 +40,7 @@ from evaluator.models import (
     describe_validation_error,
     stable_id,
 )
-from evaluator.ratelimit import CircuitBreaker, RateLimiter, endpoint_key
+from evaluator.ratelimit import BACKFILL, CircuitBreaker, RateLimiter, endpoint_key
 from evaluator.settings import Settings
 
 CONNECTIONS_PER_CLIENT = 16
@@ -353,7 +353,12 @@ def _new_runtime(settings: Settings) -> tuple[JudgeRuntime, aioredis.Redis]:
     client = aioredis.Redis.from_url(settings.redis_url)
     runtime = JudgeRuntime(
         settings,
-        RateLimiter(client, settings.judge_requests_per_minute, settings.judge_tokens_per_minute),
+        RateLimiter(
+            client,
+            settings.judge_requests_per_minute,
+            settings.judge_tokens_per_minute,
+            settings.judge_backfill_rate_share,
+        ),
         CircuitBreaker(client, settings.judge_circuit_failures, settings.judge_circuit_open_s),
     )
     return runtime, client
@@ -382,9 +387,12 @@ async def run_judgements(
     settings: Settings,
     work: list[tuple[Judge, Trace]],
     on_done: Callable[[], None] | None = None,
+    backfill: bool = False,
 ) -> list[JudgeResult]:
     """Judge every (judge, trace) pair, at most ``judge_max_in_flight`` calls at a time, with
-    clients that live as long as this call; ``on_done`` is called after each (progress)."""
+    clients that live as long as this call; ``on_done`` is called after each (progress).
+    ``backfill``: re-evaluation work, held to its share of the fleet's rate limits."""
+    BACKFILL.set(backfill)
     runtime, client = _new_runtime(settings)
     try:
         semaphore = asyncio.Semaphore(settings.judge_max_in_flight)
@@ -409,11 +417,14 @@ class JudgeLoop:
         self._runtime: JudgeRuntime | None = None
         self._in_flight: asyncio.Semaphore | None = None
 
-    async def _run(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
+    async def _run(self, work: list[tuple[Judge, Trace]], backfill: bool) -> list[JudgeResult]:
+        BACKFILL.set(backfill)  # this task's context (and its children's) only
         if self._runtime is None or self._in_flight is None:
             self._runtime, _ = _new_runtime(self.settings)
             self._in_flight = asyncio.Semaphore(self.settings.judge_max_in_flight)
         return await _judge_all(self._runtime, self._in_flight, work)
 
-    def __call__(self, work: list[tuple[Judge, Trace]]) -> list[JudgeResult]:
-        return asyncio.run_coroutine_threadsafe(self._run(work), self._loop).result()
+    def __call__(
+        self, work: list[tuple[Judge, Trace]], backfill: bool = False
+    ) -> list[JudgeResult]:
+        return asyncio.run_coroutine_threadsafe(self._run(work, backfill), self._loop).result()
