@@ -243,42 +243,50 @@ def _judge_outcome(result: JudgeResult) -> tuple[LedgerState, str]:
     return (LedgerState.FAILED, errors[0]) if errors else (LedgerState.DONE, "")
 
 
-def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatchResult:
-    """Run each entry's judges concurrently; write scores, calls and ledger rows; requeue what
-    must wait; record work over a spend cap as over_budget instead of running it."""
-    now = _now()
-    s = ctx.settings
-    traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
-    scores: list[Score] = []
-    ledger: list[dict[str, Any]] = []
-    running: list[dict[str, Any]] = []
-    inclusion: Inclusion = {}
-    work: list[tuple[Judge, Trace, dict[str, Any]]] = []
+def _judge_row(
+    spec: Judge,
+    trace: Trace,
+    entry: dict[str, Any],
+    state: LedgerState,
+    now: datetime,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The ledger row of one judge evaluation of a judge entry."""
+    fields.setdefault("attempt", int(entry.get("attempt", 1)))
+    inclusion = entry.get("inclusion", {}).get(spec.name)
+    return ledger_row(
+        trace.trace_id, spec.name, spec.version, state, now,
+        inclusion=inclusion, run=entry.get("run"), **fields,
+    )  # fmt: skip
+
+
+@dataclass
+class _Admitted:
+    """What a judge batch will run, and what it will not (unknown judge, over a spend cap)."""
+
+    work: list[tuple[Judge, Trace, dict[str, Any]]] = field(default_factory=list)
+    running: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # over_budget ledger rows
+    scores: list[Score] = field(default_factory=list)  # error scores of unknown judges
+    inclusion: Inclusion = field(default_factory=dict)
+
+
+def _admit(
+    entries: list[dict[str, Any]], traces: dict[str, Trace], ctx: ScoringContext, now: datetime
+) -> _Admitted:
+    admitted = _Admitted()
     spent = ctx.spend.today() if ctx.spend else {}
     run_spent: dict[str, float] = {}
-
-    def row(
-        spec: Judge, trace: Trace, entry: dict[str, Any], state: LedgerState, **kw: Any
-    ) -> None:
-        kw.setdefault("attempt", int(entry.get("attempt", 1)))
-        target = running if state is LedgerState.RUNNING else ledger
-        p = entry.get("inclusion", {}).get(spec.name)
-        target.append(
-            ledger_row(
-                trace.trace_id, spec.name, spec.version, state, now,
-                inclusion=p, run=entry.get("run"), **kw,
-            )
-        )  # fmt: skip
-
+    deadline = now + timedelta(seconds=ctx.settings.ledger_running_deadline_s)
     for entry in entries:
         trace = traces[entry["id"]]
         run = entry.get("run")
         for name in entry["judges"]:
             spec = ctx.judges.get(name)
             if spec is None:
-                scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
+                admitted.scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
                 continue
-            inclusion[(trace.trace_id, name)] = entry.get("inclusion", {}).get(name, 1.0)
+            admitted.inclusion[(trace.trace_id, name)] = entry.get("inclusion", {}).get(name, 1.0)
             if ctx.spend is not None:
                 if run is not None and run not in run_spent:
                     run_spent[run] = ctx.spend.run_spent(run)
@@ -286,15 +294,29 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
                     name, spent, run, run_spent.get(run or "", 0.0), entry.get("run_cap")
                 )
                 if blocked:
-                    row(spec, trace, entry, LedgerState.OVER_BUDGET, reason=blocked)
+                    admitted.refused.append(
+                        _judge_row(spec, trace, entry, LedgerState.OVER_BUDGET, now, reason=blocked)
+                    )
                     metrics.OVER_BUDGET.labels(name).inc()
                     continue
-            deadline = now + timedelta(seconds=s.ledger_running_deadline_s)
-            row(spec, trace, entry, LedgerState.RUNNING, deadline_at=deadline)
-            work.append((spec, trace, entry))
-    if running:
+            admitted.running.append(
+                _judge_row(spec, trace, entry, LedgerState.RUNNING, now, deadline_at=deadline)
+            )
+            admitted.work.append((spec, trace, entry))
+    return admitted
+
+
+def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatchResult:
+    """Run each entry's judges concurrently; write scores, calls and ledger rows; requeue what
+    must wait; record work over a spend cap as over_budget instead of running it."""
+    now = _now()
+    s = ctx.settings
+    traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
+    admitted = _admit(entries, traces, ctx, now)
+    scores, ledger, work = admitted.scores, admitted.refused, admitted.work
+    if admitted.running:
         # Before the calls: a worker killed now leaves rows the reaper can see are stuck.
-        ctx.store.write_ledger(running)
+        ctx.store.write_ledger(admitted.running)
     backfill = any(entry.get("run") for entry in entries)  # a batch is one run's or live
     results = ctx.judge([(spec, trace) for spec, trace, _ in work], backfill)
     calls: list[dict[str, Any]] = []
@@ -310,28 +332,34 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
             delay = max(delay, result.defer_s)
             next_at = now + timedelta(seconds=result.defer_s)
             why = result.call.get("error") or "judge endpoint unavailable"
-            row(
-                spec, trace, entry, LedgerState.RETRYING, reason=f"transient: {why}",
-                next_attempt_at=next_at,
-                deadline_at=next_at + timedelta(seconds=s.ledger_queued_deadline_s),
+            ledger.append(
+                _judge_row(
+                    spec, trace, entry, LedgerState.RETRYING, now, reason=f"transient: {why}",
+                    next_attempt_at=next_at,
+                    deadline_at=next_at + timedelta(seconds=s.ledger_queued_deadline_s),
+                )
             )  # fmt: skip
             continue
         if result.deferred:
             gave_up = _gave_up_score(spec, trace, waited)
             scores.append(gave_up)
-            row(spec, trace, entry, LedgerState.FAILED, reason=gave_up.reason)
+            ledger.append(
+                _judge_row(spec, trace, entry, LedgerState.FAILED, now, reason=gave_up.reason)
+            )
             continue
         scores += result.scores
         calls.append({**result.call, "run": entry.get("run")})
         state, reason = _judge_outcome(result)
-        row(spec, trace, entry, state, reason=reason)
+        ledger.append(_judge_row(spec, trace, entry, state, now, reason=reason))
     by_trace: dict[str, list[Score]] = defaultdict(list)
     for score in scores:
         by_trace[score.trace_id].append(score)
     trace_of = {t.trace_id: t for t in traces.values()}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
     call_rows = [{k: v for k, v in c.items() if k != "run"} for c in calls]
-    _write(ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=inclusion)
+    _write(
+        ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=admitted.inclusion
+    )
     if ctx.spend is not None and calls:
         for run in {c["run"] for c in calls}:
             ctx.spend.record([c for c in calls if c["run"] == run], run)
