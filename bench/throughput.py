@@ -11,6 +11,7 @@ Uses the Redis at --redis-url (default: a throwaway server) and a fresh SQLite f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -110,8 +111,28 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
+# Judges enabled (so the heuristics worker records each judge's ledger row) but never sampled:
+# the ledger's cost without judge calls in the measurement.
+JUDGES_DECIDED_NOT_RUN = {
+    "EVALFLEET_JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+    "EVALFLEET_JUDGE_SAMPLE_RATE": "0",
+    "EVALFLEET_STRATUM_RATES": json.dumps(
+        dict.fromkeys(
+            ["error", "negative_feedback", "truncated", "high_latency", "high_cost", "canary",
+             "short_output"],
+            0.0,
+        )
+    ),
+}  # fmt: skip
+
+
 def bench_end_to_end(
-    redis_url: str, database_url: str, n: int, rate: float | None, worker_args: list[str]
+    redis_url: str,
+    database_url: str,
+    n: int,
+    rate: float | None,
+    worker_args: list[str],
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     client = connect(redis_url)
     client.flushdb()
@@ -125,6 +146,7 @@ def bench_end_to_end(
             "EVALFLEET_REDIS_URL": redis_url,
             "EVALFLEET_BROKER_URL": redis_url,
             "EVALFLEET_DATABASE_URL": database_url,
+            **(extra_env or {}),
         }
         worker = _spawn(["worker", "--loglevel", "WARNING", *worker_args], env, Path(tmp, "w.log"))
         sampler = _spawn(["sampler", "--loglevel", "WARNING"], env, Path(tmp, "s.log"))
@@ -165,6 +187,11 @@ def main() -> None:
     parser.add_argument("--skip-sampler", action="store_true")
     parser.add_argument("--concurrency", type=int, default=1, help="worker child processes")
     parser.add_argument("--pool", default="prefork", help="Celery pool: prefork or solo")
+    parser.add_argument(
+        "--judges-decided",
+        action="store_true",
+        help="4 judges enabled, none sampled: every trace gets 4 sampled_out ledger rows",
+    )
     args = parser.parse_args()
     server = None if args.redis_url else EmbeddedRedis().start()
     redis_url = args.redis_url or (server.url if server else "")
@@ -179,7 +206,10 @@ def main() -> None:
                 rate = bench_sampler(redis_url, args.n, budget=True)
                 print(f"sampler only, 4 judges + strata + daily budget: {rate:,.0f} traces/s")
             worker_args = ["--concurrency", str(args.concurrency), "--pool", args.pool]
-            result = bench_end_to_end(redis_url, database_url, args.n, args.rate, worker_args)
+            extra = JUDGES_DECIDED_NOT_RUN if args.judges_decided else None
+            result = bench_end_to_end(
+                redis_url, database_url, args.n, args.rate, worker_args, extra
+            )
             mode = f"paced at {args.rate:,.0f}/s" if args.rate else "burst"
             print(
                 f"end to end ({mode}, 1 sampler, worker {args.pool} x{args.concurrency}): "
