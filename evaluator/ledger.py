@@ -83,7 +83,6 @@ def ledger_row(
     deadline_at: datetime | None = None,
 ) -> dict[str, Any]:
     terminal = state not in OPEN_RANK
-    metrics.LEDGER_TRANSITIONS.labels(evaluator, state.value).inc()
     return {
         "id": stable_id(trace_id, evaluator, version),
         "trace_id": trace_id,

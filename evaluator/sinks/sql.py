@@ -7,6 +7,7 @@ redelivered batch leaves exactly the same rows. SQLite by default (WAL), Postgre
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from evaluator.models import (
     Trace,
     Verdict,
 )
+from evaluator.sinks import metrics
 
 
 def _tz_datetime(**kwargs: Any) -> Any:
@@ -473,6 +475,10 @@ class SQLStore:
         """Move ledger rows forward (see ``evaluator.ledger``); stale or backward writes are no-ops.
         Rows sorted by id: concurrent writers then lock in one order (no deadlocks)."""
         unique = sorted({r["id"]: r for r in rows}.values(), key=lambda r: str(r["id"]))
+        for (evaluator, state), count in Counter(
+            (r["evaluator"], r["state"]) for r in unique
+        ).items():
+            metrics.LEDGER_TRANSITIONS.labels(evaluator, state).inc(count)
         keep = ("created_at",)
         if session is not None:
             self._upsert(session, LedgerRecord, unique, "id", True, _moves_forward, keep)
