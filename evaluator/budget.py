@@ -30,6 +30,7 @@ import redis
 from evaluator.sampling import SamplingPolicy, Stratum
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
+from evaluator.streams import text
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class SpendMeter:
         if not raw and self.from_store is not None:
             self._seed(key)
             raw = self.client.hgetall(key)
-        return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
+        return {text(k): float(v) for k, v in raw.items()}
 
     def _seed(self, key: str) -> None:
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -156,8 +157,7 @@ def recent_traffic(client: redis.Redis, now: float | None = None) -> tuple[dict[
     totals: dict[str, float] = {}
     for bucket in pipe.execute():
         for k, v in bucket.items():
-            name = k.decode() if isinstance(k, bytes) else k
-            totals[name] = totals.get(name, 0.0) + float(v)
+            totals[text(k)] = totals.get(text(k), 0.0) + float(v)
     window_s = _TRAFFIC_WINDOW_MIN * 60.0
     return {k: v / window_s for k, v in totals.items()}, window_s
 
@@ -267,8 +267,7 @@ class BudgetPlanner:
                 log.warning("budget planning failed, keeping the last plan: %s", exc)
         if self._plan is None:
             return base
-        result: SamplingPolicy = base.with_rates(self._plan.stratum_rates, self._plan.judge_factors)
-        return result
+        return base.with_rates(self._plan.stratum_rates, self._plan.judge_factors)
 
     def replan(self, base: SamplingPolicy) -> Plan:
         desired = {**base.stratum_rates, Stratum.CONTROL.value: base.base_rate}

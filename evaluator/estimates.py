@@ -32,23 +32,49 @@ class Estimate:
         return self.low <= value <= self.high
 
 
+@dataclass(frozen=True)
+class Sums:
+    """What an estimate needs, summable in SQL: n, Σw, Σwy, Σw², Σw²y, Σw²y² (w = 1/π)."""
+
+    n: int
+    w: float
+    wy: float
+    w2: float
+    w2y: float
+    w2y2: float
+
+
+def hajek_from_sums(sums: Sums, z: float = Z_95) -> Estimate:
+    """Σwy / Σw with the linearised variance n/(n-1) · Σw²(y - ŷ)² / (Σw)², the residual sum
+    expanded so it can be summed in the database."""
+    if sums.n == 0 or sums.w <= 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, 0.0)
+    mean = sums.wy / sums.w
+    residual = max(0.0, sums.w2y2 - 2 * mean * sums.w2y + mean * mean * sums.w2)
+    variance = residual / sums.w**2 * (sums.n / (sums.n - 1) if sums.n > 1 else 1.0)
+    half = z * math.sqrt(variance)
+    return Estimate(mean, mean - half, mean + half, sums.n, sums.w)
+
+
 def hajek(values: Sequence[float], probabilities: Sequence[float], z: float = Z_95) -> Estimate:
     """Weighted mean of ``values`` (pass = 1.0 for rates) with a ``z`` confidence interval."""
     if len(values) != len(probabilities):
         raise ValueError("one inclusion probability per value")
-    if not values:
-        return Estimate(math.nan, math.nan, math.nan, 0, 0.0)
     if any(not 0 < p <= 1 for p in probabilities):
         raise ValueError("inclusion probabilities must be in (0, 1]")
     weights = [1.0 / p for p in probabilities]
-    total = sum(weights)
-    mean = sum(w * y for w, y in zip(weights, values, strict=True)) / total
-    n = len(values)
-    # Linearisation: Var(ŷ) ≈ n/(n-1) Σ w²(y - ŷ)² / (Σw)²
-    residual = sum(w * w * (y - mean) ** 2 for w, y in zip(weights, values, strict=True))
-    variance = residual / total**2 * (n / (n - 1) if n > 1 else 1.0)
-    half = z * math.sqrt(variance)
-    return Estimate(mean, mean - half, mean + half, n, total)
+    pairs = list(zip(weights, values, strict=True))
+    return hajek_from_sums(
+        Sums(
+            n=len(values),
+            w=sum(weights),
+            wy=sum(w * y for w, y in pairs),
+            w2=sum(w * w for w in weights),
+            w2y=sum(w * w * y for w, y in pairs),
+            w2y2=sum(w * w * y * y for w, y in pairs),
+        ),
+        z,
+    )
 
 
 def unweighted(values: Sequence[float], z: float = Z_95) -> Estimate:
@@ -64,21 +90,13 @@ class ScoreEstimate:
     plain: Estimate
 
 
-def score_estimates(
-    rows: Sequence[tuple[str, str, float | None, bool | None, float | None]],
-) -> list[ScoreEstimate]:
-    """Per (evaluator, score): weighted and plain pass rate and mean, from rows of (evaluator,
-    name, value, passed, inclusion probability; None reads as 1)."""
-    groups: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
-    for evaluator, name, value, passed, probability in rows:
-        p = probability or 1.0
-        for statistic, y in (("pass_rate", passed), ("mean", value)):
-            if y is None:
-                continue
-            values, probabilities = groups.setdefault((evaluator, name, statistic), ([], []))
-            values.append(float(y))
-            probabilities.append(p)
+# (evaluator, score name, statistic, sums weighted by 1/π, the same sums with every w = 1)
+ScoreSums = tuple[str, str, str, Sums, Sums]
+
+
+def score_estimates(rows: Sequence[ScoreSums]) -> list[ScoreEstimate]:
+    """Per (evaluator, score, statistic): the weighted and the plain estimate."""
     return [
-        ScoreEstimate(evaluator, name, statistic, hajek(values, ps), unweighted(values))
-        for (evaluator, name, statistic), (values, ps) in sorted(groups.items())
+        ScoreEstimate(evaluator, name, statistic, hajek_from_sums(w), hajek_from_sums(plain))
+        for evaluator, name, statistic, w, plain in sorted(rows, key=lambda r: r[:3])
     ]

@@ -37,6 +37,7 @@ from evaluator.sinks.sql import (
     SQLStore,
     TracePayloadRecord,
     TraceRecord,
+    payload_row,
 )
 
 # Output tokens assumed for a judge with no recorded calls (reasoning + a few fields).
@@ -268,19 +269,19 @@ def start(
     size = settings.judge_backfill_batch_size
     for start_at in range(0, planned.count, size):
         chunk = planned.selected[start_at : start_at + size]
-        # Kept for the reaper (a no-op for traces the store already holds).
-        store.write_batch(
-            [], [], [], payloads=[_payload_row(t, payload, now) for t, payload, _ in chunk]
-        )
-        store.write_ledger(
-            [
-                ledger_row(
-                    trace_id, spec.name, spec.version, LedgerState.QUEUED, now, attempt=1,
-                    inclusion=p, run=run, deadline_at=deadline, reason=f"re-evaluation {run}",
-                )
-                for trace_id, _, p in chunk
-            ]
-        )  # fmt: skip
+        queued = [
+            ledger_row(
+                trace_id, spec.name, spec.version, LedgerState.QUEUED, now, attempt=1,
+                inclusion=p, run=run, deadline_at=deadline, reason=f"re-evaluation {run}",
+            )
+            for trace_id, _, p in chunk
+        ]  # fmt: skip
+        # Payloads kept for the reaper (a no-op for traces the store already holds).
+        kept = []
+        for _, payload, _ in chunk:
+            trace = Trace.model_validate_json(payload)
+            kept.append(payload_row(trace, payload, trace.ended_at or now))
+        store.write_batch([], [], [], ledger=queued, payloads=kept)
         entries = [
             {
                 "id": f"{run}:{trace_id}",
@@ -298,17 +299,6 @@ def start(
         if progress is not None:
             progress(len(chunk))
     return ReevalRun(run, planned.count, cap_usd)
-
-
-def _payload_row(trace_id: str, payload: str, now: datetime) -> dict[str, Any]:
-    trace = Trace.model_validate_json(payload)
-    return {
-        "trace_id": trace_id,
-        "tenant": trace.tenant,
-        "prompt_version": trace.prompt_version,
-        "published_at": trace.ended_at or now,
-        "payload": payload,
-    }
 
 
 # -- comparing versions ---------------------------------------------------------------------

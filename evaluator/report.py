@@ -45,7 +45,7 @@ def render_stats(stats: FleetStats, console: Console) -> None:
         scores.add_column(column, justify="left" if column == "score" else "right")
     for row in stats.scores:
         judged = row["passed"] + row["failed"]
-        rate = f"{100 * row['passed'] / judged:.1f} %" if judged else "-"
+        rate = _pct(row["passed"] / judged) if judged else "-"
         style = "red" if judged and row["passed"] / judged < 0.9 else None
         name = display_name(row["evaluator"], row["name"])
         scores.add_row(

@@ -243,15 +243,13 @@ class Sampler:
             valid.append((entry_id, outcome, text(fields[TRACE_FIELD.encode()])))
         recent = self.versions.recent(trace for _, trace, _ in valid)
         policy = self.budget.policy(self.policy) if self.budget else self.policy
-        strata: Counter[str] = Counter()
+        outcomes: Counter[tuple[str, bool]] = Counter()  # (stratum, sampled) -> traces
         eligible: Counter[str] = Counter()
         for entry_id, trace, payload in valid:
             decision = policy.decide(trace, recent)
-            self.counts.judge_sampled += decision.judge
-            strata[decision.stratum] += 1
+            outcomes[decision.stratum, decision.judge] += 1
             if decision.judge:  # judges that applied, thinned out by their budget or not
                 eligible.update(decision.judges + decision.sampled_out)
-            metrics.STRATUM_TRACES.labels(decision.stratum, str(decision.judge).lower()).inc()
             tasks.append({"id": entry_id, "trace": payload, "decision": decision.model_dump()})
             if decision.judges:
                 judge_tasks.append(
@@ -270,8 +268,15 @@ class Sampler:
             for chunk in _chunks(items, size):
                 self.dispatch(queue, chunk)
                 self.counts.batches_dispatched += 1
-        if valid:
-            sampled = sum(1 for t in tasks if t["decision"]["judge"])
+        sampled = sum(n for (_, judged), n in outcomes.items() if judged)
+        self.counts.judge_sampled += sampled
+        for (stratum, judged), n in outcomes.items():
+            metrics.STRATUM_TRACES.labels(stratum, str(judged).lower()).inc(n)
+        if valid and self.budget is not None and self.budget.enabled:
+            # Only the budget planner reads these fleet-wide counters.
+            strata: Counter[str] = Counter()
+            for (stratum, _), n in outcomes.items():
+                strata[stratum] += n
             record_traffic(self.client, strata, sampled, eligible)
         self._dead_letter_and_ack(dead, [text(entry_id) for entry_id, _ in entries])
         self.counts.consumed += len(entries)

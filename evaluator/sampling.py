@@ -104,7 +104,9 @@ class SamplingPolicy:
             settings=settings,
         )
 
-    def with_rates(self, stratum_rates: dict[str, float], judge_factors: dict[str, float]) -> Any:
+    def with_rates(
+        self, stratum_rates: dict[str, float], judge_factors: dict[str, float]
+    ) -> SamplingPolicy:
         """A copy with the budget planner's rates (see ``evaluator.budget``)."""
         return replace(self, stratum_rates=stratum_rates, judge_factors=judge_factors)
 

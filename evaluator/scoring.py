@@ -36,7 +36,7 @@ from evaluator.review import ReviewRouter
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.sinks.outbox import Sink, outbox_rows
-from evaluator.sinks.sql import SQLStore, score_row
+from evaluator.sinks.sql import SQLStore, payload_row, score_row
 from evaluator.streams import dead_letter, stream_id_ms
 
 
@@ -99,16 +99,6 @@ def trace_row(
         "judges": decision.judges,
         "sample_rate": decision.rate,
         "stratum": decision.stratum,
-    }
-
-
-def payload_row(entry_id: str, trace: Trace, payload: str) -> dict[str, Any]:
-    return {
-        "trace_id": trace.trace_id,
-        "tenant": trace.tenant,
-        "prompt_version": trace.prompt_version,
-        "published_at": datetime.fromtimestamp(stream_id_ms(entry_id) / 1000, UTC),
-        "payload": payload,
     }
 
 
@@ -196,7 +186,8 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         )
         ledger += decision_rows(trace.trace_id, decision, ctx.judges, ctx.settings, now)
         if ctx.settings.trace_retention_s > 0:
-            payloads.append(payload_row(entry["id"], trace, entry["trace"]))
+            published_at = trace_rows[trace.trace_id]["published_at"]
+            payloads.append(payload_row(trace, entry["trace"], published_at))
     unique_reviews = list({r.id: r for r in reviews}.values())
     _write(
         ctx,

@@ -58,7 +58,7 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
         review_pending=store.pending_review_count(),
         scores=store.score_summary(),
         sinks=store.outbox_counts(),
-        estimates=score_estimates(store.scores_with_inclusion(since)),
+        estimates=score_estimates(store.score_sums(since)),
         ledger=summary(store, since),
     )
 
@@ -66,7 +66,7 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
 def refresh_estimate_gauges(store: SQLStore, window_s: float = 3600) -> None:
     """Set the estimated-score gauges from the last ``window_s`` of scores."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
-    for e in score_estimates(store.scores_with_inclusion(since)):
+    for e in score_estimates(store.score_sums(since)):
         for bound, value in (
             ("estimate", e.weighted.mean),
             ("low", e.weighted.low),

@@ -178,7 +178,7 @@ def test_estimates_from_the_store_weight_judge_scores(tmp_path: Path) -> None:
         row["inclusion_probability"] = 0.1 if passed else 1.0
         rows.append(row)
     store.write_batch([], rows, [])
-    estimate = score_estimates(store.scores_with_inclusion())[0]
+    estimate = score_estimates(store.score_sums())[0]
     assert (estimate.evaluator, estimate.statistic) == ("quality", "pass_rate")
     assert round(estimate.plain.mean, 3) == 0.9
     assert round(estimate.weighted.mean, 4) == round(900 / 910, 4)

@@ -23,17 +23,20 @@ from sqlalchemy import (
     Integer,
     Text,
     bindparam,
+    case,
     cast,
     column,
     event,
     func,
     inspect,
+    literal_column,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from evaluator.estimates import ScoreSums, Sums
 from evaluator.models import (
     ReviewItem,
     ReviewLabel,
@@ -289,6 +292,17 @@ def score_row(
     }
 
 
+def payload_row(trace: Trace, payload: str, published_at: datetime) -> dict[str, Any]:
+    """A ``trace_payloads`` row: the trace as published, for the reaper and re-evaluation."""
+    return {
+        "trace_id": trace.trace_id,
+        "tenant": trace.tenant,
+        "prompt_version": trace.prompt_version,
+        "published_at": published_at,
+        "payload": payload,
+    }
+
+
 def review_row(item: ReviewItem) -> dict[str, Any]:
     row = item.model_dump(mode="json", exclude={"trace", "created_at"})
     row["created_at"] = item.created_at
@@ -339,6 +353,11 @@ class _CompiledUpsert:
                 values[name] = process(values[name])
             converted.append(tuple(values[name] for name in self.order))
         return converted
+
+
+def _sum_terms(w: Any, y: Any) -> list[Any]:
+    """w, wy, w², w²y, w²y²: what ``estimates.Sums`` holds besides n."""
+    return [w, w * y, w * w, w * w * y, w * w * y * y]
 
 
 # Which existing rows an upsert may update: (table, the proposed row) -> condition.
@@ -533,21 +552,46 @@ class SQLStore:
             )
             return int(session.exec(query).one())
 
-    def scores_with_inclusion(
-        self, since: datetime | None = None
-    ) -> list[tuple[str, str, float | None, bool | None, float | None]]:
-        """(evaluator, name, value, passed, inclusion probability) of successful scores."""
+    def score_sums(self, since: datetime | None = None) -> list[ScoreSums]:
+        """Per (evaluator, score): the sums of ``estimates.Sums`` for its pass rate and its
+        mean over successful scores, weighted by 1 / inclusion probability (none reads as 1).
+        Summed by the database: one row per score, whatever the number of traces."""
+        # Constants as SQL literals: PostgreSQL cannot type an untyped parameter inside sum().
+        one: Any = literal_column("1.0")
+        zero: Any = literal_column("0.0")
+        weight = one / func.coalesce(col(ScoreRecord.inclusion_probability), one)
+        passed = case((col(ScoreRecord.passed).is_(True), one), else_=zero)
+        out: list[ScoreSums] = []
         with Session(self.engine) as session:
-            query = sa_select(
-                col(ScoreRecord.evaluator),
-                col(ScoreRecord.name),
-                col(ScoreRecord.value),
-                col(ScoreRecord.passed),
-                col(ScoreRecord.inclusion_probability),
-            ).where(col(ScoreRecord.status) == ScoreStatus.OK.value)
-            if since is not None:
-                query = query.where(col(ScoreRecord.created_at) >= since)
-            return [(e, n, v, p, i) for e, n, v, p, i in session.execute(query)]
+            for statistic, y, present in (
+                ("pass_rate", passed, col(ScoreRecord.passed).is_not(None)),
+                ("mean", col(ScoreRecord.value), col(ScoreRecord.value).is_not(None)),
+            ):
+                query = (
+                    sa_select(
+                        col(ScoreRecord.evaluator),
+                        col(ScoreRecord.name),
+                        func.count(),
+                        *[func.sum(term) for term in _sum_terms(weight, y)],
+                        *[func.sum(term) for term in _sum_terms(one, y)],
+                    )
+                    .where(col(ScoreRecord.status) == ScoreStatus.OK.value, present)
+                    .group_by(col(ScoreRecord.evaluator), col(ScoreRecord.name))
+                )
+                if since is not None:
+                    query = query.where(col(ScoreRecord.created_at) >= since)
+                for evaluator, name, n, *sums in session.execute(query):
+                    values = [float(v or 0.0) for v in sums]
+                    out.append(
+                        (
+                            evaluator,
+                            name,
+                            statistic,
+                            Sums(int(n), *values[:5]),
+                            Sums(int(n), *values[5:]),
+                        )
+                    )
+        return out
 
     def judge_spend_since(self, since: datetime) -> dict[str, tuple[float, int]]:
         """{judge: (USD, calls)} recorded in judge_calls since ``since``."""
