@@ -455,9 +455,12 @@ def replay(
     format: Annotated[
         ReplayFormat, typer.Option(help="jsonl (Trace per line) or otel (OTLP/JSON).")
     ] = ReplayFormat.jsonl,
-    validate: Annotated[bool, typer.Option(help="Refuse the file if any line is invalid.")] = False,
+    validate: Annotated[
+        bool, typer.Option(help="Refuse the file if any line is invalid (the sampler's rules).")
+    ] = False,
 ) -> None:
-    """Publish a file of traces to evalfleet:traces; the sampler dead-letters invalid lines."""
+    """Publish a file of traces to evalfleet:traces; the sampler dead-letters invalid lines.
+    A line over EVALFLEET_MAX_TRACE_BYTES refuses the whole file."""
     from evaluator.ingest import publish_many, read_lines, read_otlp, read_traces
 
     settings = get_settings()
@@ -466,9 +469,9 @@ def replay(
         if format is ReplayFormat.otel:
             items: list[object] = list(read_otlp(file))
         elif validate:
-            items = list(read_traces(file))
+            items = list(read_traces(file, settings.max_trace_bytes))
         else:
-            items = list(read_lines(file))
+            items = list(read_lines(file, settings.max_trace_bytes))
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -798,14 +801,14 @@ def dlq_list(limit: int = 50) -> None:
     letters = list_dead(connect(get_settings().redis_url), limit)
     table = Table("id", "failed at", "reason", "bytes")
     for letter in letters:
-        table.add_row(letter.id, letter.failed_at, letter.reason, str(len(letter.payload)))
+        table.add_row(letter.id, letter.failed_at, letter.reason, f"{letter.payload_bytes:,}")
     console.print(table)
     console.print(f"{len(letters)} shown")
 
 
 @dlq_app.command("show")
 def dlq_show(dead_id: str) -> None:
-    """One dead letter with its full original payload."""
+    """One dead letter with its payload (as much as was kept)."""
     from evaluator.dlq import get_dead
 
     letter = get_dead(connect(get_settings().redis_url), dead_id)
@@ -816,7 +819,12 @@ def dlq_show(dead_id: str) -> None:
     console.print(
         f"[bold]source id[/bold] {letter.source_id}   [bold]failed at[/bold] {letter.failed_at}"
     )
-    sys.stdout.write(letter.payload.decode("utf-8", errors="replace") + "\n")
+    if letter.truncated:
+        console.print(
+            f"[bold]payload[/bold]   first {len(letter.payload):,} of {letter.payload_bytes:,} "
+            f"bytes kept; sha256 {letter.payload_sha256}"
+        )
+    sys.stdout.write(letter.payload_text + "\n")
 
 
 @dlq_app.command("redrive")
@@ -828,7 +836,7 @@ def dlq_redrive(
     ] = None,
 ) -> None:
     """Put dead letters back on the traces stream after fixing the cause."""
-    from evaluator.dlq import list_dead, redrive
+    from evaluator.dlq import TruncatedPayload, list_dead, redrive
 
     settings = get_settings()
     client = connect(settings.redis_url)
@@ -842,7 +850,7 @@ def dlq_redrive(
     payload = payload_file.read_bytes().strip() if payload_file else None
     try:
         new_ids = redrive(client, ids, settings, payload=payload)
-    except KeyError as exc:
+    except (KeyError, TruncatedPayload) as exc:
         console.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(1) from exc
     console.print(f"redriven {len(new_ids)} dead letter(s)")

@@ -170,7 +170,7 @@ def _wait_for_sinks(store: SQLStore, console: Console, fleet: _Fleet, timeout_s:
 
 
 def _replay_and_wait(
-    lines: list[str],
+    lines: list[bytes],
     client: redis.Redis,
     store: SQLStore,
     settings: Settings,

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 def _now() -> datetime:
@@ -26,18 +35,79 @@ def display_name(evaluator: str, score_name: str) -> str:
     return score_name if score_name == evaluator else f"{evaluator}.{score_name}"
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """A one-line, human-readable summary of what is wrong with a payload."""
+# An escaped UTF-16 surrogate in JSON text: valid only as a high + low pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# pydantic's wording for some error types, said the way the published schema puts it.
+_MESSAGES = {
+    "finite_number": "must be a finite number (not NaN or Infinity)",
+}
+
+
+def describe_validation_error(exc: ValidationError, payload: bytes | str | None = None) -> str:
+    """A one-line, human-readable summary of what is wrong with a payload (at most 1,000
+    characters: it goes into dead-letter entries and logs)."""
     parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "payload"
-        parts.append(f"{where}: {error['msg']}")
+    for error in exc.errors(include_url=False)[:5]:
+        # A model-level check of ours names its field in the message itself.
+        where = ".".join(str(p) for p in error["loc"]) or (
+            "" if error["type"] == "value_error" else "payload"
+        )
+        message = _MESSAGES.get(error["type"], error["msg"])
+        if error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        elif error["type"] == "json_invalid" and payload is not None:
+            message = _json_problem(message, payload)
+        parts.append(f"{where}: {message}" if where else message)
     more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+    return ("; ".join(parts) + (f" (+{more} more)" if more > 0 else ""))[:1000]
+
+
+def _json_problem(message: str, payload: bytes | str) -> str:
+    """The JSON parser's message, made specific where its own words mislead."""
+    raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+    if "hex escape" in message and _SURROGATE_ESCAPE.search(raw):
+        # The parser reports a lone surrogate (\ud800) as a truncated escape.
+        where = message.rsplit(" at ", 1)[-1] if " at " in message else "somewhere"
+        return (
+            f"Invalid JSON: a string holds an unpaired UTF-16 surrogate escape (such as "
+            f"\\ud800) at {where}; it is not valid Unicode"
+        )
+    return message
+
+
+def _unstorable_path(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """Where free-form JSON holds what no store keeps — a NaN or infinite number (JSON and
+    PostgreSQL's json have none) or a NUL character (PostgreSQL text cannot hold one) — and
+    what it is. Depth is already bounded by the JSON parser; the bound here is for Python
+    callers."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "value", _NON_FINITE)
+    if isinstance(value, str):
+        return (path or "value", _NUL) if "\x00" in value else None
+    if depth > 1000:
+        return None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where, _NUL
+        found = _unstorable_path(item, where, depth + 1)
+        if found:
+            return found
+    return None
+
+
+_NON_FINITE = "must be a finite number (not NaN or Infinity)"
+_NUL = "must not contain a NUL character (\\u0000)"
 
 
 class TokenUsage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     input: int = Field(default=0, ge=0)
     output: int = Field(default=0, ge=0)
@@ -52,10 +122,12 @@ class Trace(BaseModel):
 
     Only ``trace_id`` and ``output`` are required. Unknown top-level fields are rejected so that a
     typo (``ouput``) is a clear dead-letter reason rather than silently missing data; put anything
-    app-specific into ``metadata``.
+    app-specific into ``metadata``. On the wire (``parse_trace``) types are strict, as the
+    published JSON Schema says: ``"812"`` is not a number, ``3.0`` not an integer, ``"yes"`` not
+    a boolean. Numbers must be finite, anywhere in the trace. A time without a zone is UTC.
     """
 
-    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000, allow_inf_nan=False)
 
     trace_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")
     input: str = Field(default="", description="The user's request (or the final prompt).")
@@ -66,14 +138,16 @@ class Trace(BaseModel):
         description="The app is a RAG flow: an answer without contexts is then flagged.",
     )
     reference: str | None = Field(default=None, description="A known-good answer, if any.")
-    model: str | None = None
-    prompt_version: str | None = None
-    app_version: str | None = None
+    # Lengths as the store's columns hold them: a longer value is refused here, with a reason,
+    # not by the database.
+    model: str | None = Field(default=None, max_length=256)
+    prompt_version: str | None = Field(default=None, max_length=128)
+    app_version: str | None = Field(default=None, max_length=128)
     tenant: str | None = Field(default=None, max_length=128)
     feature: str | None = Field(default=None, max_length=128)
     latency_ms: float | None = Field(default=None, ge=0)
     finish_reason: str | None = Field(
-        default=None, description="stop, length, content_filter, tool_calls, ..."
+        default=None, max_length=64, description="stop, length, content_filter, tool_calls, ..."
     )
     error: str | None = Field(default=None, description="Set when the app call failed.")
     tokens: TokenUsage | None = None
@@ -83,20 +157,67 @@ class Trace(BaseModel):
     output_schema: dict[str, Any] | None = Field(
         default=None, description="JSON Schema the output must satisfy (implies JSON output)."
     )
-    span_id: str | None = Field(default=None, description="The answer's span/observation id.")
+    span_id: str | None = Field(
+        default=None, max_length=256, description="The answer's span/observation id."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
+    started_at: datetime | None = Field(
+        default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
+    )
+    ended_at: datetime | None = Field(
+        default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
+    )
+
+    @field_validator("started_at", "ended_at", mode="after")
+    @classmethod
+    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
+        # Python apps send naive datetime.now() / utcnow(): one rule, so times always compare.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
     @model_validator(mode="after")
-    def _times_in_order(self) -> Trace:
+    def _consistent(self) -> Trace:
         if self.started_at and self.ended_at and self.ended_at < self.started_at:
             raise ValueError("ended_at is before started_at")
+        for name in _FREE_FORM_FIELDS:
+            found = _unstorable_path(getattr(self, name), name)
+            if found:
+                raise ValueError(f"{found[0]}: {found[1]}")
         return self
 
     @property
     def expects_json(self) -> bool:
         return self.output_format == "json" or self.output_schema is not None
+
+
+# Trace fields checked for unstorable values (NaN/Infinity, NUL) after validation: the typed
+# float fields reject non-finite numbers themselves, but NUL fits any string.
+_FREE_FORM_FIELDS = tuple(
+    name for name in Trace.model_fields if name not in ("tokens", "latency_ms", "cost_usd")
+)
+
+
+def oversized(size: int, max_bytes: int) -> str:
+    return f"payload is {size} bytes, over the limit of {max_bytes} (EVALFLEET_MAX_TRACE_BYTES)"
+
+
+def parse_trace(payload: bytes | str, max_bytes: int) -> Trace | str:
+    """The Trace a wire payload holds, or a one-line reason why not. Never raises: whatever the
+    bytes, the caller gets a verdict it can dead-letter (types strict, as the schema says)."""
+    if len(payload) > max_bytes:
+        return oversized(len(payload), max_bytes)
+    try:
+        if isinstance(payload, bytes):
+            payload.decode("utf-8")
+        return Trace.model_validate_json(payload, strict=True)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        return f"payload is not valid UTF-8 (byte 0x{bad} at offset {exc.start})"
+    except ValidationError as exc:
+        return describe_validation_error(exc, payload)
+    except Exception as exc:  # a validator bug must not stop the caller's loop
+        return f"payload could not be validated: {type(exc).__name__}: {exc}"[:1000]
 
 
 class ScoreStatus(StrEnum):

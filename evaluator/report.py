@@ -103,7 +103,7 @@ def render_ledger(ledger: dict[str, dict[str, int]], console: Console) -> None:
 def render_dead_letters(letters: list[DeadLetter], console: Console) -> None:
     table = Table("source id", "reason", "bytes", title="Dead letters", title_justify="left")
     for letter in letters:
-        table.add_row(letter.source_id, letter.reason, f"{len(letter.payload):,}")
+        table.add_row(letter.source_id, letter.reason, f"{letter.payload_bytes:,}")
     console.print(table)
 
 

@@ -14,15 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from pydantic import ValidationError
 
 from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
-    DEAD_STREAM,
     HEURISTICS_QUEUE,
     JUDGES_QUEUE,
     SAMPLER_GROUP,
@@ -31,15 +28,17 @@ from evaluator.constants import (
     WORK_QUEUES,
 )
 from evaluator.judges import Judge, enabled_judges
-from evaluator.models import Trace, describe_validation_error
+from evaluator.models import SampleDecision, Trace, parse_trace
 from evaluator.sampling import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import (
-    dead_letter,
+    DeadLetterLimits,
+    add_dead_letters,
     ensure_group,
     group_info,
     oldest_unhandled_id,
+    one_line,
     queue_depth,
     stream_id_ms,
     text,
@@ -58,18 +57,12 @@ class DispatchError(Exception):
 
 
 def parse_entry(fields: dict[bytes, bytes], max_bytes: int) -> Trace | str:
-    """The entry's Trace, or the reason it is invalid."""
+    """The entry's Trace, or the reason it is invalid. Never raises, whatever the bytes."""
     payload = fields.get(TRACE_FIELD.encode())
     if payload is None:
-        names = ", ".join(sorted(text(k) for k in fields)) or "none"
-        return f"entry has no {TRACE_FIELD!r} field (fields: {names})"
-    if len(payload) > max_bytes:
-        size = len(payload)
-        return f"payload is {size} bytes, over the limit of {max_bytes} (EVALFLEET_MAX_TRACE_BYTES)"
-    try:
-        return Trace.model_validate_json(payload)
-    except ValidationError as exc:
-        return describe_validation_error(exc)
+        names = ", ".join(sorted(text(k) for k in fields)[:10]) or "none"
+        return f"entry has no {TRACE_FIELD!r} field (fields: {names})"[:1000]
+    return parse_trace(payload, max_bytes)
 
 
 def _chunks(items: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -112,6 +105,7 @@ class Sampler:
         # Lowers stratum rates when projected judge spend would exceed a budget (None: no budget).
         self.budget = budget
         self.counts = SamplerCounts()
+        self.dead_letter_limits = DeadLetterLimits.from_settings(settings)
         # Start by re-reading our own pending entries (a restart after a crash under this name).
         self._recover_own_pending = True
         self._last_claim = 0.0
@@ -246,7 +240,10 @@ class Sampler:
         outcomes: Counter[tuple[str, bool]] = Counter()  # (stratum, sampled) -> traces
         eligible: Counter[str] = Counter()
         for entry_id, trace, payload in valid:
-            decision = policy.decide(trace, recent)
+            decision = self._decide(policy, trace, recent)
+            if isinstance(decision, str):
+                dead.append((entry_id, decision, payload.encode()))
+                continue
             outcomes[decision.stratum, decision.judge] += 1
             if decision.judge:  # judges that applied, thinned out by their budget or not
                 eligible.update(decision.judges + decision.sampled_out)
@@ -285,13 +282,24 @@ class Sampler:
         metrics.TRACES_DEAD_LETTERED.inc(len(dead))
         metrics.TRACES_SAMPLED.inc(len(judge_tasks))
 
+    @staticmethod
+    def _decide(
+        policy: SamplingPolicy, trace: Trace, recent: frozenset[str]
+    ) -> SampleDecision | str:
+        """The policy's verdict, or why there is none: one odd trace must not stop the loop."""
+        try:
+            return policy.decide(trace, recent)
+        except Exception as exc:
+            log.exception("sampling policy failed on trace %s", trace.trace_id)
+            return f"sampler could not decide: {type(exc).__name__}: {exc}"
+
     def _dead_letter_and_ack(self, dead: list[tuple[str, str, bytes]], ids: list[str]) -> None:
         # One MULTI: an entry is dead-lettered if and only if it is acknowledged.
         pipe = self.client.pipeline(transaction=True)
-        failed_at = datetime.now(UTC).isoformat()
-        for entry_id, reason, payload in dead:
-            log.warning("dead-lettering %s: %s", entry_id, reason)
-            pipe.xadd(DEAD_STREAM, dead_letter(reason, payload, entry_id, self.consumer, failed_at))
+        for entry_id, reason, _ in dead:
+            log.warning("dead-lettering %s: %s", entry_id, one_line(reason))
+        letters = [(reason, payload, entry_id) for entry_id, reason, payload in dead]
+        add_dead_letters(pipe, letters, self.consumer, self.dead_letter_limits)
         if ids:
             pipe.xack(TRACES_STREAM, SAMPLER_GROUP, *ids)
         pipe.execute()

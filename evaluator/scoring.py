@@ -8,6 +8,8 @@ judges. Both are idempotent in the store and the review stream, so a redelivered
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,10 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from evaluator.budget import SpendMeter
-from evaluator.constants import DEAD_STREAM
 from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import Judge
@@ -30,14 +31,16 @@ from evaluator.models import (
     Score,
     ScoreStatus,
     Trace,
-    describe_validation_error,
+    parse_trace,
 )
 from evaluator.review import ReviewRouter
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.sinks.outbox import Sink, outbox_rows
 from evaluator.sinks.sql import SQLStore, payload_row, score_row
-from evaluator.streams import dead_letter, stream_id_ms
+from evaluator.streams import DeadLetterLimits, add_dead_letters, stream_id_ms
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +123,92 @@ def _row(score: Score, trace: Trace, inclusion: Inclusion) -> dict[str, Any]:
     return row
 
 
+@dataclass
+class _Rows:
+    """One batch's rows for every table, each carrying its trace id: what ``_store`` splits."""
+
+    traces: list[dict[str, Any]]
+    scores: list[dict[str, Any]]
+    reviews: list[ReviewItem]
+    calls: list[dict[str, Any]]
+    outbox: list[dict[str, Any]]
+    ledger: list[dict[str, Any]]
+    payloads: list[dict[str, Any]]
+
+    def trace_ids(self) -> list[str]:
+        ids = {r["trace_id"] for rows in self._dict_rows() for r in rows}
+        return sorted(ids | {r.trace_id for r in self.reviews})
+
+    def only(self, keep: set[str]) -> _Rows:
+        def rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in items if r["trace_id"] in keep]
+
+        return _Rows(
+            traces=rows(self.traces),
+            scores=rows(self.scores),
+            reviews=[r for r in self.reviews if r.trace_id in keep],
+            calls=rows(self.calls),
+            outbox=rows(self.outbox),
+            ledger=rows(self.ledger),
+            payloads=rows(self.payloads),
+        )
+
+    def _dict_rows(self) -> list[list[dict[str, Any]]]:
+        return [self.traces, self.scores, self.calls, self.outbox, self.ledger, self.payloads]
+
+
+# The database is away (or locked): the whole batch waits and is retried, nothing is split.
+DatabaseUnavailable = OperationalError
+# Errors of the infrastructure, not of the work: the task is retried with backoff, forever (the
+# work waits for the database or Redis to come back).
+INFRASTRUCTURE_ERRORS = (DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
+def run_batch(
+    task: str,
+    work: Callable[[list[dict[str, Any]], ScoringContext], Any],
+    entries: list[dict[str, Any]],
+    ctx: ScoringContext,
+) -> dict[str, int]:
+    """What a worker task does: ``work`` on the batch. Infrastructure errors propagate (the task
+    retries); anything else is a bug, and the batch is dead-lettered with the error (to be
+    redriven after the fix) rather than acknowledged and lost, or redelivered in a crash loop."""
+    try:
+        return dict(vars(work(entries, ctx)))
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("%s failed; dead-lettering its %d entries", task, len(entries))
+        dead_letter_entries(ctx, entries, f"worker {task}: {type(exc).__name__}: {exc}", task)
+        return {"dead_lettered": len(entries)}
+
+
+def _store(store: SQLStore, rows: _Rows) -> dict[str, str]:
+    """Write the batch in one transaction. If the database refuses it for what is in it (not
+    because it is away), halve it until each trace it cannot store is found: batch-mates are
+    stored, and the refused traces come back with the database's message."""
+    try:
+        store.write_batch(
+            rows.traces, rows.scores, rows.reviews, rows.calls, rows.outbox, rows.ledger,
+            rows.payloads,
+        )  # fmt: skip
+    except DatabaseUnavailable:
+        metrics.SQL_WRITES.labels("failed").inc()
+        raise
+    except Exception as exc:
+        metrics.SQL_WRITES.labels("failed").inc()
+        ids = rows.trace_ids()
+        if len(ids) <= 1:
+            message = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            return {tid: f"database refused the trace: {type(exc).__name__}: {message}"[:1000]
+                    for tid in ids}  # fmt: skip
+        half = len(ids) // 2
+        return {**_store(store, rows.only(set(ids[:half]))),
+                **_store(store, rows.only(set(ids[half:])))}  # fmt: skip
+    metrics.SQL_WRITES.labels("written").inc()
+    return {}
+
+
 def _write(
     ctx: ScoringContext,
     traces: dict[str, Trace],
@@ -130,19 +219,76 @@ def _write(
     ledger: Sequence[dict[str, Any]] = (),
     payloads: Sequence[dict[str, Any]] = (),
     inclusion: Inclusion | None = None,
-) -> None:
+) -> dict[str, str]:
     """One transaction: traces, scores, judge calls, review items, ledger rows, trace payloads
-    and the sinks' outbox rows."""
+    and the sinks' outbox rows. Returns the traces the database refused, and why."""
     rows = {s.id: _row(s, traces[s.trace_id], inclusion or {}) for s in scores}
     outbox = outbox_rows(ctx.sinks, list({s.id: s for s in scores}.values()), traces, _now())
+    batch = _Rows(
+        list(trace_rows), list(rows.values()), reviews, list(calls), outbox, list(ledger),
+        list(payloads),
+    )  # fmt: skip
+    return _store(ctx.store, batch)
+
+
+def dead_letter_entries(
+    ctx: ScoringContext, entries: Sequence[dict[str, Any]], reason: str, consumer: str
+) -> None:
+    """Put work entries on the dead-letter stream with ``reason`` (to be redriven after the
+    fix) and mark their evaluations dead_lettered in the ledger."""
+    limits = DeadLetterLimits.from_settings(ctx.settings)
+    pipe = ctx.client.pipeline(transaction=True)
+    add_dead_letters(pipe, [(reason, e["trace"], e["id"]) for e in entries], consumer, limits)
+    pipe.execute()
+    metrics.TRACES_DEAD_LETTERED.inc(len(entries))
+    now = _now()
+    rows = []
+    for entry in entries:
+        trace_id = _trace_id(entry["trace"])
+        if trace_id is None:
+            continue
+        if "judges" not in entry:
+            version = ctx.heuristics_version
+            rows.append(
+                ledger_row(
+                    trace_id, HEURISTICS, version, LedgerState.DEAD_LETTERED, now, reason=reason
+                )
+            )
+        for name in entry.get("judges", []):
+            if name in ctx.judges:
+                version = ctx.judges[name].version
+                rows.append(
+                    ledger_row(
+                        trace_id, name, version, LedgerState.DEAD_LETTERED, now, reason=reason
+                    )
+                )
     try:
-        ctx.store.write_batch(
-            trace_rows, list(rows.values()), reviews, calls, outbox, ledger, payloads
-        )
-    except Exception:
-        metrics.SQL_WRITES.labels("failed").inc()
-        raise
-    metrics.SQL_WRITES.labels("written").inc()
+        ctx.store.write_ledger(rows)
+    except Exception:  # the dead-letter stream holds them; the ledger row is a convenience
+        log.exception("could not record %d dead-lettered evaluations in the ledger", len(rows))
+
+
+def _trace_id(payload: str) -> str | None:
+    try:
+        value = json.loads(payload).get("trace_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _refused(
+    ctx: ScoringContext, entries: Sequence[dict[str, Any]], refused: dict[str, str], task: str
+) -> int:
+    """Dead-letter the entries of traces the database refused; returns how many."""
+    by_reason: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        reason = refused.get(_trace_id(entry["trace"]) or "")
+        if reason is not None:
+            by_reason[reason].append(entry)
+    for reason, dead in by_reason.items():
+        log.warning("%s: dead-lettering %d entries: %s", task, len(dead), reason)
+        dead_letter_entries(ctx, dead, reason, task)
+    return sum(len(dead) for dead in by_reason.values())
 
 
 def _now() -> datetime:
@@ -162,15 +308,10 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     payloads: list[dict[str, Any]] = []
     version = ctx.heuristics_version
     for entry in entries:
-        try:
-            trace = Trace.model_validate_json(entry["trace"])
-        except ValidationError as exc:
+        trace = parse_trace(entry["trace"], ctx.settings.max_trace_bytes)
+        if isinstance(trace, str):
             # Only reachable when sampler and worker run different model versions.
-            reason = f"worker: {describe_validation_error(exc)}"
-            ctx.client.xadd(
-                DEAD_STREAM,
-                dead_letter(reason, entry["trace"], entry["id"], "worker", now.isoformat()),
-            )
+            dead_letter_entries(ctx, [entry], f"worker: {trace}", "worker")
             dead += 1
             continue
         decision = SampleDecision.model_validate(entry["decision"])
@@ -189,7 +330,7 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
             published_at = trace_rows[trace.trace_id]["published_at"]
             payloads.append(payload_row(trace, entry["trace"], published_at))
     unique_reviews = list({r.id: r for r in reviews}.values())
-    _write(
+    refused = _write(
         ctx,
         traces,
         list(trace_rows.values()),
@@ -198,6 +339,11 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         ledger=ledger,
         payloads=list({p["trace_id"]: p for p in payloads}.values()),
     )
+    if refused:
+        dead += _refused(ctx, entries, refused, "worker")
+        all_scores = [s for s in all_scores if s.trace_id not in refused]
+        unique_reviews = [r for r in unique_reviews if r.trace_id not in refused]
+        trace_rows = {tid: row for tid, row in trace_rows.items() if tid not in refused}
     routed = ctx.router.publish(ctx.client, unique_reviews)
     _record(all_scores, prompt_versions, routed)
     for row in trace_rows.values():
@@ -348,9 +494,16 @@ def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatc
     trace_of = {t.trace_id: t for t in traces.values()}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
     call_rows = [{k: v for k, v in c.items() if k != "run"} for c in calls]
-    _write(
+    refused = _write(
         ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=admitted.inclusion
     )
+    if refused:
+        _refused(ctx, entries, refused, "worker")
+        scores = [s for s in scores if s.trace_id not in refused]
+        reviews = [r for r in reviews if r.trace_id not in refused]
+        calls = [c for c in calls if c["trace_id"] not in refused]
+        call_rows = [c for c in call_rows if c["trace_id"] not in refused]
+        later = {k: e for k, e in later.items() if traces[k].trace_id not in refused}
     if ctx.spend is not None and calls:
         for run in {c["run"] for c in calls}:
             ctx.spend.record([c for c in calls if c["run"] == run], run)

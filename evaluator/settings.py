@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     # Validation
     max_trace_bytes: int = Field(default=256 * 1024, ge=1024)
 
+    # Dead letters
+    dead_stream_maxlen: int = Field(
+        default=100_000, ge=100, description="Approximate MAXLEN of the dead-letter stream."
+    )
+    dead_letter_payload_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        description="A dead letter keeps this much of its payload, with the size and sha256.",
+    )
+
     # Sampler loop
     sampler_batch_size: int = Field(default=500, ge=1)
     sampler_block_ms: int = Field(default=1000, ge=1)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
+from evaluator.constants import DEAD_STREAM, SAMPLER_GROUP, TRACES_STREAM
+from evaluator.settings import Settings
 
 
 def connect(url: str) -> redis.Redis:
@@ -16,7 +22,9 @@ def connect(url: str) -> redis.Redis:
 
 
 def text(value: bytes | str | int) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A Redis value as text; bytes that are not UTF-8 come out escaped (``\\xff``), never as
+    an exception: keys, ids and payloads can hold anything a client wrote."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def ensure_group(
@@ -56,17 +64,60 @@ def queue_depth(client: redis.Redis, queue: str) -> int:
     return int(client.llen(queue))
 
 
+def one_line(reason: str, limit: int = 1000) -> str:
+    """A reason fit for a log line and a dead letter: line breaks escaped, length capped (the
+    reason may quote what a client sent)."""
+    return reason.replace("\r", "\\r").replace("\n", "\\n")[:limit]
+
+
+@dataclass(frozen=True)
+class DeadLetterLimits:
+    """How much of a dead letter is kept: the stream's approximate length, and the payload's
+    first bytes (with its full size and sha256, so a large one can still be identified)."""
+
+    maxlen: int = 100_000
+    payload_bytes: int = 16 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeadLetterLimits:
+        return cls(settings.dead_stream_maxlen, settings.dead_letter_payload_bytes)
+
+
 def dead_letter(
-    reason: str, payload: bytes | str, source_id: str, consumer: str, failed_at: str
+    reason: str,
+    payload: bytes | str,
+    source_id: str,
+    consumer: str,
+    failed_at: str,
+    keep_bytes: int = DeadLetterLimits.payload_bytes,
 ) -> dict[FieldT, EncodableT]:
-    """The fields of a dead-letter entry: why, the original payload, and where it came from."""
+    """The fields of a dead-letter entry: why, the original payload (its first ``keep_bytes``),
+    its size and digest, and where it came from."""
+    raw = payload.encode("utf-8", "backslashreplace") if isinstance(payload, str) else payload
     return {
-        "reason": reason,
-        "payload": payload,
+        "reason": one_line(reason),
+        "payload": raw[:keep_bytes],
+        "payload_bytes": len(raw),
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "truncated": int(len(raw) > keep_bytes),
         "source_id": source_id,
         "consumer": consumer,
         "failed_at": failed_at,
     }
+
+
+def add_dead_letters(
+    client: redis.Redis | Pipeline,
+    letters: Iterable[tuple[str, bytes | str, str]],
+    consumer: str,
+    limits: DeadLetterLimits,
+) -> None:
+    """XADD (reason, payload, source id) dead letters, trimming the stream to ~``maxlen``.
+    Given a pipeline, the caller executes it (in one MULTI with its XACK)."""
+    failed_at = datetime.now(UTC).isoformat()
+    for reason, payload, source_id in letters:
+        fields = dead_letter(reason, payload, source_id, consumer, failed_at, limits.payload_bytes)
+        client.xadd(DEAD_STREAM, fields, maxlen=limits.maxlen, approximate=True)
 
 
 def oldest_unhandled_id(

@@ -5,12 +5,9 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -19,11 +16,9 @@ from celery import Celery
 from celery.signals import worker_process_shutdown
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
-from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
 from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.constants import (
-    DEAD_STREAM,
     HEURISTICS_QUEUE,
     HEURISTICS_TASK,
     JUDGES_BACKFILL_QUEUE,
@@ -34,15 +29,21 @@ from evaluator.constants import (
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.judge import JudgeLoop
 from evaluator.judges import enabled_judges, judge_registry
-from evaluator.ledger import HEURISTICS, DispatchJudges, LedgerState, ledger_row, reap
+from evaluator.ledger import DispatchJudges, reap
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
-from evaluator.scoring import ScoringContext, judge_batch, score_batch
+from evaluator.scoring import (
+    INFRASTRUCTURE_ERRORS,
+    ScoringContext,
+    judge_batch,
+    run_batch,
+    score_batch,
+)
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks import metrics
 from evaluator.sinks.outbox import build_sinks
 from evaluator.sinks.sql import SQLStore
-from evaluator.streams import connect, dead_letter
+from evaluator.streams import connect
 
 
 def _transport_options(visibility_timeout_s: int) -> dict[str, Any]:
@@ -162,88 +163,23 @@ def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
     )
 
 
-# Infrastructure errors are retried with backoff, forever: the work waits for the database or
-# Redis to come back. Anything else is a bug: the batch is dead-lettered with the error (to be
-# redriven after the fix) rather than acknowledged and lost, or redelivered in a crash loop.
-_INFRASTRUCTURE = (DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError)
+# Infrastructure errors are retried with backoff, forever (see scoring.run_batch).
 _TASK_OPTIONS: dict[str, Any] = {
-    "autoretry_for": _INFRASTRUCTURE,
+    "autoretry_for": INFRASTRUCTURE_ERRORS,
     "retry_backoff": True,
     "retry_backoff_max": 300,
     "max_retries": None,
 }
 
 
-def _run(
-    task: str,
-    work: Callable[[list[dict[str, Any]], ScoringContext], Any],
-    entries: list[dict[str, Any]],
-) -> dict[str, int]:
-    ctx = scoring_context()
-    try:
-        return dict(vars(work(entries, ctx)))
-    except _INFRASTRUCTURE:
-        raise
-    except Exception as exc:
-        log.exception("%s failed; dead-lettering its %d entries", task, len(entries))
-        reason = f"worker {task}: {type(exc).__name__}: {exc}"[:1000]
-        now = datetime.now(UTC)
-        pipe = ctx.client.pipeline(transaction=True)
-        for entry in entries:
-            pipe.xadd(
-                DEAD_STREAM,
-                dead_letter(reason, entry["trace"], entry["id"], task, now.isoformat()),
-            )
-        pipe.execute()
-        _ledger_dead_lettered(ctx, entries, reason, now)
-        return {"dead_lettered": len(entries)}
-
-
-def _ledger_dead_lettered(
-    ctx: ScoringContext, entries: list[dict[str, Any]], reason: str, now: datetime
-) -> None:
-    rows = []
-    for entry in entries:
-        trace_id = _trace_id(entry["trace"])
-        if trace_id is None:
-            continue
-        if "judges" not in entry:
-            version = ctx.heuristics_version
-            rows.append(
-                ledger_row(
-                    trace_id, HEURISTICS, version, LedgerState.DEAD_LETTERED, now, reason=reason
-                )
-            )
-        for name in entry.get("judges", []):
-            if name in ctx.judges:
-                version = ctx.judges[name].version
-                rows.append(
-                    ledger_row(
-                        trace_id, name, version, LedgerState.DEAD_LETTERED, now, reason=reason
-                    )
-                )
-    try:
-        ctx.store.write_ledger(rows)
-    except Exception:  # the dead-letter stream holds them; the ledger row is a convenience
-        log.exception("could not record %d dead-lettered evaluations in the ledger", len(rows))
-
-
-def _trace_id(payload: str) -> str | None:
-    try:
-        value = json.loads(payload).get("trace_id")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
 @app.task(name=HEURISTICS_TASK, **_TASK_OPTIONS)
 def heuristics_batch(entries: list[dict[str, Any]]) -> dict[str, int]:
-    return _run(HEURISTICS_TASK, score_batch, entries)
+    return run_batch(HEURISTICS_TASK, score_batch, entries, scoring_context())
 
 
 @app.task(name=JUDGES_TASK, **_TASK_OPTIONS)
 def judge_batch_task(entries: list[dict[str, Any]]) -> dict[str, int]:
-    return _run(JUDGES_TASK, judge_batch, entries)
+    return run_batch(JUDGES_TASK, judge_batch, entries, scoring_context())
 
 
 _TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}

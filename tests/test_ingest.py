@@ -138,12 +138,12 @@ def test_otel_trace_without_generation_is_dropped() -> None:
 def test_read_traces_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text(make_trace(1).model_dump_json() + "\n\n" + '{"trace_id": "x"}\n')
-    iterator = read_traces(path)
+    iterator = read_traces(path, 256 * 1024)
     assert next(iterator).trace_id == "t-000001"
     try:
         next(iterator)
     except ValueError as exc:
-        assert f"{path}:2" in str(exc) and "output" in str(exc)
+        assert f"{path}:3" in str(exc) and "output" in str(exc)
     else:
         raise AssertionError("invalid line accepted")
 

@@ -8,24 +8,35 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.ingest.otel import traces_from_otlp
-from evaluator.models import Trace
+from evaluator.models import Trace, oversized, parse_trace
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """Non-blank lines of a JSONL file, unparsed (for raw replay)."""
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield line.rstrip("\n")
+def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[bytes]:
+    """Non-blank lines of a JSONL file as bytes, unparsed (for raw replay; the sampler judges
+    them). A line over ``max_bytes`` raises ValueError with its line number and the sampler's
+    reason: it would only be dead-lettered, after sitting whole in Redis twice."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            if max_bytes is not None and len(line) > max_bytes:
+                raise ValueError(f"{path}:{number}: {oversized(len(line), max_bytes)}")
+            yield line
 
 
-def read_traces(path: Path) -> Iterator[Trace]:
-    """Validated traces of a JSONL file; the first invalid line raises with its line number."""
-    for number, line in enumerate(read_lines(path), start=1):
-        try:
-            yield Trace.model_validate_json(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{number}: {exc}") from exc
+def read_traces(path: Path, max_bytes: int) -> Iterator[Trace]:
+    """Validated traces of a JSONL file, by the sampler's rules; the first invalid line raises
+    ValueError with its line number and the reason the sampler would give."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            outcome = parse_trace(line, max_bytes)
+            if isinstance(outcome, str):
+                raise ValueError(f"{path}:{number}: {outcome}")
+            yield outcome
 
 
 def read_otlp(path: Path) -> list[Trace]:
