@@ -231,6 +231,32 @@ def _write(
     return _store(ctx.store, batch)
 
 
+@dataclass
+class StallPlan:
+    """What to do with a batch whose task ran over its hard time limit (the child was killed):
+    run each trace on its own (a batch-mate is rarely the culprit), and dead-letter a trace
+    that stalled its own task ``max_trace_stalls`` times."""
+
+    retry: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (entry, stalls)
+    dead: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+
+def plan_after_stall(
+    entries: list[dict[str, Any]], stalls: int, limit_s: float, settings: Settings
+) -> StallPlan:
+    if len(entries) > 1:
+        return StallPlan(retry=[(entry, 0) for entry in entries])
+    stalls += 1
+    if stalls < settings.max_trace_stalls:
+        return StallPlan(retry=[(entry, stalls) for entry in entries])
+    reason = (
+        f"stalled its worker {stalls} times: ran over the {limit_s:g} s task time limit "
+        "(EVALFLEET_TRACE_TIME_LIMIT_S) and was killed"
+    )
+    return StallPlan(dead=list(entries), reason=reason)
+
+
 def dead_letter_entries(
     ctx: ScoringContext, entries: Sequence[dict[str, Any]], reason: str, consumer: str
 ) -> None:

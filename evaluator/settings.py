@@ -69,6 +69,16 @@ class Settings(BaseSettings):
         description="A dead letter keeps this much of its payload, with the size and sha256.",
     )
 
+    # Hard limits per task: a child over its limit is killed by the worker's parent process
+    # (the only thing that stops code holding the GIL). A batch over its limit is split into
+    # one task per trace; a trace over its own limit ``max_trace_stalls`` times is dead-lettered.
+    heuristics_time_limit_s: float = Field(default=120.0, gt=0)
+    judges_time_limit_s: float = Field(default=1800.0, gt=0)
+    trace_time_limit_s: float = Field(
+        default=30.0, gt=0, description="The hard limit of a one-trace task (after a split)."
+    )
+    max_trace_stalls: int = Field(default=2, ge=1)
+
     # Sampler loop
     sampler_batch_size: int = Field(default=500, ge=1)
     sampler_block_ms: int = Field(default=1000, ge=1)
@@ -171,6 +181,23 @@ class Settings(BaseSettings):
     min_output_chars: int = 1
     max_output_chars: int = 8_000
     forbidden_phrases: list[str] = Field(default_factory=list)
+    evaluator_budget_s: float = Field(
+        default=2.0, gt=0, description="Per evaluator and trace; overrun: an error score."
+    )
+    # A trace's own output_schema is untrusted (its regexes run on RE2): bounds on it.
+    json_schema_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    json_schema_max_depth: int = Field(default=32, ge=2, description="Object/array nesting.")
+    json_schema_max_nodes: int = Field(
+        default=5_000, ge=10, description="JSON values: subschemas, keywords, enum members."
+    )
+    json_max_output_depth: int = Field(
+        default=64, ge=1, description="Nesting of an answer validated against a schema."
+    )
+    json_regex_max_cost: int = Field(
+        default=100_000_000,
+        ge=1000,
+        description="Per validation: sum of bytes matched x RE2 program size (~1 s worst).",
+    )
 
     # Review routing
     review_thresholds: dict[str, float] = Field(

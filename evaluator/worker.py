@@ -12,7 +12,8 @@ from functools import cache
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_shutdown
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
@@ -35,7 +36,9 @@ from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
 from evaluator.scoring import (
     INFRASTRUCTURE_ERRORS,
     ScoringContext,
+    dead_letter_entries,
     judge_batch,
+    plan_after_stall,
     run_batch,
     score_batch,
 )
@@ -74,6 +77,11 @@ def create_app(settings: Settings) -> Celery:
         task_routes={
             HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE},
             JUDGES_TASK: {"queue": JUDGES_QUEUE},
+        },
+        # Enforced by the worker's parent process, which kills the child (see _StallAware).
+        task_annotations={
+            HEURISTICS_TASK: {"time_limit": settings.heuristics_time_limit_s},
+            JUDGES_TASK: {"time_limit": settings.judges_time_limit_s},
         },
         broker_transport_options=_transport_options(settings.broker_visibility_timeout_s),
         broker_connection_retry_on_startup=True,
@@ -172,13 +180,52 @@ _TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-@app.task(name=HEURISTICS_TASK, **_TASK_OPTIONS)
-def heuristics_batch(entries: list[dict[str, Any]]) -> dict[str, int]:
+class _StallAware(Task):  # type: ignore[misc]
+    """Runs in the worker's parent process when a child was killed for running over its hard
+    time limit (Celery acknowledges such a task): the batch is not lost but split, one task per
+    trace, and a trace that stalls its own task again and again is dead-lettered."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if isinstance(exc, TimeLimitExceeded) and args:
+            _after_stall(self.name, list(args[0]), int((kwargs or {}).get("stalls", 0)))
+
+
+def _after_stall(task: str, entries: list[dict[str, Any]], stalls: int) -> None:
+    settings = get_settings()
+    limit = settings.trace_time_limit_s if len(entries) == 1 else _time_limit(task, settings)
+    plan = plan_after_stall(entries, stalls, limit, settings)
+    log.error("%s ran over its %g s time limit on %d entries", task, limit, len(entries))
+    queue = HEURISTICS_QUEUE if task == HEURISTICS_TASK else judges_queue(entries[0].get("run"))
+    for entry, count in plan.retry:
+        app.send_task(
+            task, args=[[entry]], kwargs={"stalls": count}, queue=queue,
+            time_limit=settings.trace_time_limit_s,
+        )  # fmt: skip
+    if plan.dead:
+        # The parent process keeps no scoring context of its own (children fork from it).
+        ctx = _build_scoring_context.__wrapped__()
+        try:
+            dead_letter_entries(ctx, plan.dead, plan.reason, task)
+        finally:
+            ctx.store.close()
+            ctx.client.close()
+
+
+def _time_limit(task: str, settings: Settings) -> float:
+    if task == HEURISTICS_TASK:
+        return settings.heuristics_time_limit_s
+    return settings.judges_time_limit_s
+
+
+@app.task(name=HEURISTICS_TASK, base=_StallAware, **_TASK_OPTIONS)
+def heuristics_batch(entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
     return run_batch(HEURISTICS_TASK, score_batch, entries, scoring_context())
 
 
-@app.task(name=JUDGES_TASK, **_TASK_OPTIONS)
-def judge_batch_task(entries: list[dict[str, Any]]) -> dict[str, int]:
+@app.task(name=JUDGES_TASK, base=_StallAware, **_TASK_OPTIONS)
+def judge_batch_task(entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
     return run_batch(JUDGES_TASK, judge_batch, entries, scoring_context())
 
 
