@@ -95,7 +95,9 @@ def worker(
         _multiprocess_metrics_dir(settings.metrics_dir)
     from evaluator.sinks.metrics import serve_metrics
     from evaluator.worker import app as celery_app
+    from evaluator.worker import serve_queues
 
+    serve_queues(celery_app, queues.split(","), settings)
     if port:
         serve_metrics(port)  # the main process serves the sum of all prefork children
     celery_app.worker_main(

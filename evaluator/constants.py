@@ -26,5 +26,11 @@ JUDGES_QUEUE: Final = "judges"
 JUDGES_BACKFILL_QUEUE: Final = "judges_backfill"
 WORK_QUEUES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
 
+# Celery's record of tasks a worker took but has not acknowledged (kombu's Redis transport), one
+# per worker role: heuristics workers restore each other's lost tasks after minutes, workers of
+# judge queues after the judges' longer time limit. The role names the key's suffix.
+UNACKED_PREFIX: Final = "evalfleet:unacked:"
+WORKER_ROLES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE)
+
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"

@@ -25,7 +25,9 @@ from evaluator.constants import (
     SAMPLER_GROUP,
     TRACE_FIELD,
     TRACES_STREAM,
+    UNACKED_PREFIX,
     WORK_QUEUES,
+    WORKER_ROLES,
 )
 from evaluator.judges import Judge, enabled_judges
 from evaluator.models import SampleDecision, Trace, parse_trace
@@ -158,6 +160,9 @@ class Sampler:
         metrics.PENDING.set(group["pending"])
         for queue in WORK_QUEUES:
             metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.client, queue))
+        for role in WORKER_ROLES:
+            held = int(self.client.hlen(f"{UNACKED_PREFIX}{role}"))
+            metrics.TASKS_UNACKED.labels(role).set(held)
         oldest = oldest_unhandled_id(self.client)
         age = time.time() - stream_id_ms(oldest) / 1000 if oldest else 0.0
         metrics.OLDEST_UNSCORED_AGE.set(max(0.0, age))

@@ -299,12 +299,24 @@ class Settings(BaseSettings):
         default=None, description="prometheus-client multiprocess files of a prefork worker."
     )
 
+    # Outages of Redis, the database or the broker: processes wait them out (evaluator.health).
+    outage_backoff_max_s: float = Field(
+        default=10.0, gt=0, description="Longest wait between retries while a dependency is down."
+    )
+    health_probe_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the worker's main process and the HTTP servers check their "
+        "dependencies (for /readyz and the outage log lines).",
+    )
+
     # Celery
     worker_concurrency: int = Field(default=2, ge=1)
-    broker_visibility_timeout_s: int = Field(
-        default=3600,
+    broker_visibility_timeout_s: int | None = Field(
+        default=None,
         ge=1,
-        description="Unacked tasks of a vanished worker are redelivered after this.",
+        description="Unacked tasks of a vanished worker are redelivered after this; default: "
+        "twice the time limit of the worker's tasks (4 min for heuristics-only workers).",
     )
 
     @field_validator("sample_rate_overrides")

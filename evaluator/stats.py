@@ -13,7 +13,9 @@ from evaluator.constants import (
     REVIEW_STREAM,
     SAMPLER_GROUP,
     TRACES_STREAM,
+    UNACKED_PREFIX,
     WORK_QUEUES,
+    WORKER_ROLES,
 )
 from evaluator.estimates import ScoreEstimate, score_estimates
 from evaluator.ledger import summary
@@ -29,6 +31,9 @@ class FleetStats:
     lag: int
     consumers: int
     queue_depths: dict[str, int]
+    # Tasks taken by a worker and not acknowledged yet (running, or lost with a killed worker
+    # until its role's visibility timeout), per worker role.
+    unacked: dict[str, int]
     dead_letters: int
     review_stream_length: int
     traces_scored: int
@@ -51,6 +56,7 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
         lag=group["lag"],
         consumers=group["consumers"],
         queue_depths={q: queue_depth(client, q) for q in WORK_QUEUES},
+        unacked=unacked_tasks(client),
         dead_letters=int(client.xlen(DEAD_STREAM)),
         review_stream_length=int(client.xlen(REVIEW_STREAM)),
         traces_scored=store.count(TraceRecord),
@@ -61,6 +67,10 @@ def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = N
         estimates=score_estimates(store.score_sums(since)),
         ledger=summary(store, since),
     )
+
+
+def unacked_tasks(client: redis.Redis) -> dict[str, int]:
+    return {role: int(client.hlen(f"{UNACKED_PREFIX}{role}")) for role in WORKER_ROLES}
 
 
 def refresh_estimate_gauges(store: SQLStore, window_s: float = 3600) -> None:

@@ -6,8 +6,10 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -25,6 +27,7 @@ from evaluator.constants import (
     JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     JUDGES_TASK,
+    UNACKED_PREFIX,
     WORK_QUEUES,
 )
 from evaluator.evaluators import heuristic_evaluators
@@ -49,12 +52,31 @@ from evaluator.sinks.sql import SQLStore
 from evaluator.streams import connect
 
 
-def _transport_options(visibility_timeout_s: int) -> dict[str, Any]:
+def worker_role(queues: Sequence[str]) -> str:
+    """Heuristics-only workers, or workers of judge queues (whose tasks may run much longer)."""
+    return HEURISTICS_QUEUE if set(queues) <= {HEURISTICS_QUEUE} else JUDGES_QUEUE
+
+
+def visibility_timeout_s(role: str, settings: Settings) -> int:
+    """How long a task taken by a vanished worker stays invisible: longer than any task of the
+    role can run (its hard time limit), so a running task is never handed out twice."""
+    if settings.broker_visibility_timeout_s is not None:
+        return settings.broker_visibility_timeout_s
+    limit = settings.heuristics_time_limit_s if role == HEURISTICS_QUEUE else None
+    return max(10, math.ceil(2 * (limit or settings.judges_time_limit_s)))
+
+
+def _transport_options(role: str, settings: Settings) -> dict[str, Any]:
+    visibility_timeout = visibility_timeout_s(role, settings)
+    key = f"{UNACKED_PREFIX}{role}"
     # kombu sweeps for abandoned (unacked) messages every interval x throttle seconds, 100 s by
     # default; keep the sweep well inside the visibility timeout so redelivery follows it closely.
     return {
-        "visibility_timeout": visibility_timeout_s,
-        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 3)),
+        "visibility_timeout": visibility_timeout,
+        "unacked_key": key,
+        "unacked_index_key": f"{key}:index",
+        "unacked_mutex_key": f"{key}:mutex",
+        "unacked_restore_interval": max(1, min(10, visibility_timeout // 3)),
         "unacked_restore_throttle": 1,
         # BRPOP over the queues in sorted order, not round robin: live judge work before
         # re-evaluation (see constants.JUDGES_BACKFILL_QUEUE).
@@ -83,7 +105,7 @@ def create_app(settings: Settings) -> Celery:
             HEURISTICS_TASK: {"time_limit": settings.heuristics_time_limit_s},
             JUDGES_TASK: {"time_limit": settings.judges_time_limit_s},
         },
-        broker_transport_options=_transport_options(settings.broker_visibility_timeout_s),
+        broker_transport_options=_transport_options(JUDGES_QUEUE, settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -126,6 +148,11 @@ def _build_scoring_context() -> ScoringContext:
         sinks=build_sinks(settings),
         spend=SpendMeter(client, settings, store.judge_spend_since),
     )
+
+
+def serve_queues(celery_app: Celery, queues: Sequence[str], settings: Settings) -> None:
+    """Set up a worker process for ``queues``: its role's unacked record and visibility."""
+    celery_app.conf.broker_transport_options = _transport_options(worker_role(queues), settings)
 
 
 def judges_queue(run: str | None) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,11 +17,20 @@ from helpers import Fleet, fleet_env, make_trace, wait_for
 from typer.testing import CliRunner
 
 from evaluator.cli import app
-from evaluator.constants import HEURISTICS_QUEUE, REVIEW_STREAM, SAMPLER_GROUP, TRACES_STREAM
+from evaluator.constants import (
+    HEURISTICS_QUEUE,
+    REVIEW_STREAM,
+    SAMPLER_GROUP,
+    TRACES_STREAM,
+    UNACKED_PREFIX,
+)
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
 from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.stats import fleet_stats
 from evaluator.streams import group_info
+
+UNACKED = f"{UNACKED_PREFIX}{HEURISTICS_QUEUE}"  # heuristics workers' record of taken tasks
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
 CHECKS_PER_TRACE = 7  # text RAG trace: every heuristic but JSON validity and forbidden phrases
@@ -119,14 +129,16 @@ def test_kill_9_sampler_and_worker_mid_work_every_trace_scored_exactly_once(
     env = fleet_env(
         redis_url,
         database_url,
-        broker_visibility_timeout_s=3,
+        # The visibility timeout is derived from the time limit (twice it, at least 10 s), as
+        # with the defaults (120 s limit: lost work is back within about 4 minutes).
+        heuristics_time_limit_s=2,
         claim_idle_ms=1000,
         claim_interval_s=0.5,
         sampler_batch_size=100,
         heuristics_batch_size=50,
     )
     fleet = fleet_factory(env)
-    worker = fleet.worker(concurrency=1)
+    worker = fleet.worker(concurrency=1, queues="heuristics")
     wait_for(lambda: "ready." in fleet.logs(), 30, "worker ready")
     publish_many(redis_client, mixed_traces(n), Settings())
     sampler = fleet.sampler("sampler-a")
@@ -135,28 +147,32 @@ def test_kill_9_sampler_and_worker_mid_work_every_trace_scored_exactly_once(
         return int(group_info(redis_client, TRACES_STREAM, SAMPLER_GROUP)["pending"])
 
     def work_in_flight() -> bool:
-        return redis_client.llen(HEURISTICS_QUEUE) + redis_client.hlen("unacked") > 0
+        return redis_client.llen(HEURISTICS_QUEUE) + redis_client.hlen(UNACKED) > 0
 
     # Freeze each process while it holds unacknowledged work, then kill -9 both.
     _freeze_when(sampler, lambda: pending() > 0 and work_in_flight(), "the sampler holds entries")
-    _freeze_when(worker, lambda: redis_client.hlen("unacked") > 0, "the worker holds a task")
-    assert redis_client.hlen("unacked") > 0 and pending() > 0
+    _freeze_when(worker, lambda: redis_client.hlen(UNACKED) > 0, "the worker holds a task")
+    assert redis_client.hlen(UNACKED) > 0 and pending() > 0
     scored_before = store.count(TraceRecord)
     assert scored_before < n
     Fleet.kill(worker)
     Fleet.kill(sampler)
+    # Meanwhile the lost work is visible: stats show the task taken and not acknowledged.
+    assert fleet_stats(redis_client, store).unacked[HEURISTICS_QUEUE] > 0
+    killed_at = time.monotonic()
 
     # Restart under a new consumer name: the old one's entries must come back through XAUTOCLAIM.
-    fleet.worker(concurrency=1)
+    fleet.worker(concurrency=1, queues="heuristics")
     fleet.sampler("sampler-b")
     wait_for(
         lambda: store.count(TraceRecord) == n, 90, lambda: f"all traces scored\n{fleet.logs()}"
     )
     wait_for(
-        lambda: pending() == 0 and redis_client.hlen("unacked") == 0,
+        lambda: pending() == 0 and redis_client.hlen(UNACKED) == 0,
         30,
-        f"nothing in flight: pending={pending()} unacked={redis_client.hgetall('unacked')}",
+        f"nothing in flight: pending={pending()} unacked={redis_client.hgetall(UNACKED)}",
     )
+    print(f"every trace scored {time.monotonic() - killed_at:.1f} s after the kill")
     json_traces = sum(1 for i in range(n) if i % 10 and i % 25 == 1)
     assert store.count(ScoreRecord) == n * CHECKS_PER_TRACE + json_traces
     assert redis_client.xlen(REVIEW_STREAM) == n // 10  # each leak routed exactly once

@@ -107,6 +107,12 @@ PENDING = Gauge(
 QUEUE_DEPTH = Gauge(
     "evalfleet_queue_depth", "Tasks waiting per queue.", ["queue"], multiprocess_mode="mostrecent"
 )
+TASKS_UNACKED = Gauge(
+    "evalfleet_tasks_unacked",
+    "Tasks taken by a worker and not acknowledged (running, or held by a killed worker).",
+    ["role"],
+    multiprocess_mode="mostrecent",
+)
 OLDEST_UNSCORED_AGE = Gauge(
     "evalfleet_oldest_unscored_age_seconds",
     "Age of the oldest stream entry not yet handed to the workers.",
