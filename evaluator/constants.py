@@ -18,6 +18,8 @@ REVIEW_QUEUE_PREFIX: Final = "evalfleet:review:q:"
 REVIEW_QUEUES: Final = "evalfleet:review:queues"
 REVIEW_ENTRIES: Final = "evalfleet:review:entries"
 REVIEW_GROUP: Final = "reviewers"
+# How far the reaper has checked that review items in SQL are on the review stream (a time).
+REVIEW_CHECKED_UNTIL: Final = "evalfleet:review:checked-until"
 
 HEURISTICS_QUEUE: Final = "heuristics"
 JUDGES_QUEUE: Final = "judges"

@@ -35,6 +35,7 @@ from evaluator.evaluators.judge import JudgeLoop
 from evaluator.judges import enabled_judges, judge_registry
 from evaluator.ledger import DispatchJudges, reap
 from evaluator.review import ReviewRouter
+from evaluator.review.routing import republish_unrouted
 from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
 from evaluator.scoring import (
     INFRASTRUCTURE_ERRORS,
@@ -81,6 +82,10 @@ def _transport_options(role: str, settings: Settings) -> dict[str, Any]:
         # BRPOP over the queues in sorted order, not round robin: live judge work before
         # re-evaluation (see constants.JUDGES_BACKFILL_QUEUE).
         "queue_order_strategy": "sorted",
+        # A broker that vanishes without closing the TCP connection (failover, a partition)
+        # fails commands after this instead of blocking them forever (kombu's default).
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
     }
 
 
@@ -109,6 +114,9 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    from evaluator.broker import configure
+
+    configure(app, settings)  # rides out broker outages: see evaluator.broker
     return app
 
 
@@ -139,7 +147,7 @@ def _build_scoring_context() -> ScoringContext:
     return ScoringContext(
         evaluators=heuristic_evaluators(settings),
         store=store,
-        router=ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s),
+        router=_review_router(settings),
         client=client,
         settings=settings,
         judges=judge_registry(settings),
@@ -153,6 +161,10 @@ def _build_scoring_context() -> ScoringContext:
 def serve_queues(celery_app: Celery, queues: Sequence[str], settings: Settings) -> None:
     """Set up a worker process for ``queues``: its role's unacked record and visibility."""
     celery_app.conf.broker_transport_options = _transport_options(worker_role(queues), settings)
+
+
+def _review_router(settings: Settings) -> ReviewRouter:
+    return ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s)
 
 
 def judges_queue(run: str | None) -> str:
@@ -192,6 +204,12 @@ def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
             lambda: reap(store, judge_registry(settings), settings, judge_dispatch()),
         ),
         FleetChore(client, "estimates", 60, lambda: refresh_estimate_gauges(store)),
+        FleetChore(
+            client,
+            "review-republish",
+            settings.reaper_interval_s,
+            lambda: republish_unrouted(client, _review_router(settings), store),
+        ),
     ]
     return Sampler(
         client, settings, celery_dispatch(), consumer, judges, budget=budget, chores=chores

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,11 +16,12 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from evaluator.cli import app
-from evaluator.constants import DEAD_STREAM, SAMPLER_GROUP, TRACES_STREAM
+from evaluator.constants import DEAD_STREAM, REVIEW_STREAM, SAMPLER_GROUP, TRACES_STREAM
 from evaluator.dlq import TruncatedPayload, get_dead, redrive
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.models import SampleDecision, parse_trace
 from evaluator.review import ReviewRouter
+from evaluator.review.routing import republish_unrouted
 from evaluator.sampler import Sampler
 from evaluator.scoring import ScoringContext, run_batch, score_batch
 from evaluator.settings import Settings
@@ -172,3 +174,22 @@ def test_a_batch_the_database_refuses_in_part_keeps_its_good_traces(
     with Session(store.engine) as session:
         row = session.exec(select(LedgerRecord).where(LedgerRecord.trace_id == "poison")).one()
     assert row.state == "dead_lettered"
+
+
+def test_review_items_in_sql_but_not_on_the_stream_are_republished(
+    store: SQLStore, redis_client: redis.Redis
+) -> None:
+    """A worker killed between its commit and its XADD left review items only in SQL: the
+    reaper's pass puts each on the stream once, however often it runs."""
+    leak = make_trace(1, output="Write to maria.lopez@gmail.com or call +1 415 555 2671.")
+    ctx = ScoringContext(heuristic_evaluators(Settings()), store, ReviewRouter(), redis_client)
+    scores = [s for e in ctx.evaluators for s in e.evaluate(leak)]
+    reviews = ctx.router.route(leak, scores)
+    assert reviews
+    store.write_batch([], [], reviews)  # committed; the worker died before publishing
+    assert redis_client.xlen(REVIEW_STREAM) == 0
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    assert republish_unrouted(redis_client, ctx.router, store, now=later) == len(reviews)
+    assert republish_unrouted(redis_client, ctx.router, store, now=later) == 0
+    assert ctx.router.publish(redis_client, reviews) == []  # a redelivered batch adds nothing
+    assert redis_client.xlen(REVIEW_STREAM) == len(reviews)

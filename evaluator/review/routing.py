@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 
 from evaluator.constants import (
+    REVIEW_CHECKED_UNTIL,
     REVIEW_ENTRIES,
     REVIEW_GROUP,
     REVIEW_QUEUE_PREFIX,
@@ -27,6 +30,7 @@ from evaluator.constants import (
     REVIEW_STREAM,
 )
 from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
+from evaluator.sinks.sql import SQLStore, as_utc
 
 CRITICAL_PRIORITY = 20  # e.g. a safety judge's "unsafe": reviewed before anything else
 HIGH_SEVERITY_PRIORITY = 10
@@ -44,6 +48,34 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return false
 """
+
+
+def republish_unrouted(
+    client: redis.Redis,
+    router: ReviewRouter,
+    store: SQLStore,
+    now: datetime | None = None,
+    grace_s: float = 300.0,
+) -> int:
+    """Put review items that reached SQL but not the review stream (a worker killed between its
+    commit and its XADD) on the stream; returns how many. Checks items older than ``grace_s``
+    (a live worker publishes within it) and newer than the routed markers' lifetime (older ones
+    may have had theirs expire), from where the last pass stopped."""
+    now = now or datetime.now(UTC)
+    oldest = now - timedelta(seconds=router.routed_ttl_s - 3600)
+    checked: Any = client.get(REVIEW_CHECKED_UNTIL)
+    after = max(oldest, datetime.fromisoformat(checked.decode())) if checked else oldest
+    records = store.reviews_created_between(after, now - timedelta(seconds=grace_s))
+    if not records:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for record in records:
+        pipe.exists(REVIEW_ROUTED_PREFIX + record.id)
+    missing = [r for r, routed in zip(records, pipe.execute(), strict=True) if not routed]
+    items = [ReviewItem.model_validate(r.model_dump()) for r in missing]
+    published = router.publish(client, items)
+    client.set(REVIEW_CHECKED_UNTIL, as_utc(records[-1].created_at).isoformat())
+    return len(published)
 
 
 def queue_key(priority: int, tenant: str | None, evaluator: str) -> str:

@@ -612,6 +612,23 @@ class SQLStore:
             )
             return int(session.exec(query).one())
 
+    def reviews_created_between(
+        self, after: datetime, until: datetime, limit: int = 1000
+    ) -> list[ReviewItemRecord]:
+        """Pending review items created in (after, until], oldest first."""
+        with Session(self.engine) as session:
+            query = (
+                select(ReviewItemRecord)
+                .where(
+                    ReviewItemRecord.status == ReviewStatus.PENDING.value,
+                    col(ReviewItemRecord.created_at) > after,
+                    col(ReviewItemRecord.created_at) <= until,
+                )
+                .order_by(col(ReviewItemRecord.created_at))
+                .limit(limit)
+            )
+            return list(session.exec(query).all())
+
     def review_queue(self, limit: int = 10) -> list[ReviewItemRecord]:
         """Pending review items, most urgent first."""
         with Session(self.engine) as session:
