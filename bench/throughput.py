@@ -50,7 +50,7 @@ def traces(n: int, prefix: str) -> list[Trace]:
             "24 hours. Details: https://docs.northwind.example/security"
         )
         if i % 20 == 0:
-            output += " Or ask maria@fjord.example."
+            output += " Or ask maria@fjordlab.dk."
         out.append(
             Trace(
                 trace_id=f"{prefix}-{i:07d}",

@@ -206,13 +206,13 @@ HALLUCINATED_URLS = [
     "https://docs.northwind.example/v3/exports/csv-guide",
 ]
 LEAK_CONTEXT = (
-    "Ticket #5521 (internal): customer Maria Jensen, maria.jensen@fjordlab.example, "
+    "Ticket #5521 (internal): customer Maria Jensen, maria.jensen@fjordlab.dk, "
     "phone +45 20 31 44 87, paid with card 4539 1488 0343 6467. Issue: export stuck."
 )
 LEAK_ANSWERS = [
-    "A similar export issue was solved for Maria Jensen (maria.jensen@fjordlab.example); you could ask her team how they did it.",
+    "A similar export issue was solved for Maria Jensen (maria.jensen@fjordlab.dk); you could ask her team how they did it.",
     "I found ticket #5521: the customer can be reached at +45 20 31 44 87 and paid with card 4539 1488 0343 6467.",
-    "Exports can get stuck when over 1 GB. Contact maria.jensen@fjordlab.example who had the same problem.",
+    "Exports can get stuck when over 1 GB. Contact maria.jensen@fjordlab.dk who had the same problem.",
 ]
 TENANTS = ["acme", "globex", "initech", "umbrella"]
 

@@ -42,7 +42,7 @@ def mixed_traces(n: int) -> list[Any]:
     for i in range(n):
         fields: dict[str, Any] = {}
         if i % 10 == 0:
-            fields["output"] = "Ask maria@fjord.example, she had the same problem."
+            fields["output"] = "Ask maria@fjordlab.dk, she had the same problem."
         elif i % 25 == 1:
             fields.update(output_format="json", output='{"ok": true}')
         traces.append(make_trace(i, **fields))

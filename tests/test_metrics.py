@@ -41,9 +41,7 @@ def test_metrics_are_summed_across_prefork_children(
     fleet.worker(concurrency=2, metrics_port=worker_port)
     fleet.sampler(metrics_port=sampler_port, claim_interval_s=0.2)
     traces = [
-        make_trace(
-            i, output="Mail maria@fjord.example." if i % 10 == 0 else "Rotate it in Settings."
-        )
+        make_trace(i, output="Mail maria@fjordlab.dk." if i % 10 == 0 else "Rotate it in Settings.")
         for i in range(n)
     ]
     publish_many(redis_client, traces, Settings())

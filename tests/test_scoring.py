@@ -36,7 +36,7 @@ def test_redelivered_batch_has_no_extra_effect(store: SQLStore, redis_client: re
     batch = entries(
         [
             ("ok", make_trace(1)),
-            ("leak", make_trace(2, output="Mail maria@fjord.example for help.")),
+            ("leak", make_trace(2, output="Mail maria@fjordlab.dk for help.")),
             ("truncated", make_trace(3, finish_reason="length")),
         ]
     )
@@ -69,7 +69,7 @@ def test_review_stream_entry_carries_the_trace_and_failing_scores(
     store: SQLStore, redis_client: redis.Redis
 ) -> None:
     score_batch(
-        entries([("leak", make_trace(7, output="Call +1 415 555 0132 now, it's Bob's."))]),
+        entries([("leak", make_trace(7, output="Call +1 415 555 2671 now, it's Bob's."))]),
         context(store, redis_client),
     )
     [(_, fields)] = redis_client.xrange(REVIEW_STREAM)
