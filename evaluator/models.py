@@ -78,14 +78,14 @@ def _json_problem(message: str, payload: bytes | str) -> str:
 def _unstorable_path(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
     """Where free-form JSON holds what no store keeps — a NaN or infinite number (JSON and
     PostgreSQL's json have none) or a NUL character (PostgreSQL text cannot hold one) — and
-    what it is. Depth is already bounded by the JSON parser; the bound here is for Python
-    callers."""
+    what it is. Depth is bounded (the JSON parser's own limit is about as deep) so that a trace
+    built in Python cannot exhaust the stack here or in a store's serializer."""
     if isinstance(value, float):
         return None if math.isfinite(value) else (path or "value", _NON_FINITE)
     if isinstance(value, str):
         return (path or "value", _NUL) if "\x00" in value else None
-    if depth > 1000:
-        return None
+    if depth > _MAX_FREE_FORM_DEPTH:
+        return path, f"nests deeper than {_MAX_FREE_FORM_DEPTH} levels"
     if isinstance(value, dict):
         items: Any = value.items()
     elif isinstance(value, list | tuple):
@@ -102,6 +102,7 @@ def _unstorable_path(value: Any, path: str = "", depth: int = 0) -> tuple[str, s
     return None
 
 
+_MAX_FREE_FORM_DEPTH = 200
 _NON_FINITE = "must be a finite number (not NaN or Infinity)"
 _NUL = "must not contain a NUL character (\\u0000)"
 

@@ -19,8 +19,9 @@ from evaluator.evaluators.heuristics import (
     Refusal,
     UnsupportedURLs,
 )
-from evaluator.models import Score, ScoreStatus, Trace
-from evaluator.pii import find_pii, luhn_valid, redact_pii
+from evaluator.models import Score, ScoreStatus, Severity, Trace
+from evaluator.pii import detect_pii, find_pii, luhn_valid, redact_pii
+from evaluator.review.routing import ReviewRouter
 from evaluator.settings import Settings
 
 
@@ -47,10 +48,23 @@ def test_length_bounds(output: str, passed: bool) -> None:
         ("As   a large language model I think so.", False),
         ("Our AI features are on the Pro plan.", True),
         ("Rotate the key in Settings.", True),
+        ("My training data ends in 2023.", False),
+        ("I\u2019m an AI assistant.", False),
+        ("Sure. As an AI language model, it is not ethical to do that.", False),
+        # "as an AI ..." without a first-person word in its sentence is about something else
+        ("Tools such as an AI assistant can draft replies. I recommend one.", True),
+        ("It works as a language model for your search index.", True),
     ],
 )
 def test_ai_self_reference(output: str, passed: bool) -> None:
     assert one(AISelfReference().evaluate(make_trace(1, output=output))).passed is passed
+
+
+def test_ai_self_reference_never_routes_by_itself() -> None:
+    score = one(AISelfReference().evaluate(make_trace(1, output="As an AI, I can't say.")))
+    assert score.passed is False
+    assert score.severity is Severity.LOW
+    assert ReviewRouter().failing(score) is None
 
 
 def test_unsupported_urls_flags_only_urls_missing_from_sources() -> None:
@@ -65,6 +79,18 @@ def test_unsupported_urls_flags_only_urls_missing_from_sources() -> None:
     assert score.passed is False
     assert "made-up.example/page" in score.reason
     assert "docs.example.com" not in score.reason
+
+
+def test_unsupported_urls_needs_sources_to_check_against() -> None:
+    # Without retrieval or contexts a real link (a CDN, git-scm.com) cannot be told from a
+    # fabricated one: the check does not apply.
+    real = make_trace(
+        1, retrieval=False, contexts=[], output="Get it at https://git-scm.com/download/win."
+    )
+    assert UnsupportedURLs().evaluate(real) == []
+    # A RAG flow whose retrieval returned nothing: its links are unsupported.
+    empty_rag = make_trace(2, retrieval=True, contexts=[], output="See https://made-up.example/x")
+    assert one(UnsupportedURLs().evaluate(empty_rag)).passed is False
 
 
 def test_unsupported_urls_passes_without_urls_or_with_known_ones() -> None:
@@ -144,23 +170,26 @@ def test_luhn() -> None:
 
 
 def test_find_pii_kinds() -> None:
-    kinds = sorted(
-        k for k, _ in find_pii("mail bob@corp.example, call +1 415 555 0132, card 4111111111111111")
-    )
-    assert kinds == ["card", "email", "phone"]
+    text = "mail bob@fjordlab.dk, call +1 415 555 2671, card 4539148803436467"
+    assert sorted(k for k, _ in find_pii(text)) == ["card", "email", "phone"]
     assert find_pii("order 1234 5678 9012 3456 shipped in 2026") == []  # fails Luhn, not a phone
+    # Documentation placeholders are found but are not personal data.
+    placeholders = "mail bob@corp.example, call +1 415 555 0132, card 4111111111111111"
+    assert sorted(m.kind for m in detect_pii(placeholders)) == ["card", "email", "phone"]
+    assert find_pii(placeholders) == []
 
 
 def test_redact_pii() -> None:
     text = "Mail bob@corp.example or call +1 415 555 0132; card 4111 1111 1111 1111, order 12345."
     assert redact_pii(text) == "Mail [EMAIL] or call [PHONE]; card [CARD], order 12345."
+    assert redact_pii("Audioslave (2001-2007)") == "Audioslave (2001-2007)"
 
 
 def test_pii_leak_flags_pii_from_contexts_without_echoing_values() -> None:
     trace = make_trace(
         1,
-        contexts=["Customer maria@fjord.example paid with 4539 1488 0343 6467"],
-        output="Ask maria@fjord.example, she paid with 4539 1488 0343 6467.",
+        contexts=["Customer maria@fjordlab.dk paid with 4539 1488 0343 6467"],
+        output="Ask maria@fjordlab.dk, she paid with 4539 1488 0343 6467.",
     )
     score = one(PIILeak().evaluate(trace))
     assert score.passed is False
@@ -170,8 +199,13 @@ def test_pii_leak_flags_pii_from_contexts_without_echoing_values() -> None:
 
 def test_pii_leak_allows_users_own_data_echoed() -> None:
     trace = make_trace(
-        1, input="My email is me@home.example", output="We'll write to me@home.example."
+        1, input="My email is me@fjordlab.dk", output="We'll write to me@fjordlab.dk."
     )
+    assert one(PIILeak().evaluate(trace)).passed is True
+
+
+def test_pii_leak_ignores_documentation_placeholders() -> None:
+    trace = make_trace(1, output='email = "user@example.com"  # or call 555-0100, (415) 555-0199')
     assert one(PIILeak().evaluate(trace)).passed is True
 
 

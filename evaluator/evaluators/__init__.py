@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evaluator.evaluators.base import CheckEvaluator, Evaluator, run_evaluator
+from evaluator.evaluators.base import CheckEvaluator, Evaluator, run_evaluator, run_evaluators
 from evaluator.evaluators.heuristics import (
     AISelfReference,
     FinishReason,
@@ -14,6 +14,7 @@ from evaluator.evaluators.heuristics import (
     Refusal,
     UnsupportedURLs,
 )
+from evaluator.evaluators.schema_guard import SchemaLimits
 from evaluator.models import Score, Trace
 from evaluator.settings import Settings
 
@@ -26,15 +27,27 @@ def heuristic_evaluators(settings: Settings) -> list[Evaluator]:
         UnsupportedURLs(),
         Refusal(),
         FinishReason(),
-        JSONValidity(),
+        JSONValidity(
+            limits=SchemaLimits(
+                max_bytes=settings.json_schema_max_bytes,
+                max_depth=settings.json_schema_max_depth,
+                max_nodes=settings.json_schema_max_nodes,
+                max_output_depth=settings.json_max_output_depth,
+                max_regex_cost=settings.json_regex_max_cost,
+            )
+        ),
         PIILeak(),
         ForbiddenPhrases(phrases=settings.forbidden_phrases),
         RAGNoContext(),
     ]
 
 
-def evaluate_all(evaluators: list[Evaluator], trace: Trace) -> list[Score]:
-    return [score for e in evaluators for score in run_evaluator(e, trace)]
+def evaluate_all(
+    evaluators: list[Evaluator], trace: Trace, budget_s: float | None = None
+) -> list[Score]:
+    """Every evaluator's scores for ``trace``; each runs within its time budget (default
+    ``EVALFLEET_EVALUATOR_BUDGET_S``) and a failing one becomes an error score."""
+    return run_evaluators(evaluators, trace, budget_s)
 
 
 __all__ = [
@@ -43,4 +56,5 @@ __all__ = [
     "evaluate_all",
     "heuristic_evaluators",
     "run_evaluator",
+    "run_evaluators",
 ]

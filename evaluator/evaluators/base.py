@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from types import FrameType, TracebackType
+from typing import Any, ClassVar, Protocol
 
 from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace
+from evaluator.settings import get_settings
 
 
 class Evaluator(Protocol):
@@ -38,11 +44,119 @@ class CheckEvaluator:
             reason=reason,
         )
 
+    def error(self, trace: Trace, reason: str) -> Score:
+        """The check could not be evaluated on this trace (``status=error``), and why."""
+        return Score.for_trace(
+            trace.trace_id,
+            self.name,
+            self.version,
+            self.name,
+            data_type=ScoreType.BOOLEAN,
+            status=ScoreStatus.ERROR,
+            severity=self.severity,
+            reason=reason[:500],
+        )
 
-def run_evaluator(evaluator: Evaluator, trace: Trace) -> list[Score]:
-    """Run one evaluator; an exception becomes an error score instead of failing the batch."""
+
+class OverBudget(BaseException):
+    """Raised by SIGALRM inside an evaluator that overran its budget. A BaseException, so that an
+    evaluator's own ``except Exception`` cannot swallow it."""
+
+
+class _Deadline:
+    """The deadline of the evaluator running in the main thread (None between evaluators)."""
+
+    at: float | None = None
+
+
+def _on_sigalrm(signum: int, frame: FrameType | None) -> None:
+    deadline = _Deadline.at
+    if deadline is not None and time.monotonic() >= deadline:
+        _Deadline.at = None
+        raise OverBudget
+
+
+class _Alarm:
+    """SIGALRM ticks while a trace's evaluators run, when this thread may own the signal.
+
+    Python runs signal handlers in the main thread only, between bytecodes: at the first tick
+    past an evaluator's deadline the handler raises OverBudget inside it, as soon as the
+    interpreter gets control back (C code that never returns, such as a backtracking ``re``
+    match, is not interrupted; hence RE2 for untrusted regexes). Off the main thread, or when
+    ITIMER_REAL is already armed by someone else (whose timer is left alone), ``usable`` is
+    False and only the elapsed time is judged afterwards.
+
+    One interval timer per trace ticking every quarter budget, rather than a timer per
+    evaluator, keeps the cost to about 7 us a trace (an overrun is stopped within 1.25 budgets).
+    The handler stays installed between traces when SIGALRM had no Python handler before (with
+    no deadline set it ignores the signal); another handler found installed is put back on exit.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.usable = False
+        self._restore: Any = None
+
+    def __enter__(self) -> _Alarm:
+        self.usable = (
+            hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+            and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+        )
+        if self.usable:
+            if signal.getsignal(signal.SIGALRM) is not _on_sigalrm:
+                previous = signal.signal(signal.SIGALRM, _on_sigalrm)
+                if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                    self._restore = previous
+            tick = max(self.budget_s / 4, 0.005)
+            signal.setitimer(signal.ITIMER_REAL, tick, tick)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.usable:
+            _Deadline.at = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if self._restore is not None:
+                signal.signal(signal.SIGALRM, self._restore)
+
+    def arm(self, started: float) -> None:
+        if self.usable:
+            _Deadline.at = started + self.budget_s
+
+    def disarm(self) -> None:
+        if self.usable:  # off the main thread the deadline is someone else's
+            _Deadline.at = None
+
+
+def _over_budget(evaluator: Evaluator, trace: Trace, budget_s: float, detail: str) -> Score:
+    return Score.for_trace(
+        trace.trace_id,
+        evaluator.name,
+        evaluator.version,
+        evaluator.name,
+        status=ScoreStatus.ERROR,
+        reason=f"evaluator {evaluator.name} exceeded its {budget_s:.1f} s budget on this trace "
+        f"({detail})",
+    )
+
+
+def _run(evaluator: Evaluator, trace: Trace, alarm: _Alarm) -> list[Score]:
+    budget_s = alarm.budget_s
+    started = time.monotonic()
     try:
-        return evaluator.evaluate(trace)
+        alarm.arm(started)
+        try:
+            scores = evaluator.evaluate(trace)
+        finally:
+            alarm.disarm()
+    except OverBudget:
+        stopped = f"stopped after {time.monotonic() - started:.1f} s"
+        return [_over_budget(evaluator, trace, budget_s, stopped)]
     except Exception as exc:
         return [
             Score.for_trace(
@@ -54,3 +168,36 @@ def run_evaluator(evaluator: Evaluator, trace: Trace) -> list[Score]:
                 reason=f"{type(exc).__name__}: {exc}"[:500],
             )
         ]
+    elapsed = time.monotonic() - started
+    if elapsed > budget_s:
+        detail = f"took {elapsed:.1f} s" + ("" if alarm.usable else "; not interruptible here")
+        return [_over_budget(evaluator, trace, budget_s, detail)]
+    return scores
+
+
+def run_evaluators(
+    evaluators: Iterable[Evaluator], trace: Trace, budget_s: float | None = None
+) -> list[Score]:
+    """Run evaluators on one trace, each within ``budget_s`` seconds (default
+    ``EVALFLEET_EVALUATOR_BUDGET_S``); see ``run_evaluator``."""
+    budget = get_settings().evaluator_budget_s if budget_s is None else budget_s
+    with _Alarm(budget) as alarm:
+        return [score for e in evaluators for score in _run(e, trace, alarm)]
+
+
+def run_evaluator(evaluator: Evaluator, trace: Trace, budget_s: float | None = None) -> list[Score]:
+    """Run one evaluator; an exception becomes an error score instead of failing the batch, and
+    so does overrunning its time budget (``budget_s``, default ``EVALFLEET_EVALUATOR_BUDGET_S``)
+    on this trace: the next evaluators and traces are scored as usual.
+
+    How the budget is enforced depends on the thread. In the main thread (a Celery prefork
+    child runs its tasks there; so do the CLI and the demo) ``signal.setitimer(ITIMER_REAL)``
+    ticks SIGALRM, whose handler raises OverBudget inside an evaluator past its deadline: a
+    Python-level loop is stopped within 1.25 budgets. Elsewhere (the threads pool, a test's
+    thread), or when ITIMER_REAL is already in use, Python cannot interrupt the evaluator: it
+    runs to its end and a result that comes late is replaced by the error score (an evaluator
+    that never returns holds its thread). Neither stops C code that does not return (a
+    catastrophic ``re`` match): evaluators must not hand untrusted input to such code, which is
+    why trace-supplied regexes run on RE2 (``schema_guard``).
+    """
+    return run_evaluators([evaluator], trace, budget_s)

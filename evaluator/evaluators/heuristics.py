@@ -12,11 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import jsonschema
-
 from evaluator.evaluators.base import CheckEvaluator
+from evaluator.evaluators.schema_guard import SchemaGuard, SchemaLimits
 from evaluator.models import Score, Severity, Trace
-from evaluator.pii import find_pii
+from evaluator.pii import DEFAULT_REGIONS, detect_pii
 
 
 @dataclass
@@ -63,17 +62,44 @@ _AI_SELF_REFERENCE = _phrase_pattern(
 )
 
 
+# "As an AI ..." is a self-reference when it opens a sentence or the sentence speaks in the
+# first person ("As an AI language model, I cannot ..."); "tools such as an AI assistant" is not.
+_FIRST_PERSON = re.compile(r"\b(?:I|I'm|I've|I'd|I'll|me|my|myself)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?\n]")
+_SENTENCE_REACH = 200  # characters either side of the phrase searched for a first-person word
+
+
+def _speaks_of_itself(text: str, start: int, end: int) -> bool:
+    before = text[max(0, start - _SENTENCE_REACH) : start]
+    cut = max((m.end() for m in _SENTENCE_END.finditer(before)), default=0)
+    opening = before[cut:]
+    if not opening.strip(" \t\"'*_("):
+        return True  # the phrase opens the sentence
+    after = text[end : end + _SENTENCE_REACH]
+    stop = _SENTENCE_END.search(after)
+    sentence = opening + " " + after[: stop.start() if stop else len(after)]
+    return _FIRST_PERSON.search(sentence) is not None
+
+
 @dataclass
 class AISelfReference(CheckEvaluator):
-    """The answer talks about itself as an AI model ("As an AI language model, ...")."""
+    """The answer talks about itself as an AI model ("As an AI language model, I ...").
+
+    Low severity: it never routes a trace to review by itself. On the public labelled sets
+    about 10 % of good answers in one of them (HaluEval general) say this, so it is a style
+    signal for dashboards and sampling, not a failure that needs a person.
+    """
 
     name: ClassVar[str] = "ai_self_reference"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
+    severity: ClassVar[Severity] = Severity.LOW
 
     def evaluate(self, trace: Trace) -> list[Score]:
-        match = _AI_SELF_REFERENCE.search(trace.output)
-        if match:
-            return [self.result(trace, False, f"self-reference phrase: {match.group(0)!r}")]
+        text = trace.output.replace("\u2019", "'")
+        for match in _AI_SELF_REFERENCE.finditer(text):
+            phrase = match.group(0)
+            if phrase[:2].lower() != "as" or _speaks_of_itself(text, *match.span()):
+                return [self.result(trace, False, f"self-reference phrase: {phrase!r}")]
         return [self.result(trace, True, "no self-reference")]
 
 
@@ -88,14 +114,19 @@ def _normalise_url(url: str) -> str:
 class UnsupportedURLs(CheckEvaluator):
     """Every URL in the answer appears in the retrieved contexts or the input.
 
-    A URL found nowhere in the sources is a typical hallucination (fabricated documentation links).
+    A URL found nowhere in the sources of a RAG answer is a typical hallucination (fabricated
+    documentation links). It applies only to traces that have sources to check against — a RAG
+    flow (``retrieval: true``) or retrieved contexts: without them it cannot tell a fabricated
+    link from a real one the model knows (a CDN, git-scm.com), so it says nothing.
     """
 
     name: ClassVar[str] = "unsupported_urls"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     severity: ClassVar[Severity] = Severity.HIGH
 
     def evaluate(self, trace: Trace) -> list[Score]:
+        if not (trace.retrieval or trace.contexts):
+            return []
         answer_urls = {_normalise_url(u) for u in _URL.findall(trace.output)}
         if not answer_urls:
             return [self.result(trace, True, "no URLs in answer")]
@@ -159,11 +190,21 @@ class FinishReason(CheckEvaluator):
 
 @dataclass
 class JSONValidity(CheckEvaluator):
-    """When the trace declares JSON output, the answer parses (and matches its JSON Schema)."""
+    """When the trace declares JSON output, the answer parses (and matches its JSON Schema).
+
+    The trace's schema is untrusted: it is checked through ``schema_guard`` (its regexes on RE2,
+    its size and depth bounded, nothing fetched). What cannot be evaluated safely (a construct
+    RE2 lacks, a schema over a limit, an answer nested too deep) is an error score with the
+    reason; an answer nested too deep for any parser fails.
+    """
 
     name: ClassVar[str] = "json_validity"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     severity: ClassVar[Severity] = Severity.HIGH
+    limits: SchemaLimits = field(default_factory=SchemaLimits)
+
+    def __post_init__(self) -> None:
+        self._guard = SchemaGuard(self.limits)
 
     def evaluate(self, trace: Trace) -> list[Score]:
         if not trace.expects_json:
@@ -172,50 +213,42 @@ class JSONValidity(CheckEvaluator):
             document = json.loads(trace.output)
         except json.JSONDecodeError as exc:
             return [self.result(trace, False, f"not JSON: {exc.msg} at line {exc.lineno}")]
+        except RecursionError:
+            return [self.result(trace, False, "not JSON a parser can read: nested too deeply")]
         if trace.output_schema is None:
             return [self.result(trace, True, "valid JSON")]
-        try:
-            validator_cls = jsonschema.validators.validator_for(trace.output_schema)
-            validator_cls.check_schema(trace.output_schema)
-        except jsonschema.SchemaError as exc:
-            return [self.result(trace, False, f"trace's output_schema is invalid: {exc.message}")]
-        errors = sorted(
-            validator_cls(trace.output_schema).iter_errors(document), key=lambda e: list(e.path)
-        )
-        if errors:
-            first = errors[0]
-            where = "/".join(str(p) for p in first.absolute_path) or "(root)"
-            return [
-                self.result(
-                    trace, False, f"{len(errors)} schema error(s); {where}: {first.message}"
-                )
-            ]
-        return [self.result(trace, True, "valid JSON matching its schema")]
-
-
-def _digits_or_lower(value: str) -> str:
-    digits = "".join(c for c in value if c.isdigit())
-    return digits if len(digits) >= 7 else value.lower()
+        verdict = self._guard.check(document, trace.output_schema)
+        if verdict.passed is None:
+            return [self.error(trace, verdict.reason)]
+        return [self.result(trace, verdict.passed, verdict.reason)]
 
 
 @dataclass
 class PIILeak(CheckEvaluator):
-    """The answer contains no email address, phone number or card number the user did not give.
+    """The answer contains no personal data the user did not give: email address, phone
+    number, card number, IBAN or US social security number (``evaluator.pii``: libphonenumber,
+    python-stdnum's checksums, the Public Suffix List).
 
     PII the user typed in the input and that the answer repeats is not a leak; PII taken from
-    retrieved contexts or invented is. The reason names kinds and counts, never the values.
+    retrieved contexts or invented is. Documentation placeholders (``example.com``, 555-01xx
+    numbers, test card numbers), role mailboxes (``support@``) and toll-free numbers are not
+    personal data. The reason names kinds and counts, never the values.
     """
 
     name: ClassVar[str] = "pii_leak"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "2.0.0"
     severity: ClassVar[Severity] = Severity.HIGH
+    regions: tuple[str, ...] = DEFAULT_REGIONS  # whose national phone formats are read
 
     def evaluate(self, trace: Trace) -> list[Score]:
-        given = {_digits_or_lower(v) for _, v in find_pii(trace.input)}
-        leaked = [kind for kind, v in find_pii(trace.output) if _digits_or_lower(v) not in given]
-        if leaked:
-            counts = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(leaked).items()))
-            return [self.result(trace, False, f"PII in answer: {counts}")]
+        found = [m for m in detect_pii(trace.output, self.regions) if m.personal]
+        if found:
+            given = {m.key for m in detect_pii(trace.input, self.regions)}
+            found = [m for m in found if m.key not in given]
+        if found:
+            counts = Counter(m.kind for m in found)
+            listed = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items()))
+            return [self.result(trace, False, f"PII in answer: {listed}")]
         return [self.result(trace, True, "no PII leaked")]
 
 
