@@ -48,13 +48,14 @@ def _logging(level: str) -> None:
 
 
 def _long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, threading.Event]:
-    """Logging, /metrics when a port is given, and an event set by SIGTERM/SIGINT."""
-    from evaluator.sinks.metrics import serve_metrics
+    """Logging, /metrics, /healthz and /readyz when a port is given, and an event set by
+    SIGTERM/SIGINT."""
+    from evaluator.health import serve
 
     _logging(loglevel)
     settings = get_settings()
     if port := metrics_port or settings.metrics_port:
-        serve_metrics(port)
+        serve(port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -66,13 +67,26 @@ def sampler(
     consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Stop once the stream is drained.")] = False,
     loglevel: str = "INFO",
-    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
+    ] = None,
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
+    from evaluator.health import PROCESS, REDIS, Backoff, until_available
     from evaluator.worker import build_sampler
 
     settings, stop = _long_running(loglevel, metrics_port)
-    loop = build_sampler(settings, consumer)
+    PROCESS.process = "sampler"
+    PROCESS.expect(REDIS)
+    # Started during an outage: wait for Redis and the database rather than exit.
+    loop = until_available(
+        lambda: build_sampler(settings, consumer),
+        stop,
+        PROCESS,
+        Backoff(max_s=settings.outage_backoff_max_s),
+    )
+    if loop is None:
+        return
     logging.getLogger("evaluator.sampler").info("sampler %s started", loop.consumer)
     counts = loop.run(stop, exit_when_idle=exit_when_idle)
     logging.getLogger("evaluator.sampler").info("sampler stopped: %s", counts)
@@ -86,21 +100,25 @@ def worker(
     ] = "heuristics,judges,judges_backfill",
     loglevel: str = "INFO",
     pool: str = "prefork",
-    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
+    ] = None,
 ) -> None:
     """Run a Celery worker for the evaluation queues."""
     settings = get_settings()
     port = metrics_port or settings.metrics_port
     if port:
         _multiprocess_metrics_dir(settings.metrics_dir)
-    from evaluator.sinks.metrics import serve_metrics
+    from evaluator.broker import run_worker
+    from evaluator.health import serve
     from evaluator.worker import app as celery_app
     from evaluator.worker import serve_queues
 
     serve_queues(celery_app, queues.split(","), settings)
     if port:
-        serve_metrics(port)  # the main process serves the sum of all prefork children
-    celery_app.worker_main(
+        serve(port)  # the main process serves the sum of all prefork children, and /readyz
+    code = run_worker(
+        celery_app,
         [
             "worker",
             f"--concurrency={concurrency or settings.worker_concurrency}",
@@ -109,21 +127,36 @@ def worker(
             f"--pool={pool}",
             "--without-gossip",
             "--without-mingle",
-        ]
+        ],
     )
+    if code:  # e.g. celery's "Unrecoverable error": a supervisor must see a failure
+        raise typer.Exit(code)
 
 
 @app.command()
 def relay(
     exit_when_idle: Annotated[bool, typer.Option(help="Stop once nothing is due.")] = False,
     loglevel: str = "INFO",
-    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics and /healthz.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
+    ] = None,
 ) -> None:
     """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
+    from evaluator.health import DATABASE, PROCESS, Backoff, until_available
     from evaluator.sinks.outbox import SinkRelay
 
     settings, stop = _long_running(loglevel, metrics_port)
-    relay_loop = SinkRelay.from_settings(settings)
+    PROCESS.process = "relay"
+    PROCESS.expect(DATABASE)
+    # Started during a database outage: wait for it rather than exit.
+    relay_loop = until_available(
+        lambda: SinkRelay.from_settings(settings),
+        stop,
+        PROCESS,
+        Backoff(max_s=settings.outage_backoff_max_s),
+    )
+    if relay_loop is None:
+        return
     log = logging.getLogger("evaluator.relay")
     if not relay_loop.sinks:
         # Idle rather than exit: a Procfile runner stops the whole fleet when one process exits.
@@ -766,11 +799,13 @@ def stats(
     settings = get_settings()
     store = SQLStore(settings.sqlalchemy_url)
     client = connect(settings.redis_url)
+    broker = connect(settings.celery_broker_url)
     try:
-        result = fleet_stats(client, store, parse_since(since) if since else None)
+        result = fleet_stats(client, store, parse_since(since) if since else None, broker)
     finally:
         store.close()
         client.close()
+        broker.close()
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
     else:

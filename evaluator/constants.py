@@ -34,5 +34,13 @@ WORK_QUEUES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
 UNACKED_PREFIX: Final = "evalfleet:unacked:"
 WORKER_ROLES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE)
 
+# Heuristics batches dispatched and not finished (evaluator.inflight): id -> entries, and
+# id -> when it is overdue.
+HEURISTICS_INFLIGHT: Final = "evalfleet:inflight:heuristics"
+HEURISTICS_INFLIGHT_DUE: Final = "evalfleet:inflight:heuristics:due"
+
+# Starts of one delivery of a task (id, retry): a second start means its child died unfinished.
+TASK_STARTS_PREFIX: Final = "evalfleet:task-starts:"
+
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"

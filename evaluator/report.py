@@ -25,6 +25,7 @@ def render_stats(stats: FleetStats, console: Console) -> None:
         ("pending (read, not acked)", stats.pending),
         ("lag (not yet read)", stats.lag),
         *((f"queue {name}", depth) for name, depth in stats.queue_depths.items()),
+        ("heuristics batches in flight", stats.heuristics_in_flight),
         *((f"taken, not acked ({role} workers)", n) for role, n in stats.unacked.items()),
         ("traces scored", stats.traces_scored),
         ("sampled for judges", stats.judge_sampled),

@@ -11,13 +11,15 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
+from evaluator import inflight
 from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     HEURISTICS_QUEUE,
@@ -49,9 +51,13 @@ from evaluator.streams import (
 log = logging.getLogger(__name__)
 
 StreamEntry = tuple[bytes | str, dict[bytes, bytes] | None]
-# Hands a batch of task entries to the workers of a queue; raises DispatchError if the broker
-# did not take it.
-Dispatch = Callable[[str, list[dict[str, Any]]], None]
+
+
+class Dispatch(Protocol):
+    """Hands a batch of task entries to the workers of a queue under ``batch_id`` (the task's
+    id); raises DispatchError if the broker did not take it."""
+
+    def __call__(self, queue: str, entries: list[dict[str, Any]], batch_id: str) -> None: ...
 
 
 class DispatchError(Exception):
@@ -92,8 +98,11 @@ class Sampler:
         judges: dict[str, Judge] | None = None,
         budget: BudgetPlanner | None = None,
         chores: Sequence[Callable[[], object]] = (),
+        broker: redis.Redis | None = None,
     ) -> None:
         self.client = client
+        # The Celery broker's Redis (its queues and unacked records) when it is not ``client``'s.
+        self.broker = broker or client
         # Periodic fleet work (the ledger reaper, estimate gauges): tried every claim interval,
         # each chore decides itself whether it is due (see FleetChore).
         self.chores = list(chores)
@@ -108,6 +117,7 @@ class Sampler:
         self.budget = budget
         self.counts = SamplerCounts()
         self.dead_letter_limits = DeadLetterLimits.from_settings(settings)
+        self.inflight_due_s = inflight.due_in_s(settings)
         # Start by re-reading our own pending entries (a restart after a crash under this name).
         self._recover_own_pending = True
         self._last_claim = 0.0
@@ -129,8 +139,8 @@ class Sampler:
     def backpressured(self) -> bool:
         s = self.settings
         return (
-            queue_depth(self.client, HEURISTICS_QUEUE) > s.max_heuristics_queue_depth
-            or queue_depth(self.client, JUDGES_QUEUE) > s.max_judge_queue_depth
+            queue_depth(self.broker, HEURISTICS_QUEUE) > s.max_heuristics_queue_depth
+            or queue_depth(self.broker, JUDGES_QUEUE) > s.max_judge_queue_depth
         )
 
     def _read(self, block_ms: int | None) -> list[StreamEntry]:
@@ -159,10 +169,11 @@ class Sampler:
         metrics.STREAM_LENGTH.set(int(self.client.xlen(TRACES_STREAM)))
         metrics.PENDING.set(group["pending"])
         for queue in WORK_QUEUES:
-            metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.client, queue))
+            metrics.QUEUE_DEPTH.labels(queue).set(queue_depth(self.broker, queue))
         for role in WORKER_ROLES:
-            held = int(self.client.hlen(f"{UNACKED_PREFIX}{role}"))
+            held = int(self.broker.hlen(f"{UNACKED_PREFIX}{role}"))
             metrics.TASKS_UNACKED.labels(role).set(held)
+        metrics.HEURISTICS_IN_FLIGHT.set(inflight.count(self.client))
         oldest = oldest_unhandled_id(self.client)
         age = time.time() - stream_id_ms(oldest) / 1000 if oldest else 0.0
         metrics.OLDEST_UNSCORED_AGE.set(max(0.0, age))
@@ -263,13 +274,25 @@ class Sampler:
                         "since": time.time(),
                     }
                 )
-        for queue, items, size in (
-            (HEURISTICS_QUEUE, tasks, self.settings.heuristics_batch_size),
-            (JUDGES_QUEUE, judge_tasks, self.settings.judge_batch_size),
-        ):
-            for chunk in _chunks(items, size):
-                self.dispatch(queue, chunk)
+        batches = [
+            (queue, uuid.uuid4().hex, chunk)
+            for queue, items, size in (
+                (HEURISTICS_QUEUE, tasks, self.settings.heuristics_batch_size),
+                (JUDGES_QUEUE, judge_tasks, self.settings.judge_batch_size),
+            )
+            for chunk in _chunks(items, size)
+        ]
+        # Recorded before the broker has them: a message the broker loses is re-dispatched.
+        # (Judge work has the ledger for that.)
+        heuristics = {batch_id: c for queue, batch_id, c in batches if queue == HEURISTICS_QUEUE}
+        inflight.add(self.client, heuristics, self.inflight_due_s)
+        try:
+            for queue, batch_id, chunk in batches:
+                self.dispatch(queue, chunk, batch_id)
                 self.counts.batches_dispatched += 1
+        except DispatchError:
+            inflight.remove(self.client, list(heuristics))  # the entries stay pending instead
+            raise
         sampled = sum(n for (_, judged), n in outcomes.items() if judged)
         self.counts.judge_sampled += sampled
         for (stratum, judged), n in outcomes.items():
@@ -312,21 +335,45 @@ class Sampler:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> SamplerCounts:
-        """Loop until ``stop`` is set (the current batch is finished and acked first)."""
-        failures = 0
+        """Loop until ``stop`` is set (the current batch is finished and acked first).
+
+        Outages of Redis, the broker or the database never end the loop: nothing was acked, so
+        it backs off and retries the same entries (re-read from this consumer's pending list)
+        for as long as the outage lasts, logging one line when a dependency goes and one when
+        it is back, and reporting them on /readyz (evaluator.health). The periodic chores (the
+        ledger reaper, the estimate gauges) report their outages the same way."""
+        import contextlib
+
+        from evaluator.health import BROKER, PROCESS, REDIS, Backoff, outage_of, watch_chore
+
+        readiness = PROCESS
+        backoff = Backoff(max_s=self.settings.outage_backoff_max_s)
+        self.chores = [watch_chore(chore, readiness) for chore in self.chores]
         while not stop.is_set():
+            dispatched = self.counts.batches_dispatched
             try:
                 handled = self.step()
-                failures = 0
-            except (redis.RedisError, DispatchError, OSError) as exc:
-                # The broker or Redis is away: nothing was acked; retry the same entries later.
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                log.error("sampler step failed (%s); retrying in %.1fs", exc, delay)
+                idle = exit_when_idle and handled == 0 and not self.backpressured()
+            except Exception as exc:
+                # The broker, Redis or the database (the budget's spend) is away.
+                dependency = BROKER if isinstance(exc, DispatchError) else outage_of(exc)
+                if dependency is None and isinstance(exc, redis.RedisError | OSError):
+                    dependency = REDIS
+                if dependency is None:
+                    raise
+                readiness.down(dependency, exc)
+                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                    # Redis came back without its data (no persistence): recreate the group.
+                    with contextlib.suppress(redis.RedisError):
+                        ensure_group(self.client)
                 self._recover_own_pending = True
-                stop.wait(delay)
+                stop.wait(backoff.next())
                 continue
-            if exit_when_idle and handled == 0 and not self.backpressured():
+            backoff.reset()
+            readiness.up(REDIS)
+            if self.counts.batches_dispatched > dispatched:
+                readiness.up(BROKER)
+            if idle:
                 break
         return self.counts
 

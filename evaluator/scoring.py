@@ -20,7 +20,9 @@ from typing import Any
 import redis
 from sqlalchemy.exc import OperationalError
 
+from evaluator import inflight
 from evaluator.budget import SpendMeter
+from evaluator.constants import HEURISTICS_TASK
 from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import Judge
@@ -164,6 +166,16 @@ DatabaseUnavailable = OperationalError
 INFRASTRUCTURE_ERRORS = (DatabaseUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 
+def run_heuristics(
+    entries: list[dict[str, Any]], ctx: ScoringContext, batch_id: str
+) -> dict[str, int]:
+    """The heuristics task: score the batch, then take it off the in-flight record (it is
+    stored or dead-lettered; an infrastructure error leaves it there and the task retries)."""
+    result = run_batch(HEURISTICS_TASK, score_batch, entries, ctx)
+    inflight.remove(ctx.client, [batch_id])
+    return result
+
+
 def run_batch(
     task: str,
     work: Callable[[list[dict[str, Any]], ScoringContext], Any],
@@ -233,27 +245,26 @@ def _write(
 
 @dataclass
 class StallPlan:
-    """What to do with a batch whose task ran over its hard time limit (the child was killed):
-    run each trace on its own (a batch-mate is rarely the culprit), and dead-letter a trace
-    that stalled its own task ``max_trace_stalls`` times."""
+    """What to do with a batch whose task died unfinished (its child ran over the hard time
+    limit and was killed, or died otherwise): run each trace on its own (a batch-mate is rarely
+    the culprit), and dead-letter a trace whose own task died ``max_trace_stalls`` times."""
 
-    retry: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (entry, stalls)
+    retry: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (entry, losses)
     dead: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
 
 
-def plan_after_stall(
-    entries: list[dict[str, Any]], stalls: int, limit_s: float, settings: Settings
+def plan_after_loss(
+    entries: list[dict[str, Any]], losses: int, settings: Settings, why: str
 ) -> StallPlan:
+    """``losses``: how often the trace's own task had died before this time; ``why``: this
+    time's cause."""
     if len(entries) > 1:
         return StallPlan(retry=[(entry, 0) for entry in entries])
-    stalls += 1
-    if stalls < settings.max_trace_stalls:
-        return StallPlan(retry=[(entry, stalls) for entry in entries])
-    reason = (
-        f"stalled its worker {stalls} times: ran over the {limit_s:g} s task time limit "
-        "(EVALFLEET_TRACE_TIME_LIMIT_S) and was killed"
-    )
+    losses += 1
+    if losses < settings.max_trace_stalls:
+        return StallPlan(retry=[(entry, losses) for entry in entries])
+    reason = f"stalled or killed its worker {losses} times (last: {why})"
     return StallPlan(dead=list(entries), reason=reason)
 
 
@@ -341,7 +352,7 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
             dead += 1
             continue
         decision = SampleDecision.model_validate(entry["decision"])
-        scores = evaluate_all(ctx.evaluators, trace)
+        scores = evaluate_all(ctx.evaluators, trace, ctx.settings.evaluator_budget_s)
         all_scores += scores
         prompt_versions[trace.trace_id] = trace.prompt_version
         # Keyed by id: a trace published twice in one batch must not upsert the same row twice.

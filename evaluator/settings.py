@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from functools import cache
@@ -262,6 +263,10 @@ class Settings(BaseSettings):
 
     # External sinks (delivered by `evalfleet relay` from the SQL outbox). Langfuse is enabled by
     # the SDK's own LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY / LANGFUSE_HOST variables.
+    # Langfuse's own knobs live with them in evaluator/sinks/langfuse.py (LangfuseSettings):
+    # LANGFUSE_TRACING_ENVIRONMENT or EVALFLEET_LANGFUSE_ENVIRONMENT (scores' environment when
+    # the trace names none), EVALFLEET_LANGFUSE_SCORE_CONFIGS (score configs for reviewers'
+    # annotation scores), EVALFLEET_LANGFUSE_MAX_REQUEST_BYTES (request size cap, 1 MB).
     otel_sink: str = Field(
         default="",
         description='Emit evaluations over OTLP: "spans", "logs" or "spans,logs"; empty is off. '
@@ -347,6 +352,15 @@ class Settings(BaseSettings):
         if price is None:
             return None
         return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
+    def visibility_timeout_s(self, heuristics_only: bool) -> int:
+        """How long a task taken by a vanished worker stays invisible: longer than any task of
+        the worker can run (twice its hard time limit), so a running task is never handed out
+        twice. Heuristics-only workers get theirs back in minutes; judge workers wait longer."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
+        limit = self.heuristics_time_limit_s if heuristics_only else self.judges_time_limit_s
+        return max(10, math.ceil(2 * limit))
 
     @property
     def celery_broker_url(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from evaluator import inflight
 from evaluator.constants import (
     DEAD_STREAM,
     REVIEW_STREAM,
@@ -34,6 +35,8 @@ class FleetStats:
     # Tasks taken by a worker and not acknowledged yet (running, or lost with a killed worker
     # until its role's visibility timeout), per worker role.
     unacked: dict[str, int]
+    # Heuristics batches dispatched and not stored yet (evaluator.inflight).
+    heuristics_in_flight: int
     dead_letters: int
     review_stream_length: int
     traces_scored: int
@@ -48,15 +51,23 @@ class FleetStats:
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def fleet_stats(client: redis.Redis, store: SQLStore, since: datetime | None = None) -> FleetStats:
+def fleet_stats(
+    client: redis.Redis,
+    store: SQLStore,
+    since: datetime | None = None,
+    broker: redis.Redis | None = None,
+) -> FleetStats:
+    """``broker``: the Celery broker's Redis, when it is not ``client``'s."""
+    broker = broker or client
     group = group_info(client, TRACES_STREAM, SAMPLER_GROUP)
     return FleetStats(
         stream_length=int(client.xlen(TRACES_STREAM)),
         pending=group["pending"],
         lag=group["lag"],
         consumers=group["consumers"],
-        queue_depths={q: queue_depth(client, q) for q in WORK_QUEUES},
-        unacked=unacked_tasks(client),
+        queue_depths={q: queue_depth(broker, q) for q in WORK_QUEUES},
+        unacked=unacked_tasks(broker),
+        heuristics_in_flight=inflight.count(client),
         dead_letters=int(client.xlen(DEAD_STREAM)),
         review_stream_length=int(client.xlen(REVIEW_STREAM)),
         traces_scored=store.count(TraceRecord),

@@ -6,9 +6,9 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
+import uuid
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -20,6 +20,7 @@ from celery.signals import worker_process_shutdown
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
+from evaluator import inflight
 from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.constants import (
     HEURISTICS_QUEUE,
@@ -27,6 +28,7 @@ from evaluator.constants import (
     JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     JUDGES_TASK,
+    TASK_STARTS_PREFIX,
     UNACKED_PREFIX,
     WORK_QUEUES,
 )
@@ -40,11 +42,12 @@ from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
 from evaluator.scoring import (
     INFRASTRUCTURE_ERRORS,
     ScoringContext,
+    StallPlan,
     dead_letter_entries,
     judge_batch,
-    plan_after_stall,
+    plan_after_loss,
     run_batch,
-    score_batch,
+    run_heuristics,
 )
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks import metrics
@@ -58,17 +61,8 @@ def worker_role(queues: Sequence[str]) -> str:
     return HEURISTICS_QUEUE if set(queues) <= {HEURISTICS_QUEUE} else JUDGES_QUEUE
 
 
-def visibility_timeout_s(role: str, settings: Settings) -> int:
-    """How long a task taken by a vanished worker stays invisible: longer than any task of the
-    role can run (its hard time limit), so a running task is never handed out twice."""
-    if settings.broker_visibility_timeout_s is not None:
-        return settings.broker_visibility_timeout_s
-    limit = settings.heuristics_time_limit_s if role == HEURISTICS_QUEUE else None
-    return max(10, math.ceil(2 * (limit or settings.judges_time_limit_s)))
-
-
 def _transport_options(role: str, settings: Settings) -> dict[str, Any]:
-    visibility_timeout = visibility_timeout_s(role, settings)
+    visibility_timeout = settings.visibility_timeout_s(heuristics_only=role == HEURISTICS_QUEUE)
     key = f"{UNACKED_PREFIX}{role}"
     # kombu sweeps for abandoned (unacked) messages every interval x throttle seconds, 100 s by
     # default; keep the sweep well inside the visibility timeout so redelivery follows it closely.
@@ -211,8 +205,24 @@ def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
             lambda: republish_unrouted(client, _review_router(settings), store),
         ),
     ]
+    dispatch = celery_dispatch()
+    chores.append(
+        FleetChore(
+            client,
+            "inflight",
+            settings.reaper_interval_s,
+            lambda: metrics.HEURISTICS_REDISPATCHED.inc(
+                inflight.redispatch_overdue(
+                    client,
+                    lambda entries, batch_id: dispatch(HEURISTICS_QUEUE, entries, batch_id),
+                    inflight.due_in_s(settings),
+                )
+            ),
+        )
+    )
+    broker = connect(settings.celery_broker_url)
     return Sampler(
-        client, settings, celery_dispatch(), consumer, judges, budget=budget, chores=chores
+        client, settings, dispatch, consumer, judges, budget=budget, chores=chores, broker=broker
     )
 
 
@@ -234,28 +244,70 @@ class _StallAware(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         if isinstance(exc, TimeLimitExceeded) and args:
-            _after_stall(self.name, list(args[0]), int((kwargs or {}).get("stalls", 0)))
+            settings = get_settings()
+            entries = list(args[0])
+            single = len(entries) == 1
+            limit = settings.trace_time_limit_s if single else _time_limit(self.name, settings)
+            log.error(
+                "%s ran over its %g s time limit on %d entries", self.name, limit, len(entries)
+            )
+            why = f"ran over the {limit:g} s task time limit and was killed"
+            losses = int((kwargs or {}).get("stalls", 0))
+            _after_loss(self.name, task_id, plan_after_loss(entries, losses, settings, why))
 
 
-def _after_stall(task: str, entries: list[dict[str, Any]], stalls: int) -> None:
+def _deaths(task: Task, client: redis.Redis) -> int:
+    """How often this delivery of ``task`` started before and never finished: its child died
+    (out of memory, a crash, kill -9) and the broker handed the message out again."""
+    key = f"{TASK_STARTS_PREFIX}{task.request.id}:{task.request.retries}"
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 24 * 3600)
+    starts, _ = pipe.execute()
+    return int(starts) - 1
+
+
+def _after_death(
+    task: Task, entries: list[dict[str, Any]], stalls: int, ctx: ScoringContext
+) -> bool:
+    """True when a redelivered batch was split, or its trace dead-lettered, instead of run."""
+    deaths = _deaths(task, ctx.client)
+    settings = ctx.settings
+    if not deaths or (len(entries) == 1 and stalls + deaths < settings.max_trace_stalls):
+        return False
+    why = "its worker process died while scoring it"
+    plan = plan_after_loss(entries, stalls + deaths - 1, settings, why)
+    _after_loss(task.name, task.request.id, plan, ctx)
+    return True
+
+
+def _after_loss(
+    task: str, task_id: str, plan: StallPlan, ctx: ScoringContext | None = None
+) -> None:
+    """Carry out ``plan``: one new task per trace to retry, dead letters for the rest. In the
+    worker's parent process (``ctx`` None) a throwaway context is used: children fork from
+    the parent and must not inherit its connections."""
     settings = get_settings()
-    limit = settings.trace_time_limit_s if len(entries) == 1 else _time_limit(task, settings)
-    plan = plan_after_stall(entries, stalls, limit, settings)
-    log.error("%s ran over its %g s time limit on %d entries", task, limit, len(entries))
+    entries = [entry for entry, _ in plan.retry] + plan.dead
     queue = HEURISTICS_QUEUE if task == HEURISTICS_TASK else judges_queue(entries[0].get("run"))
-    for entry, count in plan.retry:
-        app.send_task(
-            task, args=[[entry]], kwargs={"stalls": count}, queue=queue,
-            time_limit=settings.trace_time_limit_s,
-        )  # fmt: skip
-    if plan.dead:
-        # The parent process keeps no scoring context of its own (children fork from it).
-        ctx = _build_scoring_context.__wrapped__()
-        try:
-            dead_letter_entries(ctx, plan.dead, plan.reason, task)
-        finally:
-            ctx.store.close()
-            ctx.client.close()
+    retries = {uuid.uuid4().hex: (entry, count) for entry, count in plan.retry}
+    own = ctx or _build_scoring_context.__wrapped__()
+    try:
+        if task == HEURISTICS_TASK:  # the split tasks replace the batch in the in-flight record
+            singles = {retry_id: [entry] for retry_id, (entry, _) in retries.items()}
+            inflight.add(own.client, singles, inflight.due_in_s(settings))
+            inflight.remove(own.client, [task_id])
+        for retry_id, (entry, count) in retries.items():
+            app.send_task(
+                task, args=[[entry]], kwargs={"stalls": count}, queue=queue, task_id=retry_id,
+                time_limit=settings.trace_time_limit_s,
+            )  # fmt: skip
+        if plan.dead:
+            dead_letter_entries(own, plan.dead, plan.reason, task)
+    finally:
+        if ctx is None:
+            own.store.close()
+            own.client.close()
 
 
 def _time_limit(task: str, settings: Settings) -> float:
@@ -264,14 +316,20 @@ def _time_limit(task: str, settings: Settings) -> float:
     return settings.judges_time_limit_s
 
 
-@app.task(name=HEURISTICS_TASK, base=_StallAware, **_TASK_OPTIONS)
-def heuristics_batch(entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
-    return run_batch(HEURISTICS_TASK, score_batch, entries, scoring_context())
+@app.task(name=HEURISTICS_TASK, base=_StallAware, bind=True, **_TASK_OPTIONS)
+def heuristics_batch(task: Task, entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
+    ctx = scoring_context()
+    if _after_death(task, entries, stalls, ctx):
+        return {"split_or_dead_lettered": len(entries)}
+    return run_heuristics(entries, ctx, task.request.id)
 
 
-@app.task(name=JUDGES_TASK, base=_StallAware, **_TASK_OPTIONS)
-def judge_batch_task(entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
-    return run_batch(JUDGES_TASK, judge_batch, entries, scoring_context())
+@app.task(name=JUDGES_TASK, base=_StallAware, bind=True, **_TASK_OPTIONS)
+def judge_batch_task(task: Task, entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
+    ctx = scoring_context()
+    if _after_death(task, entries, stalls, ctx):
+        return {"split_or_dead_lettered": len(entries)}
+    return run_batch(JUDGES_TASK, judge_batch, entries, ctx)
 
 
 _TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}
@@ -280,9 +338,10 @@ _TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}
 def celery_dispatch(celery_app: Celery = app) -> Dispatch:
     """The sampler's hand-off: one task per batch, raising if the broker refused it."""
 
-    def dispatch(queue: str, entries: list[dict[str, Any]]) -> None:
+    def dispatch(queue: str, entries: list[dict[str, Any]], batch_id: str) -> None:
         try:
-            celery_app.send_task(_TASK_FOR_QUEUE[queue], args=[entries], queue=queue)
+            task = _TASK_FOR_QUEUE[queue]
+            celery_app.send_task(task, args=[entries], queue=queue, task_id=batch_id)
         except (KombuError, redis.RedisError, OSError) as exc:
             raise DispatchError(f"broker refused the batch: {exc}") from exc
 

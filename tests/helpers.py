@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,3 +160,192 @@ class RestartableServer:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET on a loopback port; (0, reason) when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+class RedisServer:
+    """A private redis-server on a fixed free loopback port that a test can take down
+    (``shutdown``: SHUTDOWN NOSAVE, as an operator or a crash would) and start again on the same
+    port. The append-only file is fsynced on every write, so a restart keeps every write Redis
+    acknowledged (NOSAVE only skips the RDB snapshot); ``persist=False`` comes back empty."""
+
+    def __init__(self, directory: Path, persist: bool = True) -> None:
+        from evaluator.embedded import INSTALL_HINT, find_redis_server
+
+        binary = find_redis_server()
+        if binary is None:
+            raise RuntimeError(INSTALL_HINT)
+        self.binary = binary
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        import redis
+
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "always"]
+        args += ["--dir", str(self.directory)]
+        with (self.directory / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        client = self.client()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def shutdown(self, pubsub_first: bool = False) -> None:
+        """SHUTDOWN NOSAVE: Redis closes every client connection and exits. (Sent over a plain
+        socket: redis-py would retry the command, with backoff, once the server is gone.)
+
+        ``pubsub_first``: in the same round trip, close the pub/sub connections just before
+        (CLIENT KILL TYPE pubsub), so their clients see them fail first: the order in which a
+        Celery worker's event loop happens to notice its pidbox and BRPOP sockets fail."""
+        import socket
+
+        command = b"SHUTDOWN NOSAVE\r\n"
+        if pubsub_first:
+            command = b"CLIENT KILL TYPE pubsub\r\n" + command
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(command)
+            with contextlib.suppress(OSError):
+                sock.recv(64)  # the server closes the connection on its way out
+        if self.process is not None:
+            self.process.wait(timeout=15)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL's binaries (initdb, pg_ctl), if any."""
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name or 0)
+    )
+    found = [p for p in candidates if (p / "initdb").exists() and (p / "pg_ctl").exists()]
+    return found[-1] if found else None
+
+
+def postgres_unavailable_reason() -> str | None:
+    """Why a private PostgreSQL cluster cannot be started here, or None."""
+    import pwd
+    import shutil
+
+    if postgres_bindir() is None:
+        return "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb, pg_ctl)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run PostgreSQL as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing (PostgreSQL refuses to run as root)"
+    return None
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary directory on a free loopback port. ``stop``
+    (``pg_ctl stop -m fast``: clients are disconnected, as when an operator stops the server)
+    and ``start`` take it down and bring it back with its data. As root it runs as the
+    ``postgres`` user (PostgreSQL refuses root), in a directory owned by that user."""
+
+    def __init__(self) -> None:
+        import pwd
+        import tempfile
+
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("no PostgreSQL binaries")
+        self.bindir = bindir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="evalfleet-pg-"))
+        self.data = self.directory / "data"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        result = subprocess.run(
+            [*self.prefix, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}")
+
+    def init(self) -> PostgresCluster:
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+            "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        return self
+
+    def start(self) -> PostgresCluster:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "log"),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        engine.dispose()
+        return self.url(name)
+
+    def destroy(self) -> None:
+        import shutil
+
+        with contextlib.suppress(RuntimeError):  # not running
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

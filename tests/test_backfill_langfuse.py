@@ -1,4 +1,5 @@
-"""Backfill from Langfuse through its public API (tests/langfuse_server.py serves it)."""
+"""Backfill from Langfuse through its public API (tests/langfuse_server.py serves it): the
+observations v2 API where the server has it (v4), /api/public/traces where it answers 404 (v3)."""
 
 from __future__ import annotations
 
@@ -80,14 +81,19 @@ def observations(
     ]
 
 
-@pytest.fixture
-def langfuse() -> Iterator[FakeLangfuse]:
-    fake = FakeLangfuse()
+def served(version: str) -> FakeLangfuse:
+    fake = FakeLangfuse(version=version)
     for i in range(1, 8):
         fake.observations += observations(i)
     fake.observations += observations(20, day=10)  # before --since
     fake.observations += observations(21, tags=["staging"])  # filtered out by tag
     fake.start()
+    return fake
+
+
+@pytest.fixture(params=["v4", "v3"])
+def langfuse(request: pytest.FixtureRequest) -> Iterator[FakeLangfuse]:
+    fake = served(request.param)
     yield fake
     fake.stop()
 
@@ -127,14 +133,45 @@ def test_backfill_converts_pages_and_resumes(
     assert trace.latency_ms == 2000.0
     assert trace.metadata["langfuse_user_id"] == "user-1"
     gets = [r for r in langfuse.requests if r.method == "GET"]
-    assert all(r.path == "/api/public/v2/observations" for r in gets)
-    roots = [r for r in gets if "isRootObservation" in r.query["filter"][0]]
-    assert json.loads(roots[0].query["filter"][0])[1] == {
-        "type": "datetime",
-        "column": "startTime",
-        "operator": ">=",
-        "value": SINCE.isoformat(),
-    }
+    if langfuse.version == "v4":
+        assert all(r.path == "/api/public/v2/observations" for r in gets)
+        roots = [r for r in gets if "isRootObservation" in r.query["filter"][0]]
+        assert json.loads(roots[0].query["filter"][0])[1] == {
+            "type": "datetime",
+            "column": "startTime",
+            "operator": ">=",
+            "value": SINCE.isoformat(),
+        }
+        return
+    # v3: the first request finds no observations v2 API; the resumed run goes straight on.
+    assert [r.path for r in gets].count("/api/public/v2/observations") == 1
+    lists = [r for r in gets if r.path == "/api/public/traces"]
+    assert [r.query["page"] for r in lists] == [["1"], ["2"], ["3"]]
+    assert lists[0].query["fromTimestamp"] == [SINCE.isoformat()]
+    assert lists[0].query["tags"] == ["prod"] and lists[0].query["name"] == ["support-chat"]
+    details = [r.path for r in gets if r.path.startswith("/api/public/traces/")]
+    assert sorted(details) == sorted(f"/api/public/traces/{i:032x}" for i in range(1, 8))
+
+
+def test_v3_fallback_retries_transient_errors(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    langfuse = served("v3")
+    try:
+        for key, value in langfuse.env().items():
+            monkeypatch.setenv(key, value)
+        with httpx.Client() as http:
+            backfill = LangfuseBackfill(
+                langfuse_api(LangfuseSettings(), http), redis_client, Settings(), 5
+            )
+            pages = backfill.trace_pages(BackfillQuery(SINCE, tags=("prod",)))
+            first = next(pages)  # after the v2 request's 404
+            langfuse.fail_next = 2  # the next page's list request fails twice, then works
+            rest = list(pages)
+    finally:
+        langfuse.stop()
+    assert len(first.traces) == 5 and [len(p.traces) for p in rest] == [2]
+    assert first.cursor == "v1:2" and rest[-1].cursor is None
 
 
 def test_cli_backfill_with_progress(

@@ -126,7 +126,7 @@ class Collect:
     def __init__(self) -> None:
         self.judge_entries: list[dict[str, Any]] = []
 
-    def __call__(self, queue: str, entries: list[dict[str, Any]]) -> None:
+    def __call__(self, queue: str, entries: list[dict[str, Any]], batch_id: str = "") -> None:
         if queue == "judges":
             self.judge_entries += entries
 

@@ -25,13 +25,14 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import delete
 from sqlmodel import Session, SQLModel, select
 
+from evaluator import inflight
 from evaluator.constants import DEAD_STREAM, HEURISTICS_QUEUE, SAMPLER_GROUP, TRACES_STREAM
 from evaluator.evaluators import evaluate_all, heuristic_evaluators
 from evaluator.ledger import HEURISTICS
 from evaluator.models import Trace, parse_trace
 from evaluator.review import ReviewRouter
 from evaluator.sampler import Sampler
-from evaluator.scoring import ScoringContext, run_batch, score_batch
+from evaluator.scoring import ScoringContext, run_heuristics
 from evaluator.settings import Settings
 from evaluator.sinks.sql import LedgerRecord, ScoreRecord, SQLStore, TraceRecord
 from evaluator.streams import group_info
@@ -102,6 +103,7 @@ def check_outcome(
             assert traces[trace.trace_id].stream_id == entry_id
             assert scores[trace.trace_id] == len({s.id for s in evaluate_all(evaluators, trace)})
     assert group_info(client, TRACES_STREAM, SAMPLER_GROUP)["pending"] == 0
+    assert inflight.count(client) == 0
 
 
 def dead_reason(dead: list[Any], entry_id: str) -> str:
@@ -134,9 +136,9 @@ def test_generated_entries_through_sampler_and_worker(
     )
     counts = Counter[str]()
 
-    def dispatch(queue: str, batch: list[dict[str, Any]]) -> None:
+    def dispatch(queue: str, batch: list[dict[str, Any]], batch_id: str) -> None:
         assert queue == HEURISTICS_QUEUE  # no judges configured
-        run_batch("heuristics", score_batch, batch, ctx)  # what the Celery task runs
+        run_heuristics(batch, ctx, batch_id)  # what the Celery task runs
 
     @hypothesis_settings(
         max_examples=int(os.environ.get("EVALFLEET_FUZZ_EXAMPLES", "150")),

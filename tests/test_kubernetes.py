@@ -261,7 +261,14 @@ def test_settings_in_the_configmap_secrets_in_the_secret() -> None:
         "EVALFLEET_JUDGE_API_KEY": {"judge-worker", "judge-backfill-worker"},
         "EVALFLEET_REVIEWER_TOKENS": {"review-api"},
         "EVALFLEET_OTLP_TOKEN": {"otlp-receiver"},
-        "LANGFUSE_SECRET_KEY": {"worker", "judge-worker", "judge-backfill-worker", "relay"},
+        # The review API queues human labels for Langfuse as annotation scores.
+        "LANGFUSE_SECRET_KEY": {
+            "worker",
+            "judge-worker",
+            "judge-backfill-worker",
+            "relay",
+            "review-api",
+        },
         "EVALFLEET_DATABASE_URL": set(PROCESSES) - {"otlp-receiver"},
     }
     for key, components in needs.items():

@@ -71,7 +71,7 @@ def test_naive_and_aware_times_compare_as_utc() -> None:
 
 def _sampler(client: redis.Redis, batches: list[list[dict[str, Any]]], consumer: str) -> Sampler:
     settings = Settings(sampler_block_ms=10, claim_interval_s=0.01, claim_idle_ms=100)
-    return Sampler(client, settings, lambda _, b: batches.append(b), consumer, judges={})
+    return Sampler(client, settings, lambda _, b, __: batches.append(b), consumer, judges={})
 
 
 def test_entries_of_any_bytes_are_dead_lettered_even_when_reclaimed(

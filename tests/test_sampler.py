@@ -35,7 +35,7 @@ class Collect:
         }
         self.fail = False
 
-    def __call__(self, queue: str, entries: list[dict[str, Any]]) -> None:
+    def __call__(self, queue: str, entries: list[dict[str, Any]], batch_id: str = "") -> None:
         if self.fail:
             raise DispatchError("broker down")
         self.queues[queue].append(entries)

@@ -46,16 +46,28 @@ class CheckEvaluator:
 
     def error(self, trace: Trace, reason: str) -> Score:
         """The check could not be evaluated on this trace (``status=error``), and why."""
-        return Score.for_trace(
-            trace.trace_id,
-            self.name,
-            self.version,
-            self.name,
-            data_type=ScoreType.BOOLEAN,
-            status=ScoreStatus.ERROR,
-            severity=self.severity,
-            reason=reason[:500],
-        )
+        return error_score(self, trace, reason, self.severity)
+
+
+class _Named(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+
+def error_score(
+    evaluator: _Named, trace: Trace, reason: str, severity: Severity = Severity.LOW
+) -> Score:
+    """``evaluator`` could not score ``trace`` (``status=error``), and why."""
+    return Score.for_trace(
+        trace.trace_id,
+        evaluator.name,
+        evaluator.version,
+        evaluator.name,
+        data_type=ScoreType.BOOLEAN,
+        status=ScoreStatus.ERROR,
+        severity=severity,
+        reason=reason[:500],
+    )
 
 
 class OverBudget(BaseException):
@@ -134,15 +146,8 @@ class _Alarm:
 
 
 def _over_budget(evaluator: Evaluator, trace: Trace, budget_s: float, detail: str) -> Score:
-    return Score.for_trace(
-        trace.trace_id,
-        evaluator.name,
-        evaluator.version,
-        evaluator.name,
-        status=ScoreStatus.ERROR,
-        reason=f"evaluator {evaluator.name} exceeded its {budget_s:.1f} s budget on this trace "
-        f"({detail})",
-    )
+    reason = f"evaluator {evaluator.name} exceeded its {budget_s:.1f} s budget on this trace"
+    return error_score(evaluator, trace, f"{reason} ({detail})")
 
 
 def _run(evaluator: Evaluator, trace: Trace, alarm: _Alarm) -> list[Score]:
@@ -158,16 +163,7 @@ def _run(evaluator: Evaluator, trace: Trace, alarm: _Alarm) -> list[Score]:
         stopped = f"stopped after {time.monotonic() - started:.1f} s"
         return [_over_budget(evaluator, trace, budget_s, stopped)]
     except Exception as exc:
-        return [
-            Score.for_trace(
-                trace.trace_id,
-                evaluator.name,
-                evaluator.version,
-                evaluator.name,
-                status=ScoreStatus.ERROR,
-                reason=f"{type(exc).__name__}: {exc}"[:500],
-            )
-        ]
+        return [error_score(evaluator, trace, f"{type(exc).__name__}: {exc}")]
     elapsed = time.monotonic() - started
     if elapsed > budget_s:
         detail = f"took {elapsed:.1f} s" + ("" if alarm.usable else "; not interruptible here")

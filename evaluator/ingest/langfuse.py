@@ -7,16 +7,25 @@ retrievals, which give the answer, model, tokens and retrieved contexts. The cur
 Redis after each published page, so an interrupted backfill resumes where it stopped. Delivery
 is at least once: a page published just before a crash is published again on resume, which the
 fleet absorbs (scores are keyed by trace, evaluator and version).
+
+Langfuse v3 answers the observations v2 API with 404 unless its v4 preview is switched on
+(web/src/pages/api/public/v2/observations/index.ts at v3.225 in langfuse/langfuse). There the
+backfill reads ``GET /api/public/traces`` instead (page-based, ordered by timestamp, same
+filters) and each trace's observations from ``GET /api/public/traces/{id}``: one request more
+per trace. Its saved position is ``v1:<next page>``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from pydantic import ValidationError
@@ -31,6 +40,9 @@ from evaluator.streams import text
 ROOT_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
 CHILD_FIELDS = "core,basic,io,metadata,model,usage"
 STATE_PREFIX = "evalfleet:backfill:langfuse:"
+V1_CURSOR = "v1:"  # a saved position in the /api/public/traces fallback: "v1:<next page>"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,24 @@ class BackfillQuery:
     @property
     def state_key(self) -> str:
         return STATE_PREFIX + stable_id(self.filter_json())
+
+    def traces_params(self, page: int, limit: int) -> dict[str, Any]:
+        """The same query for ``GET /api/public/traces`` (GetTracesV1Query)."""
+        params: dict[str, Any] = {
+            "page": page,
+            "limit": limit,
+            "fromTimestamp": self.since.isoformat(),
+            "orderBy": "timestamp.asc",  # new traces land after the pages already read
+        }
+        if self.until is not None:
+            params["toTimestamp"] = self.until.isoformat()
+        if self.name:
+            params["name"] = self.name
+        if self.tags:
+            params["tags"] = list(self.tags)  # all of them
+        if self.user:
+            params["userId"] = self.user
+        return params
 
 
 def _condition(kind: str, column: str, operator: str, value: Any) -> dict[str, Any]:
@@ -170,6 +200,44 @@ def observation_to_trace(root: Any, children: list[Any]) -> Trace:
     return Trace(**fields)
 
 
+def _v1_observations(trace: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """(root, generations and retrievals) as observations v2 objects from a v1 trace with its
+    observations (``GET /api/public/traces/{id}``): the root observation carries the trace's
+    own fields (name, user, session, tags, input/output, latency, cost), as v2 has them."""
+    from langfuse.api.commons.types.observation_v2 import ObservationV2
+    from langfuse.api.core.pydantic_utilities import parse_obj_as
+
+    observations = [o for o in trace.get("observations") or [] if isinstance(o, dict)]
+    roots = [o for o in observations if not o.get("parentObservationId")]
+    first = min(roots, key=lambda o: str(o.get("startTime"))) if roots else None
+    root: dict[str, Any] = dict(first) if first is not None else {"id": trace["id"], "type": "SPAN"}
+    root.setdefault("startTime", trace.get("timestamp"))
+    root.setdefault("projectId", trace.get("projectId") or "")
+    own, shared = root.get("metadata"), trace.get("metadata")
+    metadata = {
+        **(own if isinstance(own, dict) else {}),
+        **(shared if isinstance(shared, dict) else {}),
+    }
+    root |= {
+        "traceId": trace["id"],
+        "isRootObservation": True,
+        "traceName": trace.get("name"),
+        "userId": trace.get("userId"),
+        "sessionId": trace.get("sessionId"),
+        "tags": trace.get("tags") or [],
+        "metadata": metadata,
+    }
+    for key in ("input", "output", "latency", "totalCost", "release", "environment"):
+        if trace.get(key) is not None:
+            root[key] = trace[key]
+    children = [
+        parse_obj_as(ObservationV2, {**o, "traceId": trace["id"]})
+        for o in observations
+        if o is not first and o.get("type") in ("GENERATION", "RETRIEVER")
+    ]
+    return parse_obj_as(ObservationV2, root), children
+
+
 @dataclass
 class TracePage:
     traces: list[Trace]
@@ -215,10 +283,28 @@ class LangfuseBackfill:
 
     def trace_pages(self, query: BackfillQuery, cursor: str | None = None) -> Iterator[TracePage]:
         """The query's traces page by page, with what could not be converted and why."""
+        from langfuse.api.core.api_error import ApiError
+
+        if cursor and cursor.startswith(V1_CURSOR):
+            yield from self._v1_trace_pages(query, int(cursor[len(V1_CURSOR) :]))
+            return
         while True:
-            page = self.api.observations.get_many(
-                fields=ROOT_FIELDS, limit=self.page_size, cursor=cursor, filter=query.filter_json()
-            )
+            try:
+                page = self.api.observations.get_many(
+                    fields=ROOT_FIELDS,
+                    limit=self.page_size,
+                    cursor=cursor,
+                    filter=query.filter_json(),
+                )
+            except ApiError as exc:
+                if exc.status_code != 404:
+                    raise
+                log.warning(
+                    "Langfuse has no observations v2 API here (v3 without the v4 preview): "
+                    "reading /api/public/traces instead"
+                )
+                yield from self._v1_trace_pages(query, 1)
+                return
             roots = page.data
             children = self._children([r.trace_id for r in roots]) if roots else {}
             converted = TracePage([], [], page.meta.cursor or None)
@@ -233,6 +319,54 @@ class LangfuseBackfill:
             cursor = page.meta.cursor
             if not cursor:
                 return
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET a public API path with the SDK client's base URL and auth; 429, 5xx and transport
+        errors are tried twice more (as the SDK's own calls are)."""
+        import httpx
+        from langfuse.api.core.api_error import ApiError
+
+        wrapper = self.api._client_wrapper
+        url = wrapper.get_base_url().rstrip("/") + path
+        for attempt in range(3):
+            try:
+                response = wrapper.httpx_client.httpx_client.get(
+                    url, params=params, headers=wrapper.get_headers()
+                )
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+                continue
+            if (response.status_code != 429 and response.status_code < 500) or attempt == 2:
+                break
+            time.sleep(0.5 * 2**attempt)
+        if not 200 <= response.status_code < 300:
+            raise ApiError(
+                status_code=response.status_code,
+                headers=dict(response.headers),
+                body=response.text[:1000],
+            )
+        return response.json()
+
+    def _v1_trace_pages(self, query: BackfillQuery, page: int) -> Iterator[TracePage]:
+        """The fallback for servers without the observations v2 API (see the module)."""
+        while True:
+            listed = self._get("/api/public/traces", query.traces_params(page, self.page_size))
+            data = listed.get("data") or []
+            more = bool(data) and page < int(listed.get("meta", {}).get("totalPages") or 0)
+            converted = TracePage([], [], f"{V1_CURSOR}{page + 1}" if more else None)
+            for summary in data:
+                trace = self._get(f"/api/public/traces/{quote(str(summary['id']), safe='')}")
+                try:
+                    root, children = _v1_observations(trace)
+                    converted.traces.append(observation_to_trace(root, children))
+                except ValidationError as exc:
+                    converted.skipped.append(f"{summary['id']}: {describe_validation_error(exc)}")
+            yield converted
+            if not more:
+                return
+            page += 1
 
     def run(
         self,

@@ -6,7 +6,9 @@ Protobuf and JSON encodings, gzip, an optional bearer token, a body size limit. 
 the OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
 refused for missing ids or full traces), 400 for a body that cannot be decoded (with the reason),
 413 too large, 415 unknown content type, 401 bad token, and 503 with ``Retry-After`` while the
-fleet is behind (too many unread stream entries or pending traces) — exporters retry those.
+fleet is behind (too many unread stream entries or pending traces) or Redis is down —
+exporters retry those. A Redis outage never stops the receiver: ``/readyz`` answers 503 (naming
+it) until Redis is back, one log line says it went and one that it returned (evaluator.health).
 Completion is decided by ``SpanAssembler`` (see ``evaluator.ingest.assembly``).
 """
 
@@ -39,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
+from evaluator.health import REDIS, Backoff, Prober, Readiness, outage_of, probing
 from evaluator.ingest.assembly import Held, SpanAssembler
 from evaluator.ingest.otel import Span, json_any_value, json_attributes, parse_otlp_spans
 from evaluator.ingest.otlp_proto import encode_event, pb_attributes, pb_value, resource_prefix
@@ -180,6 +183,29 @@ class Receiver:
         self.assembler = SpanAssembler(client, settings)
         self._busy_until = 0.0
         self._checked_at = 0.0
+        self.readiness = Readiness("otlp-receiver")
+        self.readiness.expect(REDIS)  # unready until the first check (at start-up)
+
+    def unavailable(self, exc: Exception) -> Response:
+        """Redis is away: 503 with Retry-After (the exporter keeps the spans and retries)."""
+        self.readiness.down(REDIS, exc)
+        return _error(503, "Redis unavailable; retry later", "unavailable", {"Retry-After": "5"})
+
+    def run_flusher(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+        """The in-process flusher (``flush=True``): publish due traces until ``stop``, waiting
+        Redis outages out with backoff."""
+        backoff = Backoff(max_s=self.settings.outage_backoff_max_s)
+        while not stop.is_set():
+            try:
+                counts = self.assembler.flush()
+            except redis.RedisError as exc:
+                self.readiness.down(REDIS, exc)
+                stop.wait(backoff.next())
+                continue
+            backoff.reset()
+            self.readiness.up(REDIS)
+            if not counts.published and not counts.dropped:
+                stop.wait(interval_s)
 
     def behind(self) -> bool:
         """True while the fleet cannot keep up; checked at most every 0.5 s."""
@@ -275,12 +301,18 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
                 spans, refused = spans_from_json(body)
         except BadRequest as exc:
             return _error(400, str(exc), "malformed")
-        if await run_in_threadpool(receiver.behind):
-            return _backpressure()
-        if content_type == PROTOBUF:
-            full = await run_in_threadpool(receiver.assembler.add_encoded, groups)
-        else:
-            full = await run_in_threadpool(receiver.assembler.add, spans)
+        try:
+            if await run_in_threadpool(receiver.behind):
+                return _backpressure()
+            if content_type == PROTOBUF:
+                full = await run_in_threadpool(receiver.assembler.add_encoded, groups)
+            else:
+                full = await run_in_threadpool(receiver.assembler.add, spans)
+        except redis.RedisError as exc:
+            if outage_of(exc) is None:
+                raise
+            return receiver.unavailable(exc)
+        receiver.readiness.up(REDIS)
         metrics.OTLP_SPANS.labels("refused_bad_id").inc(refused)
         metrics.OTLP_REQUESTS.labels("accepted").inc()
         reasons = []
@@ -302,9 +334,15 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
             groups, ignored = decode(body)
         except BadRequest as exc:
             return _error(400, str(exc), "malformed")
-        if await run_in_threadpool(receiver.behind):
-            return _backpressure()
-        full = await run_in_threadpool(receiver.assembler.add_encoded, groups) if groups else 0
+        try:
+            if await run_in_threadpool(receiver.behind):
+                return _backpressure()
+            full = await run_in_threadpool(receiver.assembler.add_encoded, groups) if groups else 0
+        except redis.RedisError as exc:
+            if outage_of(exc) is None:
+                raise
+            return receiver.unavailable(exc)
+        receiver.readiness.up(REDIS)
         kept = sum(len(entries) for _, entries in groups.values()) - full
         metrics.OTLP_LOG_RECORDS.labels("genai_event").inc(kept)
         metrics.OTLP_LOG_RECORDS.labels("ignored").inc(ignored)
@@ -314,7 +352,13 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         return _response(content_type, full, reason, logs=True)
 
     async def healthz(_: Request) -> Response:
+        """Liveness: the receiver runs (it waits Redis outages out; see /readyz)."""
         return Response("ok\n", media_type="text/plain")
+
+    async def readyz(_: Request) -> Response:
+        """200 while Redis answers, else 503 saying since when and why (JSON)."""
+        status, body = receiver.readiness.response()
+        return Response(body, status_code=status, media_type="application/json")
 
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -322,10 +366,12 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         stop = threading.Event()
-        thread = threading.Thread(target=receiver.assembler.run_flusher, args=(stop,), daemon=True)
+        thread = threading.Thread(target=receiver.run_flusher, args=(stop,), daemon=True)
         if flush:
             thread.start()
-        yield
+        prober = Prober(receiver.readiness, {REDIS: client.ping}, settings.health_probe_interval_s)
+        with probing(prober):
+            yield
         stop.set()
         if flush:
             thread.join(10)
@@ -335,6 +381,7 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
             Route("/v1/traces", export, methods=["POST"]),
             Route("/v1/logs", export_logs, methods=["POST"]),
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", prometheus),
         ],
         lifespan=lifespan,

@@ -4,20 +4,40 @@ Every endpoint needs a reviewer token (``EVALFLEET_REVIEWER_TOKENS``): ``Authori
 for the API, an HttpOnly, SameSite=Strict cookie set by the login form for the page (SameSite
 keeps other sites from posting forms with it). Missing or wrong token: 401. Items of a tenant
 the token does not cover: 403. Trace text is escaped everywhere (Jinja2 autoescape).
+
+While Redis or the database is down, requests that need it get 503 with ``Retry-After`` (not a
+500 and a traceback each), ``/readyz`` answers 503 naming what is down, and the server keeps
+running; it serves again as soon as the dependency is back (evaluator.health).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from evaluator.health import (
+    DATABASE,
+    REDIS,
+    Backoff,
+    Prober,
+    Readiness,
+    database_check,
+    outage_of,
+    probing,
+    until_available,
+)
 from evaluator.models import ReviewItem, ReviewLabel, Verdict
 from evaluator.review.queue import (
     AlreadyLabelled,
@@ -98,15 +118,55 @@ def review_app(settings: Settings) -> FastAPI:
     from evaluator.sinks.sql import SQLStore
     from evaluator.streams import connect
 
-    store = SQLStore(settings.sqlalchemy_url)
+    readiness = Readiness("review-api")
+    # Started during a database outage: wait for it rather than exit.
+    store = until_available(
+        lambda: SQLStore(settings.sqlalchemy_url),
+        threading.Event(),
+        readiness,
+        Backoff(max_s=settings.outage_backoff_max_s),
+    )
+    assert store is not None  # the event is never set
     return create_app(
-        ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s), settings
+        ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s),
+        settings,
+        readiness,
     )
 
 
-def create_app(queue: ReviewQueue, settings: Settings) -> FastAPI:
-    app = FastAPI(title="Evalfleet review", version="1", docs_url="/docs")
+def create_app(
+    queue: ReviewQueue, settings: Settings, readiness: Readiness | None = None
+) -> FastAPI:
+    readiness = readiness or Readiness("review-api")
+    for dependency in (REDIS, DATABASE):
+        readiness.expect(dependency)  # unready until the first check (at start-up)
+    prober = Prober(
+        readiness,
+        {REDIS: queue.client.ping, DATABASE: database_check(queue.store.engine)},
+        settings.health_probe_interval_s,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        with probing(prober):
+            yield
+
+    app = FastAPI(title="Evalfleet review", version="1", docs_url="/docs", lifespan=lifespan)
     app.state.settings = settings
+    app.state.readiness = readiness
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        """Redis or the database is away: 503, retry shortly (logged once per outage)."""
+        dependency = outage_of(exc) or REDIS
+        readiness.down(dependency, exc)
+        return JSONResponse(
+            {"detail": f"{dependency} unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    for error in (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError):
+        app.add_exception_handler(error, unavailable)
 
     def scope(access: ReviewerAccess, evaluator: str | None = None) -> QueueFilter:
         return QueueFilter(access.tenant_scope, evaluator)
@@ -244,7 +304,14 @@ def create_app(queue: ReviewQueue, settings: Settings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
+        """Liveness: the server runs (it waits dependency outages out; see /readyz)."""
         return Response("ok\n", media_type="text/plain")
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        """200 while Redis and the database answer, else 503 naming what is down (JSON)."""
+        status, body = readiness.response()
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

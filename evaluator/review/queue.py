@@ -13,6 +13,7 @@ and ``claim`` acknowledges items it finds already labelled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ import redis
 from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES
 from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Verdict
 from evaluator.review.routing import parse_queue_key
+from evaluator.sinks.outbox import label_outbox_rows
 from evaluator.sinks.sql import SQLStore
 from evaluator.streams import text
 
@@ -67,10 +69,22 @@ class QueueFilter:
 
 
 class ReviewQueue:
-    def __init__(self, client: redis.Redis, store: SQLStore, lease_s: float = 900.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: SQLStore,
+        lease_s: float = 900.0,
+        sinks: Sequence[Any] | None = None,
+    ) -> None:
         self.client = client
         self.store = store
         self.lease_ms = int(lease_s * 1000)
+        # Sinks that take labels (Langfuse annotation scores); None: as the environment enables.
+        if sinks is None:
+            from evaluator.sinks.langfuse import label_sinks
+
+            sinks = label_sinks()
+        self.sinks = list(sinks)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -189,6 +203,11 @@ class ReviewQueue:
             assert existing is not None
             self.store.set_review_status(item_id, ReviewStatus.LABELLED)
             self.client.xack(queue, REVIEW_GROUP, entry_id)
+        if self.sinks and existing.reviewer == reviewer and existing.verdict == verdict:
+            # After the label is stored: a crash in between leaves it unsent until the reviewer
+            # repeats the label (idempotent), which writes the same rows (unchanged: not resent).
+            rows = label_outbox_rows(self.sinks, [existing], datetime.now(UTC))
+            self.store.write_batch([], [], [], outbox=rows)
         if existing.reviewer != reviewer or existing.verdict != verdict:
             raise AlreadyLabelled(
                 f"review item {item_id} was labelled {existing.verdict.value} by "

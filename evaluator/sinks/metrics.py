@@ -107,6 +107,16 @@ PENDING = Gauge(
 QUEUE_DEPTH = Gauge(
     "evalfleet_queue_depth", "Tasks waiting per queue.", ["queue"], multiprocess_mode="mostrecent"
 )
+HEURISTICS_IN_FLIGHT = Gauge(
+    "evalfleet_heuristics_in_flight",
+    "Heuristics batches dispatched and not finished (stored or dead-lettered) yet.",
+    multiprocess_mode="mostrecent",
+)
+HEURISTICS_REDISPATCHED = Counter(
+    "evalfleet_heuristics_redispatched_total",
+    "Heuristics batches dispatched again because they did not finish in time (lost by the "
+    "broker, or very slow).",
+)
 TASKS_UNACKED = Gauge(
     "evalfleet_tasks_unacked",
     "Tasks taken by a worker and not acknowledged (running, or held by a killed worker).",

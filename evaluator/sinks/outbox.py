@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,8 @@ from typing import Any, Protocol
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from evaluator.models import Score, Trace, stable_id
+from evaluator.health import DATABASE, PROCESS, Backoff, Readiness, outage_of
+from evaluator.models import ReviewLabel, Score, Trace, stable_id
 from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.sinks.sql import OutboxRecord, SQLStore, as_utc
@@ -90,6 +92,43 @@ def outbox_rows(
     return rows
 
 
+def label_outbox_rows(
+    sinks: Sequence[Any], labels: Sequence[ReviewLabel], now: datetime
+) -> list[dict[str, Any]]:
+    """Outbox rows for human review labels, for the sinks that take them (those with a
+    ``label_payloads(label)`` method, giving (score id, payload or why not) per score: Langfuse
+    annotation scores). Written by the review queue once the label is stored; delivered by the
+    relay like any score row (same digest rule: writing them again changes nothing)."""
+    rows = []
+    for sink in sinks:
+        make = getattr(sink, "label_payloads", None)
+        if make is None:
+            continue
+        for label in labels:
+            for score_id, payload in make(label):
+                if isinstance(payload, str):
+                    metrics.SINK_SKIPPED.labels(sink.name, payload).inc()
+                    continue
+                body = json.dumps(payload, separators=(",", ":"), default=str)
+                rows.append(
+                    {
+                        "id": f"{sink.name}:{score_id}",
+                        "sink": sink.name,
+                        "score_id": score_id,
+                        "trace_id": label.trace_id,
+                        "payload": body,
+                        "digest": stable_id(body),
+                        "created_at": label.labelled_at,
+                        "status": PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "last_error": None,
+                        "updated_at": now,
+                    }
+                )
+    return rows
+
+
 @dataclass
 class RelayCounts:
     delivered: int = 0
@@ -126,7 +165,12 @@ def build_sinks(settings: Settings) -> list[Sink]:
 
 class SinkRelay:
     """Moves outbox rows to their sinks. Several relays may run against PostgreSQL (rows are
-    claimed with SKIP LOCKED and a lease); against SQLite run one."""
+    claimed with SKIP LOCKED and a lease); against SQLite run one.
+
+    A database outage never stops it: ``run`` backs off and retries until the database is back
+    (evaluator.health: one log line when it goes, one when it returns, /readyz unready
+    meanwhile). Rows a sink confirmed while the database could not record it are kept in memory
+    and marked first when it returns, so they are not sent again when their lease runs out."""
 
     def __init__(
         self,
@@ -137,6 +181,8 @@ class SinkRelay:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 300.0,
         retention: timedelta = timedelta(days=7),
+        outage_backoff_max_s: float = 10.0,
+        readiness: Readiness = PROCESS,
     ) -> None:
         self.store = store
         self.sinks = {sink.name: sink for sink in sinks}
@@ -145,7 +191,11 @@ class SinkRelay:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.retention = retention
+        self.outage_backoff_max_s = outage_backoff_max_s
+        self.readiness = readiness
         self.counts = {name: RelayCounts() for name in self.sinks}
+        # (row ids, when, column values) decided but not yet written: the database was away.
+        self._unsettled: list[tuple[list[str], datetime, dict[str, Any]]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SinkRelay:
@@ -155,6 +205,7 @@ class SinkRelay:
             batch_size=settings.sink_batch_size,
             backoff_max_s=settings.sink_backoff_max_s,
             retention=timedelta(seconds=settings.sink_retention_s),
+            outage_backoff_max_s=settings.outage_backoff_max_s,
         )
 
     def _claim(self, sink: str, now: datetime) -> list[tuple[str, int, dict[str, Any]]]:
@@ -189,8 +240,18 @@ class SinkRelay:
         return rows
 
     def _settle(self, ids: list[str], now: datetime, **values: Any) -> None:
-        if not ids:
-            return
+        """Record what became of claimed rows; kept for later if the database is away."""
+        if ids:
+            self._unsettled.append((ids, now, values))
+        self._write_unsettled()
+
+    def _write_unsettled(self) -> None:
+        while self._unsettled:
+            ids, now, values = self._unsettled[0]
+            self._write_settlement(ids, now, values)
+            self._unsettled.pop(0)
+
+    def _write_settlement(self, ids: list[str], now: datetime, values: dict[str, Any]) -> None:
         with Session(self.store.engine) as session:
             session.execute(
                 update(OutboxRecord)
@@ -214,7 +275,10 @@ class SinkRelay:
             rejected = self.sinks[name].deliver({row_id: payload for row_id, _, payload in rows})
         except SinkUnavailable as exc:
             attempts = max(a for _, a, _ in rows) + 1
-            log.warning("sink %s down (%d rows, attempt %d): %s", name, len(rows), attempts, exc)
+            log.debug("sink %s down (%d rows, attempt %d): %s", name, len(rows), attempts, exc)
+            self.readiness.down(f"sink:{name}", exc)  # logged once per outage
+            counts.retried += len(rows)
+            metrics.SINK_DELIVERIES.labels(name, "retried").inc(len(rows))
             self._settle(
                 [r[0] for r in rows],
                 now,
@@ -222,18 +286,19 @@ class SinkRelay:
                 next_attempt_at=datetime.now(UTC) + self._backoff(attempts),
                 last_error=str(exc)[:1000],
             )
-            counts.retried += len(rows)
-            metrics.SINK_DELIVERIES.labels(name, "retried").inc(len(rows))
             return len(rows)
+        self.readiness.up(f"sink:{name}")
         delivered = [r[0] for r in rows if r[0] not in rejected]
-        self._settle(delivered, now, status=DELIVERED, last_error=None)
-        for row_id, reason in rejected.items():
-            log.error("sink %s rejected %s for good: %s", name, row_id, reason)
-            self._settle([row_id], now, status=REJECTED, last_error=reason[:1000])
         counts.delivered += len(delivered)
         counts.rejected += len(rejected)
         metrics.SINK_DELIVERIES.labels(name, "delivered").inc(len(delivered))
         metrics.SINK_DELIVERIES.labels(name, "rejected").inc(len(rejected))
+        for row_id, reason in rejected.items():
+            log.error("sink %s rejected %s for good: %s", name, row_id, reason)
+            self._unsettled.append(
+                ([row_id], now, {"status": REJECTED, "last_error": reason[:1000]})
+            )
+        self._settle(delivered, now, status=DELIVERED, last_error=None)
         return len(rows)
 
     def drain_once(self) -> int:
@@ -275,24 +340,45 @@ class SinkRelay:
         idle_sleep_s: float = 0.5,
         exit_when_idle: bool = False,
     ) -> dict[str, RelayCounts]:
-        """Deliver until ``stop`` is set (or, with exit_when_idle, until nothing is due)."""
+        """Deliver until ``stop`` is set (or, with exit_when_idle, until nothing is due).
+        Database outages are waited out, however long (see the class)."""
         last_housekeeping = 0.0
         if not self.sinks:
             if not exit_when_idle:
                 stop.wait()
             return self.counts
+        backoff = Backoff(max_s=self.outage_backoff_max_s)
         while not stop.is_set():
-            handled = self.drain_once()
-            clock = datetime.now(UTC).timestamp()
-            if clock - last_housekeeping > 10:
-                self.backlog()
-                self.prune(self.retention)
-                last_housekeeping = clock
+            try:
+                self._write_unsettled()
+                handled = self.drain_once()
+                if time.monotonic() - last_housekeeping > 10:
+                    self.backlog()
+                    self.prune(self.retention)
+                    last_housekeeping = time.monotonic()
+            except Exception as exc:
+                if outage_of(exc) != DATABASE:
+                    raise
+                self.readiness.down(DATABASE, exc)
+                stop.wait(backoff.next())
+                continue
+            backoff.reset()
+            self.readiness.up(DATABASE)
             if handled == 0:
                 if exit_when_idle:
                     break
                 stop.wait(idle_sleep_s)
-        self.backlog()
+        try:
+            self._write_unsettled()
+            self.backlog()
+        except Exception as exc:
+            if outage_of(exc) != DATABASE:
+                raise
+            log.warning(
+                "stopping with the database away: %d settlements not recorded (their "
+                "rows are sent again when their lease runs out)",
+                len(self._unsettled),
+            )
         return self.counts
 
     def close(self) -> None:
