@@ -59,6 +59,28 @@ class Sink(Protocol):
         """Release connections (the relay calls it when it stops)."""
 
 
+def _row(
+    sink: str, score_id: str, trace_id: str, payload: Any, created_at: datetime, now: datetime
+) -> dict[str, Any]:
+    # Serialised once: stored as is and hashed for the digest. The time is kept apart (it
+    # changes on every re-run, the content need not).
+    body = json.dumps(payload, separators=(",", ":"), default=str)
+    return {
+        "id": f"{sink}:{score_id}",
+        "sink": sink,
+        "score_id": score_id,
+        "trace_id": trace_id,
+        "payload": body,
+        "digest": stable_id(body),
+        "created_at": created_at,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "last_error": None,
+        "updated_at": now,
+    }
+
+
 def outbox_rows(
     sinks: Sequence[Sink], scores: Sequence[Score], traces: dict[str, Trace], now: datetime
 ) -> list[dict[str, Any]]:
@@ -70,25 +92,7 @@ def outbox_rows(
             if isinstance(payload, str):
                 metrics.SINK_SKIPPED.labels(sink.name, payload).inc()
                 continue
-            # Serialised once: stored as is and hashed for the digest. The time is kept apart
-            # (it changes on every re-run, the content need not).
-            body = json.dumps(payload, separators=(",", ":"), default=str)
-            rows.append(
-                {
-                    "id": f"{sink.name}:{score.id}",
-                    "sink": sink.name,
-                    "score_id": score.id,
-                    "trace_id": score.trace_id,
-                    "payload": body,
-                    "digest": stable_id(body),
-                    "created_at": score.created_at,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "last_error": None,
-                    "updated_at": now,
-                }
-            )
+            rows.append(_row(sink.name, score.id, score.trace_id, payload, score.created_at, now))
     return rows
 
 
@@ -109,22 +113,8 @@ def label_outbox_rows(
                 if isinstance(payload, str):
                     metrics.SINK_SKIPPED.labels(sink.name, payload).inc()
                     continue
-                body = json.dumps(payload, separators=(",", ":"), default=str)
                 rows.append(
-                    {
-                        "id": f"{sink.name}:{score_id}",
-                        "sink": sink.name,
-                        "score_id": score_id,
-                        "trace_id": label.trace_id,
-                        "payload": body,
-                        "digest": stable_id(body),
-                        "created_at": label.labelled_at,
-                        "status": PENDING,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "last_error": None,
-                        "updated_at": now,
-                    }
+                    _row(sink.name, score_id, label.trace_id, payload, label.labelled_at, now)
                 )
     return rows
 
