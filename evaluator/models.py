@@ -182,7 +182,11 @@ class Trace(BaseModel):
         if self.started_at and self.ended_at and self.ended_at < self.started_at:
             raise ValueError("ended_at is before started_at")
         for name in _FREE_FORM_FIELDS:
-            found = _unstorable_path(getattr(self, name), name)
+            value = getattr(self, name)
+            if isinstance(value, str):  # the common case, checked without the walk
+                found = (name, _NUL) if "\x00" in value else None
+            else:
+                found = _unstorable_path(value, name) if value else None
             if found:
                 raise ValueError(f"{found[0]}: {found[1]}")
         return self
@@ -195,7 +199,9 @@ class Trace(BaseModel):
 # Trace fields checked for unstorable values (NaN/Infinity, NUL) after validation: the typed
 # float fields reject non-finite numbers themselves, but NUL fits any string.
 _FREE_FORM_FIELDS = tuple(
-    name for name in Trace.model_fields if name not in ("tokens", "latency_ms", "cost_usd")
+    name
+    for name in Trace.model_fields
+    if name not in ("tokens", "latency_ms", "cost_usd", "retrieval", "started_at", "ended_at")
 )
 
 
