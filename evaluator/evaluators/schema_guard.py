@@ -293,7 +293,7 @@ def _additional_properties(
 
 
 class _InvalidRegex(Exception):
-    pass
+    """A ``format: regex`` value RE2 cannot compile: the instance is not a regex it can use."""
 
 
 FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
