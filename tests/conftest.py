@@ -11,6 +11,7 @@ import pytest
 import redis
 import sqlalchemy
 from helpers import Fleet
+from langfuse_server import FakeLangfuse
 from openai_server import OpenAIServer
 
 from evaluator.embedded import EmbeddedRedis, redis_answers
@@ -108,6 +109,15 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Fleet]]
         for process in fleet.processes:
             if process.poll() is None:
                 Fleet.kill(process, signal.SIGKILL)
+
+
+@pytest.fixture
+def langfuse() -> Iterator[FakeLangfuse]:
+    """The Langfuse API test server (tests/langfuse_server.py), validating like the real one."""
+    fake = FakeLangfuse()
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,14 +17,6 @@ AUTH = {
     "Authorization": "Basic " + base64.b64encode(f"{PUBLIC_KEY}:{SECRET_KEY}".encode()).decode()
 }
 DAY1 = datetime(2026, 11, 20, 10, tzinfo=UTC)
-
-
-@pytest.fixture
-def langfuse() -> Iterator[FakeLangfuse]:
-    fake = FakeLangfuse()
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def score(**fields: Any) -> dict[str, Any]:

@@ -33,14 +33,6 @@ from evaluator.sinks.sql import OutboxRecord, ScoreRecord, SQLStore
 
 
 @pytest.fixture
-def langfuse() -> Iterator[FakeLangfuse]:
-    fake = FakeLangfuse()
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def env(langfuse: FakeLangfuse, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in langfuse.env().items():
         monkeypatch.setenv(key, value)
