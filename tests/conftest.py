@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +20,31 @@ from openai_server import OpenAIServer
 from evaluator.embedded import EmbeddedRedis, redis_answers
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A non-daemon thread a test left running (a publisher retrying against a Redis the test
+    shut down, say) keeps the interpreter from exiting after the summary, and CI then waits for
+    its time limit. After the summary: name the thread, print where it is, exit with a failure."""
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    lingering = [t for t in lingering if not t.daemon and (t.join(5.0) or t.is_alive())]
+    if not lingering:
+        return
+    frames = sys._current_frames()
+    for thread in lingering:
+        stack = "".join(traceback.format_stack(frames.get(thread.ident or 0)))  # type: ignore[arg-type]
+        sys.stderr.write(f"\nthread {thread.name!r} outlived the tests:\n{stack}")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(_exit_status[-1] if _exit_status and _exit_status[-1] else 1)
+
 
 TEST_REDIS_DB = 13  # keeps a developer's db 0 untouched when the local server is used
 POSTGRES_URL = os.environ.get(
