@@ -5,24 +5,70 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from typer.core import TyperGroup
 
+from evaluator.errors import (
+    EXIT_USAGE,
+    CLIError,
+    check_database_url,
+    debug_enabled,
+    describe,
+    enable_debug,
+    require_file,
+)
 from evaluator.judges import JudgeSpec
-from evaluator.settings import Settings, get_settings
+from evaluator.settings import Settings, get_settings, unknown_variables
 from evaluator.streams import connect
 
-app = typer.Typer(help="Evalfleet: evaluate LLM traces from Redis Streams.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from evaluator.sinks.sql import SQLStore
+
+
+_WITHOUT_SETTINGS = {"schema"}  # commands that work whatever the environment holds
+
+
+class _Commands(TyperGroup):
+    """The root command: a known failure of any command (a setting that does not parse, Redis or
+    the database out of reach, a missing file) ends as one line on stderr and its exit code
+    (evaluator/errors.py); anything else, or any failure with --debug, keeps its traceback."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in _WITHOUT_SETTINGS and "--help" not in rest and not ctx.resilient_parsing:
+            get_settings()  # a setting that does not parse: say so before any work
+        return name, command, rest
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            failure = describe(exc)
+            if failure is None or debug_enabled() or ctx.params.get("debug"):
+                raise
+            typer.echo(failure.message, err=True)
+            raise typer.Exit(failure.code) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="Evalfleet: evaluate LLM traces from Redis Streams.\n\nExit codes: 0 success, 1 a "
+    "runtime failure or an unavailable dependency (Redis, the database), 2 a usage or "
+    "configuration error.",
+    no_args_is_help=True,
+)
 dlq_app = typer.Typer(help="Inspect and redrive dead-lettered traces.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 backfill_app = typer.Typer(help="Publish historical traces for evaluation.", no_args_is_help=True)
@@ -41,10 +87,42 @@ app.add_typer(ledger_app, name="ledger")
 console = Console()
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="On an error, the full traceback (also: EVALFLEET_DEBUG=1)."),
+    ] = False,
+) -> None:
+    if debug:
+        enable_debug()
+
+
+def _existing_file(ctx: typer.Context, path: Path | None) -> Path | None:
+    """Typer callback of file arguments: one line naming a file that is not there."""
+    return path if path is None or ctx.resilient_parsing else require_file(path)
+
+
+def _open_store(must_exist: bool = True) -> SQLStore:
+    """The configured store. Commands that read what the fleet stored refuse a SQLite file that
+    does not exist rather than create an empty one (SQLStore creates the tables of a new
+    database; evalfleet.db in whatever directory the command ran in)."""
+    from evaluator.sinks.sql import SQLStore
+
+    url = get_settings().sqlalchemy_url
+    check_database_url(url, must_exist)
+    return SQLStore(url)
+
+
+def _logging(level: str, process: str | None = None) -> None:
+    """Text or JSON lines (EVALFLEET_LOG_FORMAT); records name the process (the command)."""
+    import click
+
+    from evaluator import logs
+
+    if process is None and (context := click.get_current_context(silent=True)) is not None:
+        process = context.info_name
+    logs.configure(level, get_settings().log_format, process=process)
 
 
 def _long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, threading.Event]:
@@ -106,9 +184,14 @@ def worker(
 ) -> None:
     """Run a Celery worker for the evaluation queues."""
     settings = get_settings()
+    if settings.log_format == "json":  # text: celery's own format, set up by celery as before
+        _logging(loglevel, "worker")  # celery's setup_logging keeps it (evaluator.worker)
     port = metrics_port or settings.metrics_port
     if port:
         _multiprocess_metrics_dir(settings.metrics_dir)
+        # Until celery installs its own handler: SIGTERM exits through atexit, which removes
+        # the metrics directory.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from evaluator.broker import run_worker
     from evaluator.health import serve
     from evaluator.worker import app as celery_app
@@ -169,9 +252,28 @@ def relay(
     log.info("relay stopped: %s", counts)
 
 
+# Files a container runtime leaves in its containers (Docker, Podman); Kubernetes sets
+# KUBERNETES_SERVICE_HOST in every container of a pod.
+_CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+_HOST_HELP = (
+    "Address to listen on. Default: 127.0.0.1 (this machine only), so a server started on a "
+    "laptop or a shared host is not open to the network; inside a container (Docker, Podman, "
+    "Kubernetes) 0.0.0.0, all interfaces, since only the published port reaches it. "
+    "--host 0.0.0.0 listens on all interfaces anywhere."
+)
+
+
+def _default_host() -> str:
+    """127.0.0.1 outside containers, 0.0.0.0 inside one (see _HOST_HELP)."""
+    in_container = "KUBERNETES_SERVICE_HOST" in os.environ or any(
+        Path(marker).exists() for marker in _CONTAINER_MARKERS
+    )
+    return "0.0.0.0" if in_container else "127.0.0.1"
+
+
 @app.command("otlp-receiver")
 def otlp_receiver(
-    host: str = "0.0.0.0",
+    host: Annotated[str | None, typer.Option(help=_HOST_HELP, show_default=False)] = None,
     port: int = 4318,
     loglevel: str = "info",
     flushers: Annotated[
@@ -185,20 +287,30 @@ def otlp_receiver(
 
     from evaluator.ingest.assembly import run_flusher_process
     from evaluator.ingest.receiver import create_receiver_app
+    from evaluator.logs import call_configured
 
     settings = get_settings()
+    _logging(loglevel, "otlp-receiver")  # uvicorn's records too: log_config=None below
     # Publishing is CPU-bound Python; in their own processes the flushers leave the HTTP side
-    # alone (bench/otlp_ingest.py: 15,026 -> 24,744 spans/s accepted with one).
+    # alone (bench/otlp_ingest.py: 15,026 -> 24,744 spans/s accepted with one). Spawned, they
+    # do not inherit the logging set-up: call_configured does it again.
     context = multiprocessing.get_context("spawn")
+    flusher_logs = (loglevel, settings.log_format, "otlp-flusher")
     children = [
-        context.Process(target=run_flusher_process, args=(settings, i), daemon=True)
+        context.Process(
+            target=call_configured,
+            args=(*flusher_logs, run_flusher_process, settings, i),
+            daemon=True,
+        )
         for i in range(flushers)
     ]
     for child in children:
         child.start()
     app_ = create_receiver_app(connect(settings.redis_url), settings, flush=flushers == 0)
     try:
-        uvicorn.run(app_, host=host, port=port, log_level=loglevel)
+        uvicorn.run(
+            app_, host=host or _default_host(), port=port, log_level=loglevel, log_config=None
+        )
     finally:
         for child in children:
             child.terminate()
@@ -214,10 +326,9 @@ def review(
     """Label review items in the terminal: one keystroke per decision."""
     from evaluator.review.queue import QueueFilter, ReviewQueue
     from evaluator.review.terminal import TerminalReview
-    from evaluator.sinks.sql import SQLStore
 
     settings = get_settings()
-    store = SQLStore(settings.sqlalchemy_url)
+    store = _open_store()
     queue = ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s)
     scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator)
     counts = TerminalReview(queue, reviewer, scope, console).run()
@@ -227,7 +338,7 @@ def review(
 
 @app.command("review-api")
 def review_api(
-    host: str = "0.0.0.0",
+    host: Annotated[str | None, typer.Option(help=_HOST_HELP, show_default=False)] = None,
     port: int = 8080,
     loglevel: str = "info",
 ) -> None:
@@ -237,11 +348,18 @@ def review_api(
     from evaluator.review.api import review_app
 
     settings = get_settings()
+    _logging(loglevel, "review-api")  # uvicorn's records too: log_config=None below
     if not settings.reviewer_tokens:
-        console.print(
-            "[yellow]warning:[/yellow] no EVALFLEET_REVIEWER_TOKENS: every request gets 401"
+        logging.getLogger("evaluator.review").warning(
+            "no EVALFLEET_REVIEWER_TOKENS: every request gets 401"
         )
-    uvicorn.run(review_app(settings), host=host, port=port, log_level=loglevel)
+    uvicorn.run(
+        review_app(settings),
+        host=host or _default_host(),
+        port=port,
+        log_level=loglevel,
+        log_config=None,
+    )
 
 
 @dataset_app.command("export")
@@ -252,9 +370,8 @@ def dataset_export(
     """Merge the labels in SQL into the judge's golden dataset (deduplicated by trace)."""
     from evaluator.golden import export, golden_path
     from evaluator.ledger import inclusion_probabilities
-    from evaluator.sinks.sql import SQLStore
 
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store()
     path = out or golden_path(judge)
     labels = store.labels(judge)
     inclusion = inclusion_probabilities(store, judge, [label.trace_id for label in labels])
@@ -265,19 +382,18 @@ def dataset_export(
 
 @dataset_app.command("import")
 def dataset_import(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL or CSV.")],
+    file: Annotated[Path, typer.Argument(callback=_existing_file, help="JSONL or CSV.")],
     judge: Annotated[str, typer.Option(help="The judge these labels answer.")],
 ) -> None:
     """Load labels made elsewhere (golden JSONL, or CSV) into the store; then export."""
     from evaluator.golden import DatasetError, read_any
-    from evaluator.sinks.sql import SQLStore
 
     try:
         examples = read_any(file)
     except DatasetError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store(must_exist=False)  # labels made elsewhere may come before the fleet
     store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
     store.close()
     console.print(
@@ -313,7 +429,8 @@ def _require_judge_endpoint() -> None:
 def calibrate(
     judge: Annotated[str, typer.Option(help="The judge to calibrate.")],
     dataset: Annotated[
-        Path | None, typer.Option(help="Default datasets/golden/<judge>.jsonl.")
+        Path | None,
+        typer.Option(callback=_existing_file, help="Default datasets/golden/<judge>.jsonl."),
     ] = None,
     report: Annotated[
         Path | None, typer.Option(help="JSON report; default calibration-<judge>.json.")
@@ -468,15 +585,44 @@ def backfill_langfuse(
 
 def _multiprocess_metrics_dir(configured: Path | None) -> None:
     """Point prometheus-client at a fresh directory before anything imports it (set later, it is
-    silently ignored); stale files from an earlier run would be summed in."""
-    import os
+    silently ignored); stale files from an earlier run would be summed in.
+
+    A configured directory (EVALFLEET_METRICS_DIR) is kept: only its *.db files are removed,
+    as prometheus-client advises. Otherwise the worker makes /tmp/evalfleet-metrics-<pid> and
+    removes it on exit (SIGTERM included: celery's warm shutdown returns, then atexit runs),
+    and removes those of earlier workers no longer alive (kill -9 leaves them behind)."""
+    import atexit
     import shutil
     import tempfile
 
-    directory = configured or Path(tempfile.gettempdir()) / f"evalfleet-metrics-{os.getpid()}"
+    if configured is not None:
+        configured.mkdir(parents=True, exist_ok=True)
+        for stale in configured.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(configured)
+        return
+    owner = os.getpid()
+    temp = Path(tempfile.gettempdir())
+    for left in temp.glob("evalfleet-metrics-*"):
+        pid = left.name.removeprefix("evalfleet-metrics-")
+        if not pid.isdigit() or int(pid) == owner:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its worker is gone
+            shutil.rmtree(left, ignore_errors=True)
+        except OSError:  # alive, another user's
+            continue
+    directory = temp / f"evalfleet-metrics-{owner}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in a forked child that runs atexit handlers
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 class ReplayFormat(StrEnum):
@@ -486,7 +632,7 @@ class ReplayFormat(StrEnum):
 
 @app.command()
 def replay(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    file: Annotated[Path, typer.Argument(callback=_existing_file)],
     format: Annotated[
         ReplayFormat, typer.Option(help="jsonl (Trace per line) or otel (OTLP/JSON).")
     ] = ReplayFormat.jsonl,
@@ -507,9 +653,9 @@ def replay(
             items = list(read_traces(file, settings.max_trace_bytes))
         else:
             items = list(read_lines(file, settings.max_trace_bytes))
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except ValueError as exc:  # a line the sampler would refuse, bytes that are not UTF-8
+        raise CLIError(f"error: {exc}", EXIT_USAGE) from exc
+    client.ping()  # Redis out of reach: say so before a progress bar starts
     with Progress(console=console) as progress:
         task = progress.add_task(f"publishing {file.name}", total=len(items))
         for start in range(0, len(items), 500):
@@ -544,12 +690,11 @@ def reeval(
     """Re-run a judge version over stored traces, priced first; runs after live judge work."""
     from evaluator import reeval as re_evaluation
     from evaluator.judges import judge_registry
-    from evaluator.sinks.sql import SQLStore
     from evaluator.timeparse import parse_since
     from evaluator.worker import create_app, judge_dispatch
 
     settings = get_settings()
-    store = SQLStore(settings.sqlalchemy_url)
+    store = _open_store()
     start, end = parse_since(since), parse_since(until) if until else None
     try:
         spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
@@ -644,13 +789,12 @@ def compare(
     """Agreement between two versions of a judge on the traces both scored, and with human
     labels where there are some."""
     from evaluator.reeval import compare as compare_versions
-    from evaluator.sinks.sql import SQLStore
 
     name_a, _, version_a = first.partition("@")
     name_b, _, version_b = second.partition("@")
     if name_a != name_b or not version_a or not version_b:
         raise typer.BadParameter("give two versions of one judge: NAME@V1 NAME@V2")
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store()
     result = compare_versions(store, name_a, version_a, version_b)
     store.close()
     if as_json:
@@ -697,9 +841,8 @@ def ledger_trace(
         typer.echo(context.get_help())
         raise typer.Exit(2)
     from evaluator.ledger import rows_for_trace
-    from evaluator.sinks.sql import SQLStore
 
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store()
     rows = rows_for_trace(store, trace)
     store.close()
     if not rows:
@@ -722,10 +865,9 @@ def ledger_summary(
 ) -> None:
     """Counts by evaluator and state."""
     from evaluator.ledger import OPEN_RANK, summary
-    from evaluator.sinks.sql import SQLStore
     from evaluator.timeparse import parse_since
 
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store()
     counts = summary(store, parse_since(since))
     store.close()
     if as_json:
@@ -745,11 +887,10 @@ def ledger_reap() -> None:
     sampler does this every EVALFLEET_REAPER_INTERVAL_S)."""
     from evaluator.judges import judge_registry
     from evaluator.ledger import reap
-    from evaluator.sinks.sql import SQLStore
     from evaluator.worker import create_app, judge_dispatch
 
     settings = get_settings()
-    store = SQLStore(settings.sqlalchemy_url)
+    store = _open_store()
     counts = reap(store, judge_registry(settings), settings, judge_dispatch(create_app(settings)))
     store.close()
     console.print(f"re-dispatched {counts.redispatched}, failed {counts.failed}")
@@ -765,14 +906,13 @@ def ledger_redrive(
     """Reopen over-budget (or failed) evaluations, e.g. after raising a budget; the reaper
     dispatches them."""
     from evaluator.ledger import LedgerState, redrive
-    from evaluator.sinks.sql import SQLStore
 
     allowed = {LedgerState.OVER_BUDGET.value, LedgerState.FAILED.value}
     if state not in allowed:
         raise typer.BadParameter(
             f"choose one of {', '.join(sorted(allowed))}", param_hint="--state"
         )
-    store = SQLStore(get_settings().sqlalchemy_url)
+    store = _open_store()
     count = redrive(store, LedgerState(state), evaluator)
     store.close()
     console.print(
@@ -792,12 +932,11 @@ def stats(
     from dataclasses import asdict
 
     from evaluator.report import render_stats
-    from evaluator.sinks.sql import SQLStore
     from evaluator.stats import fleet_stats
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
-    store = SQLStore(settings.sqlalchemy_url)
+    store = _open_store()
     client = connect(settings.redis_url)
     broker = connect(settings.celery_broker_url)
     try:
@@ -869,7 +1008,10 @@ def dlq_redrive(
     dead_ids: Annotated[list[str] | None, typer.Argument(help="Dead letter ids.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Redrive every dead letter.")] = False,
     payload_file: Annotated[
-        Path | None, typer.Option(help="Replace the payload (one id only) with this file.")
+        Path | None,
+        typer.Option(
+            callback=_existing_file, help="Replace the payload (one id only) with this file."
+        ),
     ] = None,
 ) -> None:
     """Put dead letters back on the traces stream after fixing the cause."""
@@ -936,7 +1078,7 @@ def judges_show(name: str) -> None:
 @judges_app.command("render")
 def judges_render(
     name: str,
-    trace: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="A Trace JSON file.")],
+    trace: Annotated[Path, typer.Option(callback=_existing_file, help="A Trace JSON file.")],
 ) -> None:
     """The exact messages and response_format that would be sent for a trace."""
     from evaluator.judges import render_messages
@@ -992,7 +1134,9 @@ def judges_lock() -> None:
 
 @app.command()
 def demo(
-    traces: Annotated[Path | None, typer.Option(help="JSONL of traces to replay.")] = None,
+    traces: Annotated[
+        Path | None, typer.Option(callback=_existing_file, help="JSONL of traces to replay.")
+    ] = None,
     concurrency: Annotated[int, typer.Option(help="Celery worker processes.")] = 2,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = 300.0,
 ) -> None:
@@ -1023,6 +1167,11 @@ def demo(
 
 
 def main() -> None:
+    """The `evalfleet` console script: warns about EVALFLEET_* variables that no setting reads
+    (misspellings are otherwise silently ignored), then runs the command."""
+    for variable, close in unknown_variables(os.environ):
+        hint = f" (did you mean {close}?)" if close else "; nothing reads it"
+        typer.echo(f"warning: {variable} is not a setting{hint}", err=True)
     app()
 
 

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from evaluator.constants import DEAD_STREAM
 from evaluator.dlq import DeadLetter, list_dead
 from evaluator.embedded import EmbeddedRedis
+from evaluator.errors import EXIT_USAGE, CLIError
 from evaluator.ingest import publish_many, read_lines
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import enabled_sinks
@@ -113,7 +114,10 @@ class _Fleet:
 def run_demo(
     traces_file: Path, console: Console, worker_concurrency: int = 2, timeout_s: float = 300.0
 ) -> DemoResult:
-    lines = list(read_lines(traces_file))
+    try:
+        lines = list(read_lines(traces_file))
+    except ValueError as exc:  # bytes that are not UTF-8, with the file and line
+        raise CLIError(f"error: {exc}", EXIT_USAGE) from exc
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="evalfleet-demo-") as tmp:
         database_url = f"sqlite:///{tmp}/evalfleet.db"
         console.print(f"[dim]Redis {server.url} ({server.binary}); SQLite {database_url}[/dim]")

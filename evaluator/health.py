@@ -137,8 +137,8 @@ class Readiness:
                 DEPENDENCY_UP.labels(dependency).set(1)
             return False
         DEPENDENCY_UP.labels(dependency).set(1)
-        # WARNING like the line that opened the outage: both show under any logging set-up
-        # (uvicorn's processes leave ours to logging's last-resort handler, WARNING and up).
+        # WARNING like the line that opened the outage: both show at any --loglevel up to
+        # warning (and under logging's last-resort handler where nothing was configured).
         log.warning(
             "%s: %s available again after %.1fs (%d failed attempts); resuming",
             self.process,

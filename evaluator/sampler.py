@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import redis
 
-from evaluator import inflight
+from evaluator import inflight, logs
 from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     HEURISTICS_QUEUE,
@@ -318,14 +318,23 @@ class Sampler:
         try:
             return policy.decide(trace, recent)
         except Exception as exc:
-            log.exception("sampling policy failed on trace %s", trace.trace_id)
+            log.exception(
+                "sampling policy failed on trace %s",
+                trace.trace_id,
+                extra={"trace_id": trace.trace_id, "tenant": trace.tenant},
+            )
             return f"sampler could not decide: {type(exc).__name__}: {exc}"
 
     def _dead_letter_and_ack(self, dead: list[tuple[str, str, bytes]], ids: list[str]) -> None:
         # One MULTI: an entry is dead-lettered if and only if it is acknowledged.
         pipe = self.client.pipeline(transaction=True)
-        for entry_id, reason, _ in dead:
-            log.warning("dead-lettering %s: %s", entry_id, one_line(reason))
+        for entry_id, reason, payload in dead:
+            log.warning(
+                "dead-lettering %s: %s",
+                entry_id,
+                one_line(reason),
+                extra=logs.about_payload(payload),
+            )
         letters = [(reason, payload, entry_id) for entry_id, reason, payload in dead]
         add_dead_letters(pipe, letters, self.consumer, self.dead_letter_limits)
         if ids:

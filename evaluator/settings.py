@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import socket
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # USD per 1M input / output tokens (public list prices; override with EVALFLEET_MODEL_PRICES).
@@ -296,6 +299,13 @@ class Settings(BaseSettings):
         default=None, description="When set, OTLP requests need 'Authorization: Bearer <token>'."
     )
 
+    # Logs
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'json': one JSON object per line from our code, Celery and uvicorn, "
+        "with trace ids where a record concerns a trace.",
+    )
+
     # Metrics
     metrics_port: int | None = Field(
         default=None, description="Serve /metrics and /healthz on this port (CLI --metrics-port)."
@@ -380,3 +390,59 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+
+
+# -- Which environment variables are settings ------------------------------------------------------
+
+# EVALFLEET_* variables read elsewhere than a settings class (the one list of them): the CLI warns
+# about every other EVALFLEET_* variable that no settings class reads (a misspelling, usually).
+OTHER_VARIABLES: dict[str, str] = {
+    "EVALFLEET_DEBUG": "evaluator/cli.py: full tracebacks instead of one-line errors",
+    "EVALFLEET_TEST_REDIS_URL": "tests/conftest.py: the Redis the tests use",
+    "EVALFLEET_TEST_DATABASE_URL": "tests/conftest.py: the PostgreSQL the tests use",
+    "EVALFLEET_TEST_ARTIFACTS": "tests/test_review_page.py: screenshots",
+    "EVALFLEET_FUZZ_EXAMPLES": "tests/test_fuzz_entries.py, bench/fuzz.py: examples per test",
+    # evaluator/sinks/langfuse.py (LangfuseSettings) reads these; listed here because importing
+    # it at start-up would import prometheus_client before a worker chose its metrics directory.
+    "EVALFLEET_LANGFUSE_ENVIRONMENT": "evaluator/sinks/langfuse.py",
+    "EVALFLEET_LANGFUSE_SCORE_CONFIGS": "evaluator/sinks/langfuse.py",
+    "EVALFLEET_LANGFUSE_MAX_REQUEST_BYTES": "evaluator/sinks/langfuse.py",
+}
+_PREFIX = "EVALFLEET_"
+
+
+def field_variables(model: type[BaseSettings], name: str) -> list[str]:
+    """The environment variables a settings field is read from, upper-case: its validation
+    alias(es) when it has them, else the model's env_prefix + the field name."""
+    field = model.model_fields[name]
+    alias = field.validation_alias
+    choices: list[object] = []
+    if isinstance(alias, str):
+        choices = [alias]
+    elif isinstance(alias, AliasChoices):
+        choices = list(alias.choices)
+    names = [c.upper() for c in choices if isinstance(c, str)]
+    if names:
+        return names
+    prefix = str(model.model_config.get("env_prefix", ""))
+    return [(prefix + (field.alias or name)).upper()]
+
+
+def settings_variables(model: type[BaseSettings] = Settings) -> dict[str, str]:
+    """Every environment variable of a settings class -> the field it sets."""
+    return {var: name for name in model.model_fields for var in field_variables(model, name)}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """EVALFLEET_* variables nothing reads, each with the closest known name (or None). Names are
+    matched case-insensitively, as the settings read them."""
+    known = {*settings_variables(), *OTHER_VARIABLES}
+    suffixes = {name[len(_PREFIX) :]: name for name in known if name.startswith(_PREFIX)}
+    unknown = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper[len(_PREFIX) :], suffixes, n=1, cutoff=0.75)
+        unknown.append((variable, suffixes[close[0]] if close else None))
+    return unknown

@@ -5,22 +5,30 @@ Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heur
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import redis
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import worker_process_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+)
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
-from evaluator import inflight
+from evaluator import inflight, logs
 from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.constants import (
     HEURISTICS_QUEUE,
@@ -121,6 +129,79 @@ app = create_app(get_settings())
 @worker_process_shutdown.connect
 def _child_exited(**_: Any) -> None:
     metrics.process_exited(os.getpid())
+
+
+# -- logging -------------------------------------------------------------------------------
+# Text (the default): celery sets up logging in its own format, as it always has. JSON
+# (EVALFLEET_LOG_FORMAT=json): a setup_logging receiver, whose presence makes celery configure
+# nothing (celery/app/log.py), installs ours; prefork children fork with it (celery sets
+# logging up once per process tree). Records of a task carry its batch (and its trace, when it
+# is one) from task_prerun to task_postrun.
+
+_unbind: dict[str, Callable[[], None]] = {}
+
+
+@task_prerun.connect
+def _bind_task(task_id: str | None = None, args: Any = None, **_: Any) -> None:
+    if task_id is None:
+        return
+    entries = args[0] if args and isinstance(args[0], list) else []
+    _unbind[task_id] = logs.bind(**logs.about_entries(entries, task_id))
+
+
+@task_postrun.connect
+def _unbind_task(task_id: str | None = None, **_: Any) -> None:
+    undo = _unbind.pop(task_id, None) if task_id is not None else None
+    if undo is not None:
+        with contextlib.suppress(ValueError):  # bound in another context: nothing to undo
+            undo()
+
+
+def _json_logging(loglevel: Any = None, logfile: str | None = None, **_: Any) -> None:
+    """celery's setup_logging, in JSON mode: our handler for the root logger (celery.task and
+    the worker's loggers propagate to it), and what celery would otherwise have done."""
+    from celery.utils.log import get_multiprocessing_logger
+
+    logs.configure(loglevel or logging.INFO, "json", process="worker", logfile=logfile)
+    billiard = get_multiprocessing_logger()
+    if billiard is not None:  # celery's default: its errors only, on our handler
+        billiard.propagate = True
+        billiard.setLevel(logging.DEBUG if os.environ.get("MP_LOG") else logging.ERROR)
+    if app.conf.worker_redirect_stdouts:  # print() in a task: a record, as in text mode
+        app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)
+
+
+def _say_as_json(msg: str, f: Any = None) -> None:
+    """celery.apps.worker.safe_say (e.g. "worker: Warm shutdown (MainProcess)", written from a
+    signal handler with a bare os.write): the same, as a JSON record."""
+    import celery.apps.worker as celery_worker
+
+    write = getattr(celery_worker, "_original_os_write", os.write)
+    line = logs.json_line("INFO", "celery.apps.worker", " ".join(str(msg).split()))
+    with contextlib.suppress(OSError):
+        write(2, (line + "\n").encode())
+
+
+def _json_worker_init(instance: Any = None, **_: Any) -> None:
+    """celeryd_init: no banner on stdout (it is not JSON) but a record, and safe_say as JSON."""
+    import celery.apps.worker as celery_worker
+
+    celery_worker.safe_say = _say_as_json
+    if instance is not None:
+        instance.quiet = True
+
+
+def _json_banner(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    if instance is not None:
+        banner = instance.startup_info(artlines=False)
+        lines = [line.strip(" -*") for line in banner.splitlines()]
+        log.info("celery worker %s: %s", sender, "; ".join(line for line in lines if line))
+
+
+if get_settings().log_format == "json":
+    setup_logging.connect(_json_logging, weak=False, dispatch_uid="evalfleet-json-logging")
+    celeryd_init.connect(_json_worker_init, weak=False, dispatch_uid="evalfleet-json-init")
+    celeryd_after_setup.connect(_json_banner, weak=False, dispatch_uid="evalfleet-json-banner")
 
 
 _context_lock = threading.Lock()
@@ -249,7 +330,11 @@ class _StallAware(Task):  # type: ignore[misc]
             single = len(entries) == 1
             limit = settings.trace_time_limit_s if single else _time_limit(self.name, settings)
             log.error(
-                "%s ran over its %g s time limit on %d entries", self.name, limit, len(entries)
+                "%s ran over its %g s time limit on %d entries",
+                self.name,
+                limit,
+                len(entries),
+                extra=logs.about_entries(entries, task_id),
             )
             why = f"ran over the {limit:g} s task time limit and was killed"
             losses = int((kwargs or {}).get("stalls", 0))

@@ -1,9 +1,11 @@
 """A real OpenTelemetry-instrumented app (tests/otel_app.py: the official OpenAI instrumentation
-and the SDK's OTLP/HTTP exporter) sends to the receiver; its traces flow to scores."""
+and the SDK's OTLP/HTTP exporter, gzip or deflate compressed) sends to the receiver; its traces
+flow to scores."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -28,9 +30,10 @@ pytest.importorskip("opentelemetry.instrumentation.openai_v2")
 
 
 def run_app(
-    redis_url: str, redis_client: redis.Redis, mode: str
+    redis_url: str, redis_client: redis.Redis, mode: str, compression: str
 ) -> tuple[dict[str, dict[str, str]], dict[str, Trace]]:
-    """Run tests/otel_app.py against a receiver; what the app sent and the published Traces."""
+    """Run tests/otel_app.py against a receiver, its exporters compressing as the standard
+    variable says; what the app sent and the published Traces."""
     settings = Settings(redis_url=redis_url, otlp_grace_s=0.5)
     port = free_port()
     app = create_receiver_app(redis.Redis.from_url(redis_url), settings)
@@ -48,7 +51,8 @@ def run_app(
                 "6",
                 mode,
             ]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            env = {**os.environ, "OTEL_EXPORTER_OTLP_COMPRESSION": compression}
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0, done.stderr
         sent = {row["trace_id"]: row for row in map(json.loads, done.stdout.splitlines())}
         wait_for(lambda: redis_client.xlen(TRACES_STREAM) == 6, 20, "6 traces published")
@@ -80,7 +84,7 @@ def test_instrumented_app_to_scores(
     sqlite_url: str,
     fleet_factory: Callable[[dict[str, str]], Fleet],
 ) -> None:
-    sent, traces = run_app(redis_url, redis_client, "spans")
+    sent, traces = run_app(redis_url, redis_client, "spans", "gzip")
     assert_content(sent, traces)
     for trace in traces.values():
         assert (trace.model, trace.tenant, trace.prompt_version, trace.app_version) == (
@@ -91,6 +95,8 @@ def test_instrumented_app_to_scores(
         )
         assert trace.metadata["service"] == "support-bot" and trace.metadata["provider"] == "openai"
         assert trace.retrieval and trace.span_id and "partial" not in trace.metadata
+        # gen_ai.response.id: what the sink's evaluation events name the completion by.
+        assert trace.metadata["response_id"].startswith("chatcmpl-")
 
     fleet = fleet_factory(fleet_env(redis_url, sqlite_url))
     fleet.worker()
@@ -104,8 +110,9 @@ def test_instrumented_app_to_scores(
 
 
 def test_message_content_from_log_events(redis_url: str, redis_client: redis.Redis) -> None:
-    """The instrumentation's default: content only in log-based events, sent to /v1/logs."""
-    sent, traces = run_app(redis_url, redis_client, "events")
+    """The instrumentation's default: content only in log-based events, sent to /v1/logs; both
+    exporters deflate (zlib) their bodies."""
+    sent, traces = run_app(redis_url, redis_client, "events", "deflate")
     assert_content(sent, traces)
     for trace in traces.values():
         assert trace.finish_reason == "stop" and trace.model == "gpt-4o-mini"

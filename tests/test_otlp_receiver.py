@@ -460,3 +460,252 @@ def test_message_content_from_log_events(
     assert [(t.input, t.output) for t in published(redis_client)][1] == ("q10", "a10")
     bad = client.post("/v1/logs", content=b"\x00garbage", headers=PROTOBUF)
     assert bad.status_code == 400 and "ExportLogsServiceRequest" in bad.text
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def status_of(answer: httpx.Response) -> dict[str, Any]:
+    """The google.rpc.Status of an error answer, decoded by its Content-Type (the request's)."""
+    from google.protobuf import json_format
+    from google.rpc.status_pb2 import Status
+
+    media_type = answer.headers["content-type"].split(";")[0]
+    if media_type == "application/json":
+        document: dict[str, Any] = answer.json()
+        return document
+    assert media_type == "application/x-protobuf"
+    return json_format.MessageToDict(Status.FromString(answer.content))
+
+
+def test_errors_are_status_messages_in_the_request_encoding(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    """OTLP/HTTP: every 4xx/5xx body is a google.rpc.Status, protobuf or JSON like the request;
+    400 carries a BadRequest detail; 503 (retried by senders) says when to come back."""
+    garbage = client.post("/v1/traces", content=b"\x00\xffgarbage", headers=PROTOBUF)
+    status = status_of(garbage)
+    assert garbage.status_code == 400 and status["code"] == 3  # INVALID_ARGUMENT
+    assert "ExportTraceServiceRequest" in status["message"]
+    [detail] = status["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert detail["fieldViolations"][0]["description"] == status["message"]
+    broken = client.post("/v1/logs", content=b"{not json", headers=JSON_HEADERS)
+    assert broken.headers["content-type"] == "application/json"
+    assert broken.status_code == 400 and broken.json()["code"] == 3
+    assert "OTLP/JSON logs" in broken.json()["message"]
+    plain = client.post("/v1/traces", content=b"x", headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and "text/plain" in status_of(plain)["message"]
+
+    small = settings.model_copy(
+        update={"otlp_max_body_bytes": 1024, "otlp_token": SecretStr("s3cret")}
+    )
+    with TestClient(create_receiver_app(redis_client, small, flush=False)) as strict:
+        for headers in (PROTOBUF, JSON_HEADERS):
+            unauthorised = strict.post("/v1/traces", content=b"{}", headers=headers)
+            assert unauthorised.status_code == 401
+            assert unauthorised.headers["content-type"] == headers["Content-Type"]
+            assert status_of(unauthorised) == {
+                "code": 16,  # UNAUTHENTICATED
+                "message": "a valid bearer token is required",
+            }
+            big = strict.post(
+                "/v1/traces",
+                content=b" " * 2048,
+                headers={**headers, "Authorization": "Bearer s3cret"},
+            )
+            assert big.status_code == 413 and status_of(big)["code"] == 8  # RESOURCE_EXHAUSTED
+
+    busy = settings.model_copy(update={"otlp_max_pending_traces": 1})
+    with TestClient(create_receiver_app(redis_client, busy, flush=False)) as behind:
+        first = behind.post("/v1/traces", content=export(rag_spans(5)), headers=PROTOBUF)
+        assert first.status_code == 200
+        time.sleep(0.6)  # the back-pressure check is cached for 0.5 s
+        for headers, empty in ((PROTOBUF, b""), (JSON_HEADERS, b"{}")):
+            answer = behind.post("/v1/traces", content=empty, headers=headers)
+            assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+            assert status_of(answer)["code"] == 14  # UNAVAILABLE
+
+
+def json_span(raw: PbSpan) -> dict[str, Any]:
+    """A protobuf span as OTLP/JSON, its hex ids in UPPERCASE (the spec allows either case)."""
+    attributes = [
+        {"key": kv.key, "value": {"stringValue": kv.value.string_value}}
+        for kv in raw.attributes
+        if kv.value.HasField("string_value")
+    ]
+    return {
+        "traceId": raw.trace_id.hex().upper(),
+        "spanId": raw.span_id.hex().upper(),
+        "parentSpanId": raw.parent_span_id.hex().upper(),
+        "name": raw.name,
+        "startTimeUnixNano": str(raw.start_time_unix_nano),
+        "endTimeUnixNano": str(raw.end_time_unix_nano),
+        "attributes": attributes,
+    }
+
+
+def test_one_trace_half_json_with_uppercase_ids_half_protobuf(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    root, retrieval, chat = rag_spans(0xAB)  # ids with hex letters: ...ab, ...42cc
+    document = {
+        "resourceSpans": [{"scopeSpans": [{"spans": [json_span(root), json_span(retrieval)]}]}]
+    }
+    assert client.post("/v1/traces", json=document).json() == {}  # all accepted
+    assert client.post("/v1/traces", content=export([chat]), headers=PROTOBUF).status_code == 200
+    time.sleep(0.4)
+    assert SpanAssembler(redis_client, settings).flush().published == 1
+    [trace] = published(redis_client)
+    assert trace.trace_id == f"{0xAB:032x}" and trace.span_id == f"{0xAB * 100 + 2:016x}"
+    assert (trace.output, trace.contexts) == (f"answer {0xAB}", [f"context {0xAB}"])
+    assert "partial" not in trace.metadata  # the JSON root counted as this trace's root
+
+
+def test_all_zero_ids_are_refused_and_a_zero_parent_is_none(
+    client: TestClient, redis_client: redis.Redis, settings: Settings
+) -> None:
+    chat = span(3, 2, None, "chat", gen_ai__request__model="m")
+    zero_span = json_span(span(4, 0, None, "chat", gen_ai__request__model="m"))
+    zero_span["spanId"] = "0" * 16
+    spans = [
+        {**json_span(chat), "parentSpanId": "0" * 16},  # a root, as the Collector reads it
+        {**json_span(chat), "traceId": "0" * 32, "spanId": "AB" * 8},
+        zero_span,
+        {**json_span(chat), "spanId": "AB" * 8, "parentSpanId": "not hex!" * 2},
+    ]
+    answer = client.post("/v1/traces", json={"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
+    assert answer.json()["partialSuccess"]["rejectedSpans"] == "3"
+    zero = PbSpan(trace_id=(5).to_bytes(16, "big"), span_id=bytes(8), name="chat")
+    answer = client.post("/v1/traces", content=export([zero]), headers=PROTOBUF)
+    assert ExportTraceServiceResponse.FromString(answer.content).partial_success.rejected_spans == 1
+    time.sleep(0.4)
+    assert SpanAssembler(redis_client, settings).flush().published == 1
+    [trace] = published(redis_client)
+    assert trace.trace_id == f"{3:032x}" and "partial" not in trace.metadata
+
+
+def zstd_stream(data: bytes) -> bytes:
+    """zstd as a streaming encoder (the Collector's) writes it: no content size in the frame."""
+    import zstandard
+
+    compressor = zstandard.ZstdCompressor(write_checksum=True).compressobj()
+    return compressor.compress(data) + compressor.flush()
+
+
+def test_content_encodings(
+    client: TestClient,
+    redis_client: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gzip, deflate (zlib-wrapped and raw), the Collector's zlib, zstd; anything else is 415;
+    a truncated body is 400 and a bomb 413 for each, decompressed no further than the limit."""
+    import zlib
+
+    import evaluator.ingest.receiver as receiver_module
+
+    zstandard = pytest.importorskip("zstandard")
+
+    def raw_deflate(data: bytes) -> bytes:
+        compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return compressor.compress(data) + compressor.flush()
+
+    codecs = {
+        "gzip": gzip.compress,
+        "deflate": zlib.compress,
+        "deflate (raw)": raw_deflate,
+        "zlib": zlib.compress,
+        "zstd": zstd_stream,
+        "zstd (sized)": zstandard.ZstdCompressor().compress,
+    }
+    for index, (name, compress) in enumerate(codecs.items()):
+        encoding = {"Content-Encoding": name.split()[0]}
+        body = compress(export(rag_spans(60 + index)))
+        answer = client.post("/v1/traces", content=body, headers={**PROTOBUF, **encoding})
+        assert answer.status_code == 200, (name, answer.content)
+        cut = client.post("/v1/traces", content=body[:-9], headers={**PROTOBUF, **encoding})
+        assert cut.status_code == 400 and "truncated" in status_of(cut)["message"], name
+        document = json.dumps({"resourceSpans": []}).encode()
+        answer = client.post(
+            "/v1/traces", content=compress(document), headers={**JSON_HEADERS, **encoding}
+        )
+        assert answer.status_code == 200 and answer.json() == {}, name
+    time.sleep(0.4)
+    assert SpanAssembler(redis_client, settings).flush().published == len(codecs)
+
+    brotli = client.post(
+        "/v1/traces", content=b"x", headers={**JSON_HEADERS, "Content-Encoding": "br"}
+    )
+    assert brotli.status_code == 415 and brotli.headers["content-type"] == "application/json"
+    assert brotli.json() == {
+        "code": 12,  # UNIMPLEMENTED
+        "message": "Content-Encoding 'br' is not supported; use gzip, deflate, zstd or none",
+    }
+
+    small = settings.model_copy(update={"otlp_max_body_bytes": 1024})
+    with TestClient(create_receiver_app(redis_client, small, flush=False)) as strict:
+        for name, compress in codecs.items():
+            bomb = compress(b"\x00" * 1_000_000)
+            assert len(bomb) <= 1024, name
+            headers = {**PROTOBUF, "Content-Encoding": name.split()[0]}
+            answer = strict.post("/v1/traces", content=bomb, headers=headers)
+            assert answer.status_code == 413, name
+            assert status_of(answer)["message"] == "decompressed body over 1024 bytes"
+
+    monkeypatch.setattr(receiver_module, "zstandard", None)  # an install without zstandard
+    body = zstd_stream(export(rag_spans(70)))
+    answer = client.post(
+        "/v1/traces", content=body, headers={**PROTOBUF, "Content-Encoding": "zstd"}
+    )
+    assert answer.status_code == 415
+    assert "zstandard" in status_of(answer)["message"]
+
+
+def test_the_decompressed_size_cap_bounds_memory() -> None:
+    """A bomb is stopped at the limit: what is held is the limit plus a small margin."""
+    import tracemalloc
+    import zlib
+
+    from evaluator.ingest.receiver import decode_content
+
+    limit = 16 * 1024 * 1024
+    bomb = zlib.compress(b"\x00" * 100_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(OverflowError):
+            decode_content(bomb, "deflate", limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit * 1.2  # one decompress call for it all held the output twice
+
+
+def test_finish_reason_and_response_id() -> None:
+    """GenAI conventions: finish_reason from gen_ai.response.finish_reasons, else from the output
+    messages (apps that fill only those, on the span or in a details event); the answer's
+    gen_ai.response.id is kept for the evaluation events."""
+    from evaluator.ingest.otel import Span, spans_to_trace
+
+    text = [{"type": "text", "content": "It is cut"}]
+    output = [
+        {"role": "assistant", "parts": text, "finish_reason": ""},
+        {"role": "assistant", "parts": text, "finish_reason": "length"},
+    ]
+
+    def trace(attributes: dict[str, Any], events: list[Any] | None = None) -> Trace:
+        chat = Span(f"{1:032x}", f"{2:016x}", None, "chat", 1, 2, attributes, {}, events or [])
+        answer = spans_to_trace([chat])
+        assert answer is not None
+        return answer
+
+    messages = {"gen_ai.operation.name": "chat", "gen_ai.output.messages": json.dumps(output)}
+    assert trace(messages).finish_reason == "length"
+    details = ("gen_ai.client.inference.operation.details", {"gen_ai.output.messages": output})
+    assert trace({"gen_ai.operation.name": "chat"}, [details]).finish_reason == "length"
+    both = trace({**messages, "gen_ai.response.finish_reasons": ["stop"]})
+    assert both.finish_reason == "stop"  # the response attribute first
+    assert trace({"gen_ai.operation.name": "chat"}).finish_reason is None
+    assert "response_id" not in both.metadata
+    identified = trace({**messages, "gen_ai.response.id": "chatcmpl-42"})
+    assert identified.metadata["response_id"] == "chatcmpl-42"

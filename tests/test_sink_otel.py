@@ -38,7 +38,8 @@ def entries(traces: list[Trace]) -> list[dict[str, object]]:
 def traces() -> list[Trace]:
     return [
         make_trace(1, trace_id=TRACE_A, span_id=SPAN_A, finish_reason="length"),
-        make_trace(2, trace_id=TRACE_B),  # the evaluated span is unknown
+        # The evaluated span is unknown; the completion's response id is.
+        make_trace(2, trace_id=TRACE_B, metadata={"response_id": "chatcmpl-2"}),
         make_trace(3),  # "t-000003" is no W3C trace id: cannot be placed, counted as skipped
     ]
 
@@ -98,6 +99,9 @@ def test_events_in_the_apps_trace_in_memory(sqlite_url: str, redis_client: redis
     placed = [r for r in records if f"{r.trace_id:032x}" == TRACE_A]
     assert {f"{r.span_id:016x}" for r in placed} == {SPAN_A}
     assert all("gen_ai.evaluation.name" in r.attributes for r in records)
+    unplaced = [r for r in records if f"{r.trace_id:032x}" == TRACE_B]
+    assert {r.span_id for r in unplaced} == {0}  # no made-up span id
+    assert {r.attributes["gen_ai.response.id"] for r in unplaced} == {"chatcmpl-2"}
     relay.close()
 
 
@@ -125,6 +129,9 @@ def test_events_over_otlp_http(
     assert child[0].events[0].name == EVENT_NAME
     log = next(r for r in receiver.logs if r.trace_id.hex() == TRACE_A)
     assert log.event_name == EVENT_NAME and log.span_id.hex() == SPAN_A
+    unplaced = [r for r in receiver.logs if r.trace_id.hex() == TRACE_B]
+    assert {r.span_id for r in unplaced} == {b""}  # no span id on the wire
+    assert {attributes(r.attributes)["gen_ai.response.id"] for r in unplaced} == {"chatcmpl-2"}
     assert attributes(log.attributes)["gen_ai.evaluation.name"]
     relay.close()
 

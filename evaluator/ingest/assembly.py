@@ -12,7 +12,7 @@ they were read: a restart loses nothing and a trace is published once.
 from __future__ import annotations
 
 import logging
-import os
+import multiprocessing
 import threading
 import time
 from dataclasses import dataclass
@@ -209,14 +209,15 @@ def run_flusher_process(settings: Settings, window: int = 0) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    parent = os.getppid()
+    parent = multiprocessing.parent_process()
 
     def watch_parent() -> None:
         # uvicorn re-raises SIGTERM after its shutdown, so the receiver may die without stopping
-        # us: leave when it is gone.
-        while not stop.wait(1.0):
-            if os.getppid() != parent:
-                stop.set()
+        # us: leave when it is gone. The parent's sentinel is ready once it has exited, even if
+        # that was before this process got here (comparing getppid() missed that case).
+        if parent is not None:
+            parent.join()
+            stop.set()
 
     threading.Thread(target=watch_parent, daemon=True).start()
     client = redis.Redis.from_url(settings.redis_url)

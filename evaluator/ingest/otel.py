@@ -14,6 +14,10 @@ they were emitted in.
 Tool spans (``gen_ai.operation.name = execute_tool``) are listed in ``metadata.tool_calls`` with
 their errors; any span in error sets the Trace's ``error``.
 
+The finish reason is ``gen_ai.response.finish_reasons``, else the ``finish_reason`` in
+``gen_ai.output.messages``; the answer's ``gen_ai.response.id`` is kept as
+``metadata.response_id`` (evaluation events name the evaluated completion by it).
+
 The answer of a trace is its last-ending generation span (a span with ``gen_ai.request.model``,
 ``gen_ai.response.model`` or an inference ``gen_ai.operation.name``), unless a generation span
 carries ``evalfleet.answer = true``.
@@ -100,11 +104,14 @@ def parse_otlp_spans(document: dict[str, Any]) -> list[Span]:
                 error = None
                 if status.get("code") in _ERROR_STATUS:
                     error = status.get("message") or "span status ERROR"
+                # Hex ids are case-insensitive in OTLP/JSON: lowercase, as the protobuf path has
+                # them, so a trace sent partly in each encoding is one trace.
+                parent = (raw.get("parentSpanId") or "").lower()
                 spans.append(
                     Span(
-                        trace_id=raw["traceId"],
-                        span_id=raw["spanId"],
-                        parent_id=raw.get("parentSpanId") or None,
+                        trace_id=raw["traceId"].lower(),
+                        span_id=raw["spanId"].lower(),
+                        parent_id=parent if parent.strip("0") else None,
                         name=raw.get("name", ""),
                         start_ns=int(raw.get("startTimeUnixNano", 0)),
                         end_ns=int(raw.get("endTimeUnixNano", 0)),
@@ -197,6 +204,25 @@ def _completion(span: Span) -> str:
     return str(a.get("gen_ai.completion", ""))
 
 
+def _finish_reason(span: Span) -> str | None:
+    """``gen_ai.response.finish_reasons`` (its first), else the ``finish_reason`` of the first
+    output message that has one (``gen_ai.output.messages`` on the span or in a details event:
+    apps that fill only the messages), else a ``gen_ai.choice`` event's."""
+    reasons = span.attributes.get("gen_ai.response.finish_reasons")
+    if isinstance(reasons, list):
+        reasons = reasons[0] if reasons else None
+    if reasons:
+        return str(reasons)
+    for attributes in [span.attributes, *(attrs for _, attrs in span.events)]:
+        for message in json_messages(attributes.get("gen_ai.output.messages", [])):
+            if isinstance(message, dict) and message.get("finish_reason"):
+                return str(message["finish_reason"])
+    for name, attributes in span.events:
+        if name == "gen_ai.choice" and attributes.get("finish_reason"):
+            return str(attributes["finish_reason"])
+    return None
+
+
 def _documents(span: Span) -> list[str]:
     a = span.attributes
     docs: list[str] = []
@@ -235,9 +261,7 @@ def spans_to_trace(spans: list[Span]) -> Trace | None:
     answer = max(marked or generations, key=lambda s: s.end_ns)
     root = next((s for s in spans if s.parent_id is None), min(spans, key=lambda s: s.start_ns))
     retrievals = [s for s in spans if s.is_retrieval]
-    finish = answer.attributes.get("gen_ai.response.finish_reasons")
-    if isinstance(finish, list):
-        finish = finish[0] if finish else None
+    finish = _finish_reason(answer)
     input_tokens = _first(answer, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
     output_tokens = _first(answer, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
     errors = [s.error for s in spans if s.error]
@@ -245,6 +269,8 @@ def spans_to_trace(spans: list[Span]) -> Trace | None:
         key: value
         for key, value in {
             "provider": _first(answer, "gen_ai.provider.name", "gen_ai.system"),
+            # For gen_ai.evaluation.result events: the completion evaluated, when known.
+            "response_id": answer.attributes.get("gen_ai.response.id"),
             "session_id": _first(root, "session.id", "gen_ai.conversation.id"),
             "user_id": _first(root, "user.id", "enduser.id"),
             "service": root.resource.get("service.name"),
@@ -270,7 +296,7 @@ def spans_to_trace(spans: list[Span]) -> Trace | None:
         tenant=_first(root, "evalfleet.tenant", "tenant.id"),
         feature=_first(root, "evalfleet.feature"),
         latency_ms=(root.end_ns - root.start_ns) / 1e6 if root.end_ns else None,
-        finish_reason=str(finish) if finish else None,
+        finish_reason=finish,
         error=errors[0] if errors else None,
         tokens=TokenUsage(input=int(input_tokens or 0), output=int(output_tokens or 0))
         if input_tokens is not None or output_tokens is not None

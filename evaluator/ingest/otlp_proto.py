@@ -44,7 +44,7 @@ def span_from_pb(raw: PbSpan, resource: dict[str, Any]) -> Span:
     return Span(
         trace_id=raw.trace_id.hex(),
         span_id=raw.span_id.hex(),
-        parent_id=raw.parent_span_id.hex() or None,
+        parent_id=raw.parent_span_id.hex() if any(raw.parent_span_id) else None,
         name=raw.name,
         start_ns=raw.start_time_unix_nano,
         end_ns=raw.end_time_unix_nano,

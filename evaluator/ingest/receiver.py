@@ -2,14 +2,19 @@
 for log-based GenAI events carrying message content) that turns what any OpenTelemetry SDK or
 Collector exports into Traces on ``evalfleet:traces``.
 
-Protobuf and JSON encodings, gzip, an optional bearer token, a body size limit. Answers follow
-the OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
-refused for missing ids or full traces), 400 for a body that cannot be decoded (with the reason),
-413 too large, 415 unknown content type, 401 bad token, and 503 with ``Retry-After`` while the
-fleet is behind (too many unread stream entries or pending traces) or Redis is down —
-exporters retry those. A Redis outage never stops the receiver: ``/readyz`` answers 503 (naming
-it) until Redis is back, one log line says it went and one that it returned (evaluator.health).
-Completion is decided by ``SpanAssembler`` (see ``evaluator.ingest.assembly``).
+Protobuf and JSON encodings; ``Content-Encoding`` gzip, deflate (zlib-wrapped or raw) and zstd
+(with the ``zstandard`` package); an optional bearer token; a body size limit that also bounds
+decompression (a compressed body is never inflated past the limit + 1 byte). Answers follow the
+OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
+refused for invalid ids or full traces). Every 4xx/5xx carries a ``google.rpc.Status`` (code,
+message; a ``BadRequest`` detail on 400) in the request's encoding, protobuf or JSON: 400 for a
+body that cannot be decoded, 401 bad token, 413 too large, 415 unknown content type or encoding
+— none of which senders retry — and 503 with ``Retry-After`` while the fleet is behind (too many
+unread stream entries or pending traces) or Redis is down, which exporters retry. Hex ids in
+OTLP/JSON are case-insensitive and kept lowercase, as the protobuf path gives them, so one trace
+may arrive in both encodings. A Redis outage never stops the receiver: ``/readyz`` answers 503
+(naming it) until Redis is back, one log line says it went and one that it returned
+(evaluator.health). Completion is decided by ``SpanAssembler`` (see ``evaluator.ingest.assembly``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+
+# googleapis-common-protos (a dependency of the OTLP exporter) ships stubs but no py.typed marker.
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -49,15 +58,39 @@ from evaluator.settings import Settings
 from evaluator.sinks import metrics
 from evaluator.streams import group_info
 
+try:  # zstd is optional: Python 3.11 has no zstd in its standard library
+    import zstandard
+except ImportError:
+    zstandard = None  # type: ignore[assignment]
+
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
+# Decompressed output per step: no more than this is held beyond the body limit.
+_CHUNK = 256 * 1024
+# zstd encoders' default window (Go's klauspost/compress in the Collector, zstd -19): a body under
+# the limit may still declare it, so a lower limit does not cap the window below this.
+_ZSTD_WINDOW = 8 * 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
+# The google.rpc.Code in each error's Status. OTLP clients act on the HTTP status alone (429, 502,
+# 503, 504 retried; anything else not); the code is for their logs. 413 is what gRPC answers for
+# an oversized message, 415 what it answers for an unsupported compression.
+_CODES = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    415: code_pb2.UNIMPLEMENTED,
+    503: code_pb2.UNAVAILABLE,
+}
 
 
 class BadRequest(ValueError):
     """A body that cannot be decoded; answered 400 with this message."""
 
 
-def protobuf_groups(body: bytes) -> tuple[dict[str, Held], int]:
+class Unsupported(ValueError):
+    """A content encoding the receiver cannot decode; answered 415 with this message."""
+
+
+def protobuf_groups(body: bytes | bytearray) -> tuple[dict[str, Held], int]:
     """The spans of an ExportTraceServiceRequest grouped by trace, still as protobuf; and how
     many were refused for bad ids."""
     try:
@@ -70,14 +103,21 @@ def protobuf_groups(body: bytes) -> tuple[dict[str, Held], int]:
         prefix = resource_prefix(resource_spans.resource)
         for scope_spans in resource_spans.scope_spans:
             for raw in scope_spans.spans:
-                if len(raw.trace_id) != 16 or len(raw.span_id) != 8 or not any(raw.trace_id):
+                if not _valid_pb_ids(raw.trace_id, raw.span_id, raw.parent_span_id):
                     refused += 1
                     continue
                 trace_id = raw.trace_id.hex()
                 has_root, entries = groups.get(trace_id, (False, []))
                 entries.append(prefix + raw.SerializeToString())
-                groups[trace_id] = (has_root or not raw.parent_span_id, entries)
+                groups[trace_id] = (has_root or not any(raw.parent_span_id), entries)
     return groups, refused
+
+
+def _valid_pb_ids(trace_id: bytes, span_id: bytes, parent_span_id: bytes = b"") -> bool:
+    """16-byte trace id and 8-byte span id, neither all zeros (invalid in OTLP); the parent is
+    empty or 8 bytes (all zeros: no parent, as the Collector reads it)."""
+    ids_ok = len(trace_id) == 16 and len(span_id) == 8 and any(trace_id) and any(span_id)
+    return ids_ok and len(parent_span_id) in (0, 8)
 
 
 def _event_attributes(attributes: dict[str, Any], body: Any) -> dict[str, Any]:
@@ -90,7 +130,7 @@ def _event_attributes(attributes: dict[str, Any], body: Any) -> dict[str, Any]:
     return attributes
 
 
-def protobuf_log_groups(body: bytes) -> tuple[dict[str, Held], int]:
+def protobuf_log_groups(body: bytes | bytearray) -> tuple[dict[str, Held], int]:
     """GenAI events of an ExportLogsServiceRequest grouped by trace (to be attached to their
     spans), and how many records were ignored: no trace context, or not a ``gen_ai.`` event."""
     try:
@@ -104,8 +144,8 @@ def protobuf_log_groups(body: bytes) -> tuple[dict[str, Held], int]:
             for record in scope_logs.log_records:
                 attributes = pb_attributes(record.attributes)
                 name = record.event_name or str(attributes.get("event.name", ""))
-                traced = len(record.trace_id) == 16 and len(record.span_id) == 8
-                if not name.startswith("gen_ai.") or not traced or not any(record.trace_id):
+                traced = _valid_pb_ids(record.trace_id, record.span_id)
+                if not name.startswith("gen_ai.") or not traced:
                     ignored += 1
                     continue
                 merged = _event_attributes(attributes, pb_value(record.body))
@@ -114,7 +154,7 @@ def protobuf_log_groups(body: bytes) -> tuple[dict[str, Held], int]:
     return groups, ignored
 
 
-def log_groups_from_json(body: bytes) -> tuple[dict[str, Held], int]:
+def log_groups_from_json(body: bytes | bytearray) -> tuple[dict[str, Held], int]:
     """The same for an OTLP/JSON logs export (hex ids)."""
     try:
         document = json.loads(body)
@@ -140,22 +180,35 @@ def log_groups_from_json(body: bytes) -> tuple[dict[str, Held], int]:
 
 
 def _valid_id(value: Any, length: int) -> bool:
-    return isinstance(value, str) and len(value) == length and set(value.lower()) <= _HEX
+    """A hex id of ``length`` digits in either case, not all zeros (invalid in OTLP)."""
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and set(value.lower()) <= _HEX
+        and value.strip("0") != ""
+    )
 
 
-def spans_from_json(body: bytes) -> tuple[list[Span], int]:
-    """Spans of an OTLP/JSON export (hex ids), and how many were refused for bad ids."""
+def _valid_json_span(raw: Any) -> bool:
+    # A parent that is absent, empty or all zeros means none (the Collector reads it so).
+    parent = raw.get("parentSpanId")
+    return (
+        _valid_id(raw.get("traceId"), 32)
+        and _valid_id(raw.get("spanId"), 16)
+        and (parent in (None, "", "0" * 16) or _valid_id(parent, 16))
+    )
+
+
+def spans_from_json(body: bytes | bytearray) -> tuple[list[Span], int]:
+    """Spans of an OTLP/JSON export (hex ids, lowercased by ``parse_otlp_spans``), and how many
+    were refused for bad ids."""
     try:
         document = json.loads(body)
         refused = 0
         for resource_spans in document.get("resourceSpans", []):
             for scope_spans in resource_spans.get("scopeSpans", []):
                 raw_spans = scope_spans.get("spans", [])
-                kept = [
-                    raw
-                    for raw in raw_spans
-                    if _valid_id(raw.get("traceId"), 32) and _valid_id(raw.get("spanId"), 16)
-                ]
+                kept = [raw for raw in raw_spans if _valid_json_span(raw)]
                 refused += len(raw_spans) - len(kept)
                 scope_spans["spans"] = kept
         return parse_otlp_spans(document), refused
@@ -163,15 +216,107 @@ def spans_from_json(body: bytes) -> tuple[list[Span], int]:
         raise BadRequest(f"not an OTLP/JSON trace export: {type(exc).__name__}: {exc}") from None
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _inflate(body: bytes | bytearray, limit: int, wbits: int, encoding: str) -> bytearray:
+    """gzip/zlib/raw deflate (by ``wbits``), at most ``limit`` + 1 bytes of output, produced in
+    chunks (one ``decompress`` call holds its output twice while it assembles it)."""
+    decompressor = zlib.decompressobj(wbits)
+    data = bytearray()
+    pending = body
     try:
-        data = decompressor.decompress(body, limit + 1)
+        while not decompressor.eof and len(data) <= limit:
+            chunk = decompressor.decompress(pending, min(_CHUNK, limit + 1 - len(data)))
+            pending = decompressor.unconsumed_tail
+            if not chunk and not pending and not decompressor.eof:
+                raise BadRequest(f"Content-Encoding {encoding}, but the body is truncated")
+            data += chunk
     except zlib.error as exc:
-        raise BadRequest(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
+        reason = f"Content-Encoding {encoding}, but the body is not {encoding}: {exc}"
+        raise BadRequest(reason) from None
     if len(data) > limit:
         raise OverflowError
     return data
+
+
+def _zlib_wrapped(body: bytes | bytearray) -> bool:
+    # An RFC 1950 header: method 8 (deflate), a window of at most 32 KiB, and its check value.
+    # Raw deflate does not start so: a stored block's unused header bits are zero.
+    return (
+        len(body) >= 2
+        and body[0] & 0x0F == 8
+        and body[0] >> 4 <= 7
+        and ((body[0] << 8 | body[1]) % 31 == 0)
+    )
+
+
+def _unzstd(body: bytes | bytearray, limit: int) -> bytearray:
+    """zstd frames, at most ``limit`` + 1 bytes of output; the decoder's window (its buffer) is
+    capped too, at the limit or 8 MiB, whichever is larger."""
+    if zstandard is None:
+        raise Unsupported(
+            "Content-Encoding zstd needs the zstandard package, which this receiver lacks; "
+            "use gzip or deflate"
+        )
+    data, max_window = bytearray(), max(limit, _ZSTD_WINDOW)
+    try:
+        window = zstandard.get_frame_parameters(body).window_size
+        if window > max_window:
+            raise OverflowError(f"zstd window of {window} bytes, over the {max_window} allowed")
+        decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
+        reader = decompressor.stream_reader(body, read_across_frames=True)
+        while len(data) <= limit and (chunk := reader.read(min(_CHUNK, limit + 1 - len(data)))):
+            data += chunk
+    except zstandard.ZstdError as exc:
+        raise BadRequest(f"Content-Encoding zstd, but the body is not zstd: {exc}") from None
+    if len(data) > limit:
+        raise OverflowError
+    if not _whole_zstd_frames(body):  # the reader stops silently inside a truncated frame
+        raise BadRequest("Content-Encoding zstd, but the body is truncated")
+    return data
+
+
+def _whole_zstd_frames(body: bytes | bytearray) -> bool:
+    """Whether ``body`` ends where its last zstd frame does (RFC 8878: frame header, blocks
+    until the last one, optional checksum; skippable frames by their length)."""
+    at = 0
+    while at < len(body):
+        if body[at] & 0xF0 == 0x50 and body[at + 1 : at + 4] == b"\x2a\x4d\x18":  # skippable
+            at += 8 + int.from_bytes(body[at + 4 : at + 8], "little")
+            continue
+        if at + 5 > len(body):
+            return False
+        descriptor = body[at + 4]
+        single_segment = descriptor >> 5 & 1
+        content_size = (single_segment, 2, 4, 8)[descriptor >> 6]
+        at += 5 + (1 - single_segment) + (0, 1, 2, 4)[descriptor & 3] + content_size
+        last = 0
+        while not last:
+            if at + 3 > len(body):
+                return False
+            header = int.from_bytes(body[at : at + 3], "little")
+            last, kind, size = header & 1, header >> 1 & 3, header >> 3
+            at += 3 + (1 if kind == 1 else size)  # an RLE block holds its one byte
+        at += 4 * (descriptor >> 2 & 1)  # the content checksum
+    return at == len(body)
+
+
+def decode_content(body: bytes | bytearray, encoding: str, limit: int) -> bytes | bytearray:
+    """The body without its ``Content-Encoding``: gzip, deflate (zlib-wrapped as HTTP says, or
+    raw as some clients send; ``zlib`` is the Collector's name for the former) or zstd.
+
+    Raises ``Unsupported`` for any other encoding, ``BadRequest`` for a body that is not what its
+    encoding says, ``OverflowError`` when the decompressed body would exceed ``limit``."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, limit, 16 + zlib.MAX_WBITS, "gzip")
+    if encoding in ("deflate", "zlib"):
+        wbits = zlib.MAX_WBITS if _zlib_wrapped(body) else -zlib.MAX_WBITS
+        return _inflate(body, limit, wbits, encoding)
+    if encoding == "zstd":
+        return _unzstd(body, limit)
+    supported = "gzip, deflate, zstd" if zstandard is not None else "gzip, deflate"
+    raise Unsupported(f"Content-Encoding {encoding!r} is not supported; use {supported} or none")
 
 
 class Receiver:
@@ -186,10 +331,11 @@ class Receiver:
         self.readiness = Readiness("otlp-receiver")
         self.readiness.expect(REDIS)  # unready until the first check (at start-up)
 
-    def unavailable(self, exc: Exception) -> Response:
+    def unavailable(self, exc: Exception, encoding: str) -> Response:
         """Redis is away: 503 with Retry-After (the exporter keeps the spans and retries)."""
         self.readiness.down(REDIS, exc)
-        return _error(503, "Redis unavailable; retry later", "unavailable", {"Retry-After": "5"})
+        headers = {"Retry-After": "5"}
+        return _error(503, "Redis unavailable; retry later", "unavailable", encoding, headers)
 
     def run_flusher(self, stop: threading.Event, interval_s: float = 0.2) -> None:
         """The in-process flusher (``flush=True``): publish due traces until ``stop``, waiting
@@ -250,43 +396,70 @@ def _response(content_type: str, refused: int, reason: str, logs: bool = False) 
     return Response(answer.SerializeToString(), media_type=PROTOBUF)
 
 
+def error_status(status: int, reason: str) -> Any:
+    """The ``google.rpc.Status`` answering an HTTP ``status``; on 400 with the ``BadRequest``
+    detail the OTLP spec asks for."""
+    answer = status_pb2.Status(code=_CODES[status], message=reason)
+    if status == 400:
+        violation = error_details_pb2.BadRequest.FieldViolation(description=reason)
+        answer.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return answer
+
+
 def _error(
-    status: int, reason: str, outcome: str, headers: dict[str, str] | None = None
+    status: int,
+    reason: str,
+    outcome: str,
+    encoding: str,
+    headers: dict[str, str] | None = None,
 ) -> Response:
+    """An error answer: a Status in the request's encoding (protobuf unless it was JSON)."""
     metrics.OTLP_REQUESTS.labels(outcome).inc()
-    return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+    answer = error_status(status, reason)
+    if encoding == JSON:
+        body = json_format.MessageToJson(answer, indent=None).encode()
+        return Response(body, status_code=status, media_type=JSON, headers=headers)
+    return Response(
+        answer.SerializeToString(), status_code=status, media_type=PROTOBUF, headers=headers
+    )
 
 
-def _backpressure() -> Response:
-    return _error(503, "evalfleet is behind; retry later", "backpressure", {"Retry-After": "5"})
+def _backpressure(encoding: str) -> Response:
+    headers = {"Retry-After": "5"}
+    return _error(503, "evalfleet is behind; retry later", "backpressure", encoding, headers)
 
 
 def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = True) -> Starlette:
     receiver = Receiver(client, settings)
     limit = settings.otlp_max_body_bytes
 
-    async def read(request: Request) -> tuple[str, bytes] | Response:
+    async def read(request: Request) -> tuple[str, bytes | bytearray] | Response:
         """The request's content type and (decompressed) body, or the error answer."""
-        if not receiver.authorised(request):
-            return _error(401, "a valid bearer token is required", "unauthorised")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        # Errors answer in the request's encoding; protobuf (OTLP's default) when it is neither.
+        encoding = JSON if content_type == JSON else PROTOBUF
+        if not receiver.authorised(request):
+            return _error(401, "a valid bearer token is required", "unauthorised", encoding)
         if content_type not in (PROTOBUF, JSON):
-            return _error(415, f"use {PROTOBUF} or {JSON}, not {content_type!r}", "bad_type")
+            reason = f"use {PROTOBUF} or {JSON}, not {content_type!r}"
+            return _error(415, reason, "bad_type", encoding)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            return _error(413, f"body over {limit} bytes", "too_large")
-        body = b""
+            return _error(413, f"body over {limit} bytes", "too_large", encoding)
+        received = bytearray()
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return _error(413, f"body over {limit} bytes", "too_large")
+            received += chunk
+            if len(received) > limit:
+                return _error(413, f"body over {limit} bytes", "too_large", encoding)
         try:
-            if request.headers.get("content-encoding", "").lower() == "gzip":
-                body = _gunzip(body, limit)
-        except OverflowError:
-            return _error(413, f"decompressed body over {limit} bytes", "too_large")
+            body = decode_content(received, request.headers.get("content-encoding", ""), limit)
+        except OverflowError as exc:
+            reason = str(exc) or f"decompressed body over {limit} bytes"
+            return _error(413, reason, "too_large", encoding)
+        except Unsupported as exc:
+            return _error(415, str(exc), "bad_encoding", encoding)
         except BadRequest as exc:
-            return _error(400, str(exc), "malformed")
+            return _error(400, str(exc), "malformed", encoding)
         return content_type, body
 
     async def export(request: Request) -> Response:
@@ -300,10 +473,10 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
             else:
                 spans, refused = spans_from_json(body)
         except BadRequest as exc:
-            return _error(400, str(exc), "malformed")
+            return _error(400, str(exc), "malformed", content_type)
         try:
             if await run_in_threadpool(receiver.behind):
-                return _backpressure()
+                return _backpressure(content_type)
             if content_type == PROTOBUF:
                 full = await run_in_threadpool(receiver.assembler.add_encoded, groups)
             else:
@@ -311,7 +484,7 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         except redis.RedisError as exc:
             if outage_of(exc) is None:
                 raise
-            return receiver.unavailable(exc)
+            return receiver.unavailable(exc, content_type)
         receiver.readiness.up(REDIS)
         metrics.OTLP_SPANS.labels("refused_bad_id").inc(refused)
         metrics.OTLP_REQUESTS.labels("accepted").inc()
@@ -333,15 +506,15 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
             decode = protobuf_log_groups if content_type == PROTOBUF else log_groups_from_json
             groups, ignored = decode(body)
         except BadRequest as exc:
-            return _error(400, str(exc), "malformed")
+            return _error(400, str(exc), "malformed", content_type)
         try:
             if await run_in_threadpool(receiver.behind):
-                return _backpressure()
+                return _backpressure(content_type)
             full = await run_in_threadpool(receiver.assembler.add_encoded, groups) if groups else 0
         except redis.RedisError as exc:
             if outage_of(exc) is None:
                 raise
-            return receiver.unavailable(exc)
+            return receiver.unavailable(exc, content_type)
         receiver.readiness.up(REDIS)
         kept = sum(len(entries) for _, entries in groups.values()) - full
         metrics.OTLP_LOG_RECORDS.labels("genai_event").inc(kept)
@@ -392,6 +565,8 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
 
 __all__ = [
     "create_receiver_app",
+    "decode_content",
+    "error_status",
     "log_groups_from_json",
     "protobuf_groups",
     "protobuf_log_groups",

@@ -2,8 +2,11 @@
 
 Follows the GenAI semantic conventions (development status): the event carries
 ``gen_ai.evaluation.name``, ``gen_ai.evaluation.score.value``, ``gen_ai.evaluation.score.label``,
-``gen_ai.evaluation.explanation`` and ``error.type`` when the evaluation failed, and is parented
-to the span that was evaluated (the trace's ``span_id``). Two signals, both exported over OTLP:
+``gen_ai.evaluation.explanation``, ``gen_ai.response.id`` when the trace names the completion
+(``metadata.response_id``, which the OTLP receiver fills) and ``error.type`` when the evaluation
+failed, and is parented to the span that was evaluated (the trace's ``span_id``); when that span
+is unknown the log record carries the app's trace id and no span id, and the response id is how
+the event names what it evaluated. Two signals, both exported over OTLP:
 
 - ``logs``: the event as the conventions define it (a log record with ``event_name``), with the
   app's trace and span ids as its context, for Loki/Elastic/Azure-style backends;
@@ -134,6 +137,9 @@ class OTelSink:
             attributes["gen_ai.evaluation.explanation"] = score.reason[:_MAX_EXPLANATION_CHARS]
         if score.status is ScoreStatus.ERROR:
             attributes["error.type"] = "evaluation_error"
+        response_id = trace.metadata.get("response_id")
+        if isinstance(response_id, str) and response_id:
+            attributes["gen_ai.response.id"] = response_id
         attributes["evalfleet.evaluator"] = score.evaluator
         attributes["evalfleet.evaluator.version"] = score.evaluator_version
         attributes["evalfleet.score.id"] = score.id
@@ -174,10 +180,12 @@ class OTelSink:
             span.add_event(EVENT_NAME, attributes=attributes, timestamp=at)
             span.end(end_time=at)
         if self.log_exporter is not None:
+            # Unknown evaluated span: no span id (never our own, which is no GenAI operation);
+            # gen_ai.response.id, when known, names the completion instead.
             subject = trace_api.NonRecordingSpan(
                 trace_api.SpanContext(
                     trace_id,
-                    evaluated or own_span_id,
+                    evaluated or trace_api.INVALID_SPAN_ID,
                     is_remote=True,
                     trace_flags=trace_api.TraceFlags(1),
                 )
