@@ -29,6 +29,7 @@ from openai_server import OpenAIServer  # noqa: E402
 from sqlmodel import Session, col, select  # noqa: E402
 
 from evaluator import reeval  # noqa: E402
+from evaluator.celery_app import create_app, judge_dispatch  # noqa: E402
 from evaluator.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.evaluators import heuristic_evaluators  # noqa: E402
 from evaluator.ingest import publish  # noqa: E402
@@ -41,7 +42,6 @@ from evaluator.settings import Settings  # noqa: E402
 from evaluator.sinks.sql import LedgerRecord, ScoreRecord, SQLStore, TraceRecord  # noqa: E402
 from evaluator.streams import connect  # noqa: E402
 from evaluator.timeparse import parse_since  # noqa: E402
-from evaluator.worker import create_app, judge_dispatch  # noqa: E402
 
 JUDGE = "answer_relevance"
 

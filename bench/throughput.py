@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlmodel import SQLModel
 
 from evaluator.budget import BudgetPlanner, SpendMeter
+from evaluator.celery_app import celery_dispatch, create_app
 from evaluator.embedded import EmbeddedRedis
 from evaluator.ingest import publish_many
 from evaluator.models import Trace
@@ -34,7 +35,6 @@ from evaluator.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, TraceRecord
 from evaluator.streams import connect
-from evaluator.worker import celery_dispatch, create_app
 
 
 def traces(n: int, prefix: str) -> list[Trace]:

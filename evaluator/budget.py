@@ -27,16 +27,14 @@ from typing import Any
 
 import redis
 
+from evaluator import metrics
+from evaluator.constants import RUN_SPEND_PREFIX, SPEND_PREFIX, TRAFFIC_PREFIX
 from evaluator.sampling import SamplingPolicy, Stratum
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
 from evaluator.streams import text
 
 log = logging.getLogger(__name__)
 
-SPEND_PREFIX = "evalfleet:spend:"  # + YYYY-MM-DD (hash: judge -> USD, calls:judge -> n, * -> USD)
-RUN_SPEND_PREFIX = "evalfleet:spend:run:"  # + run id (hash: usd)
-TRAFFIC_PREFIX = "evalfleet:traffic:"  # + minute (hash: seen:stratum, sampled, eligible:judge)
 FLEET = "*"
 _TRAFFIC_WINDOW_MIN = 5
 

@@ -150,15 +150,16 @@ def sampler(
     ] = None,
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
+    from evaluator.celery_app import create_app
+    from evaluator.fleet import build_sampler
     from evaluator.health import PROCESS, REDIS, Backoff, until_available
-    from evaluator.worker import build_sampler
 
     settings, stop = _long_running(loglevel, metrics_port)
     PROCESS.process = "sampler"
     PROCESS.expect(REDIS)
     # Started during an outage: wait for Redis and the database rather than exit.
     loop = until_available(
-        lambda: build_sampler(settings, consumer),
+        lambda: build_sampler(settings, create_app(settings), consumer),
         stop,
         PROCESS,
         Backoff(max_s=settings.outage_backoff_max_s),
@@ -193,10 +194,11 @@ def worker(
         # the metrics directory.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from evaluator.broker import run_worker
+    from evaluator.celery_app import serve_queues
     from evaluator.health import serve
-    from evaluator.worker import app as celery_app
-    from evaluator.worker import serve_queues
+    from evaluator.worker import create_worker_app
 
+    celery_app = create_worker_app(settings)
     serve_queues(celery_app, queues.split(","), settings)
     if port:
         serve(port)  # the main process serves the sum of all prefork children, and /readyz
@@ -689,9 +691,9 @@ def reeval(
 ) -> None:
     """Re-run a judge version over stored traces, priced first; runs after live judge work."""
     from evaluator import reeval as re_evaluation
+    from evaluator.celery_app import create_app, judge_dispatch
     from evaluator.judges import judge_registry
     from evaluator.timeparse import parse_since
-    from evaluator.worker import create_app, judge_dispatch
 
     settings = get_settings()
     store = _open_store()
@@ -885,9 +887,9 @@ def ledger_summary(
 def ledger_reap() -> None:
     """Re-dispatch evaluations stuck past their deadline, or fail them with a reason (the
     sampler does this every EVALFLEET_REAPER_INTERVAL_S)."""
+    from evaluator.celery_app import create_app, judge_dispatch
     from evaluator.judges import judge_registry
     from evaluator.ledger import reap
-    from evaluator.worker import create_app, judge_dispatch
 
     settings = get_settings()
     store = _open_store()

@@ -44,3 +44,21 @@ TASK_STARTS_PREFIX: Final = "evalfleet:task-starts:"
 
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"
+
+# Owned by one room each (the module named), kept here so every key is in one list.
+FIRST_SEEN_KEY: Final = "evalfleet:first-seen"  # sampling.py
+SKIPPED_PREFIX: Final = "evalfleet:review:skipped:"  # review/queue.py
+LANGFUSE_BACKFILL_PREFIX: Final = "evalfleet:backfill:langfuse:"  # ingest/langfuse.py
+OTLP_SPANS_PREFIX: Final = "evalfleet:otlp:spans:"  # ingest/assembly.py
+OTLP_META_PREFIX: Final = "evalfleet:otlp:meta:"  # ingest/assembly.py
+OTLP_PENDING: Final = "evalfleet:otlp:pending"  # ingest/assembly.py
+SPEND_PREFIX: Final = (
+    "evalfleet:spend:"  # + YYYY-MM-DD (hash: judge -> USD, calls:judge -> n, * -> USD) (budget.py)
+)
+RUN_SPEND_PREFIX: Final = "evalfleet:spend:run:"  # + run id (hash: usd) (budget.py)
+TRAFFIC_PREFIX: Final = (
+    "evalfleet:traffic:"  # + minute (hash: seen:stratum, sampled, eligible:judge) (budget.py)
+)
+RATE_LIMIT_PREFIX: Final = "evalfleet:ratelimit:"  # ratelimit.py
+CIRCUIT_PREFIX: Final = "evalfleet:circuit:"  # ratelimit.py
+CHORE_PREFIX: Final = "evalfleet:chore:"  # + chore name: which sampler runs it (sampler.py)

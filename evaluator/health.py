@@ -37,7 +37,7 @@ from prometheus_client import Gauge
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from evaluator.sinks import metrics
+from evaluator import metrics
 
 log = logging.getLogger(__name__)
 

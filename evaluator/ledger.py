@@ -28,11 +28,11 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, func, select
 
+from evaluator import metrics
 from evaluator.evaluators import Evaluator
 from evaluator.judges import Judge
 from evaluator.models import SampleDecision, stable_id
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
 from evaluator.sinks.sql import (
     LedgerRecord,
     SQLStore,
@@ -40,6 +40,7 @@ from evaluator.sinks.sql import (
     TraceRecord,
     as_utc,
 )
+from evaluator.work import judge_entry
 
 log = logging.getLogger(__name__)
 
@@ -287,16 +288,17 @@ def reap(
                 now, reason=was, deadline_at=deadline, **common,
             )
         )  # fmt: skip
+        inclusion = {record.evaluator: record.inclusion_probability or 1.0}
         entries.setdefault(record.run, []).append(
-            {
-                "id": f"ledger:{record.id}",
-                "trace": payload,
-                "judges": [record.evaluator],
-                "inclusion": {record.evaluator: record.inclusion_probability or 1.0},
-                "since": now.timestamp(),
-                "attempt": common["attempt"],
-                "run": record.run,
-            }
+            judge_entry(
+                f"ledger:{record.id}",
+                payload,
+                [record.evaluator],
+                inclusion,
+                now.timestamp(),
+                common["attempt"],
+                record.run,
+            )
         )
         counts.redispatched += 1
         metrics.LEDGER_REAPED.labels(record.evaluator, "redispatched").inc()

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-_KEY = "evalfleet:ratelimit:"
-_CIRCUIT = "evalfleet:circuit:"
+from evaluator.constants import CIRCUIT_PREFIX, RATE_LIMIT_PREFIX
 
 # KEYS[1] requests key, KEYS[2] tokens key.
 # ARGV: request interval ms, request burst, token interval ms, token burst, tokens of this call.
@@ -87,12 +86,14 @@ class RateLimiter:
         if BACKFILL.get() and self.backfill_share < 1.0:
             share = self.backfill_share
             waited += await self._wait(
-                f"{_KEY}backfill:{model}",
+                f"{RATE_LIMIT_PREFIX}backfill:{model}",
                 _scaled(request_limit, share),
                 _scaled(token_limit, share),
                 tokens,
             )
-        return waited + await self._wait(f"{_KEY}{model}", request_limit, token_limit, tokens)
+        return waited + await self._wait(
+            f"{RATE_LIMIT_PREFIX}{model}", request_limit, token_limit, tokens
+        )
 
     async def _wait(
         self, prefix: str, request_limit: Limit | None, token_limit: Limit | None, tokens: int
@@ -139,20 +140,20 @@ class CircuitBreaker:
         """Seconds the circuit for ``endpoint`` stays open (0 when calls may go through)."""
         now = time.monotonic()
         if now - self._checked_at.get(endpoint, -1e9) >= self.REFRESH_S:
-            remaining = int(await self.client.pttl(f"{_CIRCUIT}{endpoint}:open"))
+            remaining = int(await self.client.pttl(f"{CIRCUIT_PREFIX}{endpoint}:open"))
             self._open_until[endpoint] = now + max(0, remaining) / 1000
             self._checked_at[endpoint] = now
         return max(0.0, self._open_until.get(endpoint, 0.0) - now)
 
     async def failure(self, endpoint: str) -> None:
         self._failed_here.add(endpoint)
-        key = f"{_CIRCUIT}{endpoint}:failures"
+        key = f"{CIRCUIT_PREFIX}{endpoint}:failures"
         pipe = self.client.pipeline(transaction=True)
         pipe.incr(key)
         pipe.pexpire(key, self.open_ms * 2)
         count, _ = await pipe.execute()
         if int(count) >= self.failures:
-            await self.client.set(f"{_CIRCUIT}{endpoint}:open", "1", px=self.open_ms, nx=True)
+            await self.client.set(f"{CIRCUIT_PREFIX}{endpoint}:open", "1", px=self.open_ms, nx=True)
             await self.client.delete(key)
             self._checked_at.pop(endpoint, None)  # see the open circuit at once
 
@@ -160,4 +161,4 @@ class CircuitBreaker:
         """A success ends a run of failures (only worth a round trip if this process saw one)."""
         if endpoint in self._failed_here:
             self._failed_here.discard(endpoint)
-            await self.client.delete(f"{_CIRCUIT}{endpoint}:failures")
+            await self.client.delete(f"{CIRCUIT_PREFIX}{endpoint}:failures")

@@ -39,6 +39,7 @@ from evaluator.sinks.sql import (
     TraceRecord,
     payload_row,
 )
+from evaluator.work import judge_entry
 
 # Output tokens assumed for a judge with no recorded calls (reasoning + a few fields).
 _DEFAULT_OUTPUT_TOKENS = 200
@@ -283,16 +284,15 @@ def start(
             kept.append(payload_row(trace, payload, trace.ended_at or now))
         store.write_batch([], [], [], ledger=queued, payloads=kept)
         entries = [
-            {
-                "id": f"{run}:{trace_id}",
-                "trace": payload,
-                "judges": [spec.name],
-                "inclusion": {spec.name: p},
-                "since": now.timestamp(),
-                "attempt": 1,
-                "run": run,
-                "run_cap": cap_usd,
-            }
+            judge_entry(
+                f"{run}:{trace_id}",
+                payload,
+                [spec.name],
+                {spec.name: p},
+                now.timestamp(),
+                run=run,
+                run_cap=cap_usd,
+            )
             for trace_id, payload, p in chunk
         ]
         dispatch(entries, run)

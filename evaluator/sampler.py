@@ -19,9 +19,10 @@ from typing import Any, Protocol
 
 import redis
 
-from evaluator import inflight, logs
+from evaluator import inflight, logs, metrics
 from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
+    CHORE_PREFIX,
     HEURISTICS_QUEUE,
     JUDGES_QUEUE,
     SAMPLER_GROUP,
@@ -35,7 +36,6 @@ from evaluator.judges import Judge, enabled_judges
 from evaluator.models import SampleDecision, Trace, parse_trace
 from evaluator.sampling import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
 from evaluator.streams import (
     DeadLetterLimits,
     add_dead_letters,
@@ -47,6 +47,7 @@ from evaluator.streams import (
     stream_id_ms,
     text,
 )
+from evaluator.work import heuristics_entry, judge_entry
 
 log = logging.getLogger(__name__)
 
@@ -263,16 +264,10 @@ class Sampler:
             outcomes[decision.stratum, decision.judge] += 1
             if decision.judge:  # judges that applied, thinned out by their budget or not
                 eligible.update(decision.judges + decision.sampled_out)
-            tasks.append({"id": entry_id, "trace": payload, "decision": decision.model_dump()})
+            tasks.append(heuristics_entry(entry_id, payload, decision))
             if decision.judges:
                 judge_tasks.append(
-                    {
-                        "id": entry_id,
-                        "trace": payload,
-                        "judges": decision.judges,
-                        "inclusion": decision.inclusion,
-                        "since": time.time(),
-                    }
+                    judge_entry(entry_id, payload, decision.judges, decision.inclusion, time.time())
                 )
         batches = [
             (queue, uuid.uuid4().hex, chunk)
@@ -395,7 +390,7 @@ class FleetChore:
         self, client: redis.Redis, name: str, interval_s: float, work: Callable[[], object]
     ) -> None:
         self.client = client
-        self.key = f"evalfleet:chore:{name}"
+        self.key = f"{CHORE_PREFIX}{name}"
         self.interval_ms = int(interval_s * 1000)
         self.work = work
 

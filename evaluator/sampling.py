@@ -21,12 +21,12 @@ from typing import Any
 
 import redis
 
+from evaluator.constants import FIRST_SEEN_KEY
 from evaluator.judges import Judge
 from evaluator.models import SampleDecision, Trace
 from evaluator.settings import Settings
 
 _TRUNCATED_OR_FILTERED = {"length", "max_tokens", "content_filter"}
-FIRST_SEEN_KEY = "evalfleet:first-seen"
 
 
 class Stratum(StrEnum):

@@ -15,12 +15,12 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy.exc import OperationalError
 
-from evaluator import inflight
+from evaluator import inflight, metrics
 from evaluator.budget import SpendMeter
 from evaluator.constants import HEURISTICS_TASK
 from evaluator.evaluators import Evaluator, evaluate_all
@@ -33,14 +33,18 @@ from evaluator.models import (
     Score,
     ScoreStatus,
     Trace,
-    parse_trace,
 )
 from evaluator.review import ReviewRouter
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
-from evaluator.sinks.outbox import Sink, outbox_rows
+from evaluator.sinks.base import Sink
+from evaluator.sinks.outbox import outbox_rows
 from evaluator.sinks.sql import SQLStore, payload_row, score_row
 from evaluator.streams import DeadLetterLimits, add_dead_letters, stream_id_ms
+from evaluator.work import HeuristicsWork, JudgeWork, WireEntry
+
+Work = HeuristicsWork | JudgeWork
+W = TypeVar("W", HeuristicsWork, JudgeWork)
+_WORK_TYPES = (HeuristicsWork, JudgeWork)
 
 log = logging.getLogger(__name__)
 
@@ -269,29 +273,32 @@ def plan_after_loss(
 
 
 def dead_letter_entries(
-    ctx: ScoringContext, entries: Sequence[dict[str, Any]], reason: str, consumer: str
+    ctx: ScoringContext, entries: Sequence[Work | WireEntry], reason: str, consumer: str
 ) -> None:
-    """Put work entries on the dead-letter stream with ``reason`` (to be redriven after the
-    fix) and mark their evaluations dead_lettered in the ledger."""
+    """Put work entries (typed, or wire entries that did not parse) on the dead-letter stream
+    with ``reason`` (to be redriven after the fix) and mark their evaluations dead_lettered in
+    the ledger."""
     limits = DeadLetterLimits.from_settings(ctx.settings)
+    wire = [e.to_wire() if isinstance(e, _WORK_TYPES) else e for e in entries]
+    letters = [(reason, str(e.get("trace", "")), str(e.get("id", ""))) for e in wire]
     pipe = ctx.client.pipeline(transaction=True)
-    add_dead_letters(pipe, [(reason, e["trace"], e["id"]) for e in entries], consumer, limits)
+    add_dead_letters(pipe, letters, consumer, limits)
     pipe.execute()
     metrics.TRACES_DEAD_LETTERED.inc(len(entries))
     now = _now()
     rows = []
-    for entry in entries:
-        trace_id = _trace_id(entry["trace"])
+    for entry, sent in zip(entries, wire, strict=True):
+        trace_id = entry.trace.trace_id if isinstance(entry, _WORK_TYPES) else _trace_id(sent)
         if trace_id is None:
             continue
-        if "judges" not in entry:
+        if "judges" not in sent:
             version = ctx.heuristics_version
             rows.append(
                 ledger_row(
                     trace_id, HEURISTICS, version, LedgerState.DEAD_LETTERED, now, reason=reason
                 )
             )
-        for name in entry.get("judges", []):
+        for name in sent.get("judges", []):
             if name in ctx.judges:
                 version = ctx.judges[name].version
                 rows.append(
@@ -305,23 +312,38 @@ def dead_letter_entries(
         log.exception("could not record %d dead-lettered evaluations in the ledger", len(rows))
 
 
-def _trace_id(payload: str) -> str | None:
+def _trace_id(entry: WireEntry) -> str | None:
+    """The trace id of a wire entry that did not parse as work, if its trace has one."""
     try:
-        value = json.loads(payload).get("trace_id")
-    except (ValueError, AttributeError):
+        value = json.loads(entry.get("trace", "")).get("trace_id")
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None
 
 
-def _refused(
-    ctx: ScoringContext, entries: Sequence[dict[str, Any]], refused: dict[str, str], task: str
-) -> int:
-    """Dead-letter the entries of traces the database refused; returns how many."""
-    by_reason: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def _parse(kind: type[W], entries: Sequence[WireEntry], ctx: ScoringContext) -> tuple[list[W], int]:
+    """The batch's work items, each trace parsed once; entries that are not valid work (only
+    when sampler and worker run different versions) are dead-lettered with the reason."""
+    items: list[W] = []
+    invalid: dict[str, list[WireEntry]] = defaultdict(list)
     for entry in entries:
-        reason = refused.get(_trace_id(entry["trace"]) or "")
+        item = kind.from_wire(entry, ctx.settings.max_trace_bytes)
+        if isinstance(item, str):
+            invalid[item].append(entry)
+        else:
+            items.append(item)
+    for reason, dead in invalid.items():
+        dead_letter_entries(ctx, dead, reason, "worker")
+    return items, sum(len(dead) for dead in invalid.values())
+
+
+def _refused(ctx: ScoringContext, items: Sequence[Work], refused: dict[str, str], task: str) -> int:
+    """Dead-letter the work of traces the database refused; returns how many."""
+    by_reason: dict[str, list[Work]] = defaultdict(list)
+    for item in items:
+        reason = refused.get(item.trace.trace_id)
         if reason is not None:
-            by_reason[reason].append(entry)
+            by_reason[reason].append(item)
     for reason, dead in by_reason.items():
         log.warning("%s: dead-lettering %d entries: %s", task, len(dead), reason)
         dead_letter_entries(ctx, dead, reason, task)
@@ -338,25 +360,19 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
     trace_rows: dict[str, dict[str, Any]] = {}
     traces: dict[str, Trace] = {}
     reviews = []
-    dead = 0
     all_scores: list[Score] = []
     prompt_versions: dict[str, str | None] = {}
     ledger: list[dict[str, Any]] = []
     payloads: list[dict[str, Any]] = []
     version = ctx.heuristics_version
-    for entry in entries:
-        trace = parse_trace(entry["trace"], ctx.settings.max_trace_bytes)
-        if isinstance(trace, str):
-            # Only reachable when sampler and worker run different model versions.
-            dead_letter_entries(ctx, [entry], f"worker: {trace}", "worker")
-            dead += 1
-            continue
-        decision = SampleDecision.model_validate(entry["decision"])
+    items, dead = _parse(HeuristicsWork, entries, ctx)
+    for item in items:
+        trace, decision = item.trace, item.decision
         scores = evaluate_all(ctx.evaluators, trace, ctx.settings.evaluator_budget_s)
         all_scores += scores
         prompt_versions[trace.trace_id] = trace.prompt_version
         # Keyed by id: a trace published twice in one batch must not upsert the same row twice.
-        trace_rows[trace.trace_id] = trace_row(entry["id"], trace, decision, now)
+        trace_rows[trace.trace_id] = trace_row(item.id, trace, decision, now)
         traces[trace.trace_id] = trace
         reviews += ctx.router.route(trace, scores)
         ledger.append(
@@ -365,7 +381,7 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         ledger += decision_rows(trace.trace_id, decision, ctx.judges, ctx.settings, now)
         if ctx.settings.trace_retention_s > 0:
             published_at = trace_rows[trace.trace_id]["published_at"]
-            payloads.append(payload_row(trace, entry["trace"], published_at))
+            payloads.append(payload_row(trace, item.payload, published_at))
     unique_reviews = list({r.id: r for r in reviews}.values())
     refused = _write(
         ctx,
@@ -377,7 +393,7 @@ def score_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> BatchResu
         payloads=list({p["trace_id"]: p for p in payloads}.values()),
     )
     if refused:
-        dead += _refused(ctx, entries, refused, "worker")
+        dead += _refused(ctx, items, refused, "worker")
         all_scores = [s for s in all_scores if s.trace_id not in refused]
         unique_reviews = [r for r in unique_reviews if r.trace_id not in refused]
         trace_rows = {tid: row for tid, row in trace_rows.items() if tid not in refused}
@@ -418,19 +434,13 @@ def _judge_outcome(result: JudgeResult) -> tuple[LedgerState, str]:
 
 
 def _judge_row(
-    spec: Judge,
-    trace: Trace,
-    entry: dict[str, Any],
-    state: LedgerState,
-    now: datetime,
-    **fields: Any,
+    spec: Judge, item: JudgeWork, state: LedgerState, now: datetime, **fields: Any
 ) -> dict[str, Any]:
-    """The ledger row of one judge evaluation of a judge entry."""
-    fields.setdefault("attempt", int(entry.get("attempt", 1)))
-    inclusion = entry.get("inclusion", {}).get(spec.name)
+    """The ledger row of one judge evaluation of a judge work item."""
+    fields.setdefault("attempt", item.attempt)
     return ledger_row(
-        trace.trace_id, spec.name, spec.version, state, now,
-        inclusion=inclusion, run=entry.get("run"), **fields,
+        item.trace.trace_id, spec.name, spec.version, state, now,
+        inclusion=item.inclusion.get(spec.name), run=item.run, **fields,
     )  # fmt: skip
 
 
@@ -438,118 +448,110 @@ def _judge_row(
 class _Admitted:
     """What a judge batch will run, and what it will not (unknown judge, over a spend cap)."""
 
-    work: list[tuple[Judge, Trace, dict[str, Any]]] = field(default_factory=list)
+    work: list[tuple[Judge, JudgeWork]] = field(default_factory=list)
     running: list[dict[str, Any]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)  # over_budget ledger rows
     scores: list[Score] = field(default_factory=list)  # error scores of unknown judges
     inclusion: Inclusion = field(default_factory=dict)
 
 
-def _admit(
-    entries: list[dict[str, Any]], traces: dict[str, Trace], ctx: ScoringContext, now: datetime
-) -> _Admitted:
+def _admit(items: list[JudgeWork], ctx: ScoringContext, now: datetime) -> _Admitted:
     admitted = _Admitted()
     spent = ctx.spend.today() if ctx.spend else {}
     run_spent: dict[str, float] = {}
     deadline = now + timedelta(seconds=ctx.settings.ledger_running_deadline_s)
-    for entry in entries:
-        trace = traces[entry["id"]]
-        run = entry.get("run")
-        for name in entry["judges"]:
+    for item in items:
+        trace, run = item.trace, item.run
+        for name in item.judges:
             spec = ctx.judges.get(name)
             if spec is None:
                 admitted.scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
                 continue
-            admitted.inclusion[(trace.trace_id, name)] = entry.get("inclusion", {}).get(name, 1.0)
+            admitted.inclusion[(trace.trace_id, name)] = item.inclusion_of(name)
             if ctx.spend is not None:
                 if run is not None and run not in run_spent:
                     run_spent[run] = ctx.spend.run_spent(run)
                 blocked = ctx.spend.over_cap(
-                    name, spent, run, run_spent.get(run or "", 0.0), entry.get("run_cap")
+                    name, spent, run, run_spent.get(run or "", 0.0), item.run_cap
                 )
                 if blocked:
                     admitted.refused.append(
-                        _judge_row(spec, trace, entry, LedgerState.OVER_BUDGET, now, reason=blocked)
+                        _judge_row(spec, item, LedgerState.OVER_BUDGET, now, reason=blocked)
                     )
                     metrics.OVER_BUDGET.labels(name).inc()
                     continue
             admitted.running.append(
-                _judge_row(spec, trace, entry, LedgerState.RUNNING, now, deadline_at=deadline)
+                _judge_row(spec, item, LedgerState.RUNNING, now, deadline_at=deadline)
             )
-            admitted.work.append((spec, trace, entry))
+            admitted.work.append((spec, item))
     return admitted
 
 
-def judge_batch(entries: list[dict[str, Any]], ctx: ScoringContext) -> JudgeBatchResult:
+def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResult:
     """Run each entry's judges concurrently; write scores, calls and ledger rows; requeue what
     must wait; record work over a spend cap as over_budget instead of running it."""
     now = _now()
     s = ctx.settings
-    traces = {e["id"]: Trace.model_validate_json(e["trace"]) for e in entries}
-    admitted = _admit(entries, traces, ctx, now)
+    items, _ = _parse(JudgeWork, entries, ctx)
+    admitted = _admit(items, ctx, now)
     scores, ledger, work = admitted.scores, admitted.refused, admitted.work
     if admitted.running:
         # Before the calls: a worker killed now leaves rows the reaper can see are stuck.
         ctx.store.write_ledger(admitted.running)
-    backfill = any(entry.get("run") for entry in entries)  # a batch is one run's or live
-    results = ctx.judge([(spec, trace) for spec, trace, _ in work], backfill)
+    backfill = any(item.run for item in items)  # a batch is one run's or live
+    results = ctx.judge([(spec, item.trace) for spec, item in work], backfill)
     calls: list[dict[str, Any]] = []
-    later: dict[str, dict[str, Any]] = {}
+    later: dict[str, tuple[JudgeWork, list[str]]] = {}  # entry id -> (item, judges deferred)
     delay = 0.0
-    for (spec, trace, entry), result in zip(work, results, strict=True):
-        waited = time.time() - entry["since"]
+    for (spec, item), result in zip(work, results, strict=True):
+        waited = time.time() - item.since
         if result.deferred and waited < s.judge_give_up_after_s:
-            attempt = int(entry.get("attempt", 1))
-            later.setdefault(entry["id"], {**entry, "judges": [], "attempt": attempt + 1})[
-                "judges"
-            ].append(spec.name)
+            later.setdefault(item.id, (item, []))[1].append(spec.name)
             delay = max(delay, result.defer_s)
             next_at = now + timedelta(seconds=result.defer_s)
             why = result.call.get("error") or "judge endpoint unavailable"
             ledger.append(
                 _judge_row(
-                    spec, trace, entry, LedgerState.RETRYING, now, reason=f"transient: {why}",
+                    spec, item, LedgerState.RETRYING, now, reason=f"transient: {why}",
                     next_attempt_at=next_at,
                     deadline_at=next_at + timedelta(seconds=s.ledger_queued_deadline_s),
                 )
             )  # fmt: skip
             continue
         if result.deferred:
-            gave_up = _gave_up_score(spec, trace, waited)
+            gave_up = _gave_up_score(spec, item.trace, waited)
             scores.append(gave_up)
-            ledger.append(
-                _judge_row(spec, trace, entry, LedgerState.FAILED, now, reason=gave_up.reason)
-            )
+            ledger.append(_judge_row(spec, item, LedgerState.FAILED, now, reason=gave_up.reason))
             continue
         scores += result.scores
-        calls.append({**result.call, "run": entry.get("run")})
+        calls.append({**result.call, "run": item.run})
         state, reason = _judge_outcome(result)
-        ledger.append(_judge_row(spec, trace, entry, state, now, reason=reason))
+        ledger.append(_judge_row(spec, item, state, now, reason=reason))
     by_trace: dict[str, list[Score]] = defaultdict(list)
     for score in scores:
         by_trace[score.trace_id].append(score)
-    trace_of = {t.trace_id: t for t in traces.values()}
+    trace_of = {item.trace.trace_id: item.trace for item in items}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
     call_rows = [{k: v for k, v in c.items() if k != "run"} for c in calls]
     refused = _write(
         ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=admitted.inclusion
     )
     if refused:
-        _refused(ctx, entries, refused, "worker")
+        _refused(ctx, items, refused, "worker")
         scores = [s for s in scores if s.trace_id not in refused]
         reviews = [r for r in reviews if r.trace_id not in refused]
         calls = [c for c in calls if c["trace_id"] not in refused]
         call_rows = [c for c in call_rows if c["trace_id"] not in refused]
-        later = {k: e for k, e in later.items() if traces[k].trace_id not in refused}
+        later = {k: v for k, v in later.items() if v[0].trace.trace_id not in refused}
     if ctx.spend is not None and calls:
         for run in {c["run"] for c in calls}:
             ctx.spend.record([c for c in calls if c["run"] == run], run)
     routed = ctx.router.publish(ctx.client, reviews)
-    _record(scores, {t.trace_id: t.prompt_version for t in traces.values()}, routed)
+    _record(scores, {t.trace_id: t.prompt_version for t in trace_of.values()}, routed)
     metrics.record_judge_calls(call_rows)
     if later:
         if ctx.requeue is None:
             raise RuntimeError("deferred judge work but no requeue configured")
-        ctx.requeue(list(later.values()), delay)
-    deferred = sum(len(entry["judges"]) for entry in later.values())
+        ctx.requeue([item.later(judges) for item, judges in later.values()], delay)
+    deferred = sum(len(judges) for _, judges in later.values())
     return JudgeBatchResult(len({s.id for s in scores}), len(calls), len(routed), deferred)

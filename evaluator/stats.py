@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from evaluator import inflight
+from evaluator import inflight, metrics
 from evaluator.constants import (
     DEAD_STREAM,
     REVIEW_STREAM,
@@ -20,7 +20,6 @@ from evaluator.constants import (
 )
 from evaluator.estimates import ScoreEstimate, score_estimates
 from evaluator.ledger import summary
-from evaluator.sinks import metrics
 from evaluator.sinks.sql import SQLStore, TraceRecord
 from evaluator.streams import group_info, queue_depth
 

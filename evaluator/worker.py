@@ -1,6 +1,8 @@
-"""The Celery app and its tasks. Tasks are thin: they deserialise and call ``scoring``.
+"""The worker's tasks. Tasks are thin: they deserialise and call ``scoring``.
 
-Run with ``evalfleet worker`` or ``celery -A evaluator.worker:app worker -Q heuristics,judges``.
+``create_worker_app(settings)`` is the fleet's Celery app (evaluator.celery_app) with these
+tasks on it. Run with ``evalfleet worker``, or ``celery -A evaluator.worker:app worker -Q
+heuristics,judges``: ``app`` is built from the environment when first asked for, not on import.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
@@ -25,28 +27,11 @@ from celery.signals import (
     task_prerun,
     worker_process_shutdown,
 )
-from kombu.entity import Exchange, Queue
-from kombu.exceptions import KombuError
 
-from evaluator import inflight, logs
-from evaluator.budget import BudgetPlanner, SpendMeter
-from evaluator.constants import (
-    HEURISTICS_QUEUE,
-    HEURISTICS_TASK,
-    JUDGES_BACKFILL_QUEUE,
-    JUDGES_QUEUE,
-    JUDGES_TASK,
-    TASK_STARTS_PREFIX,
-    UNACKED_PREFIX,
-    WORK_QUEUES,
-)
-from evaluator.evaluators import heuristic_evaluators
-from evaluator.evaluators.judge import JudgeLoop
-from evaluator.judges import enabled_judges, judge_registry
-from evaluator.ledger import DispatchJudges, reap
-from evaluator.review import ReviewRouter
-from evaluator.review.routing import republish_unrouted
-from evaluator.sampler import Dispatch, DispatchError, FleetChore, Sampler
+from evaluator import inflight, logs, metrics
+from evaluator.celery_app import FleetApp, create_app, judges_queue
+from evaluator.constants import HEURISTICS_QUEUE, HEURISTICS_TASK, JUDGES_TASK, TASK_STARTS_PREFIX
+from evaluator.fleet import build_scoring_context
 from evaluator.scoring import (
     INFRASTRUCTURE_ERRORS,
     ScoringContext,
@@ -58,72 +43,8 @@ from evaluator.scoring import (
     run_heuristics,
 )
 from evaluator.settings import Settings, get_settings
-from evaluator.sinks import metrics
-from evaluator.sinks.outbox import build_sinks
-from evaluator.sinks.sql import SQLStore
-from evaluator.streams import connect
-
-
-def worker_role(queues: Sequence[str]) -> str:
-    """Heuristics-only workers, or workers of judge queues (whose tasks may run much longer)."""
-    return HEURISTICS_QUEUE if set(queues) <= {HEURISTICS_QUEUE} else JUDGES_QUEUE
-
-
-def _transport_options(role: str, settings: Settings) -> dict[str, Any]:
-    visibility_timeout = settings.visibility_timeout_s(heuristics_only=role == HEURISTICS_QUEUE)
-    key = f"{UNACKED_PREFIX}{role}"
-    # kombu sweeps for abandoned (unacked) messages every interval x throttle seconds, 100 s by
-    # default; keep the sweep well inside the visibility timeout so redelivery follows it closely.
-    return {
-        "visibility_timeout": visibility_timeout,
-        "unacked_key": key,
-        "unacked_index_key": f"{key}:index",
-        "unacked_mutex_key": f"{key}:mutex",
-        "unacked_restore_interval": max(1, min(10, visibility_timeout // 3)),
-        "unacked_restore_throttle": 1,
-        # BRPOP over the queues in sorted order, not round robin: live judge work before
-        # re-evaluation (see constants.JUDGES_BACKFILL_QUEUE).
-        "queue_order_strategy": "sorted",
-        # A broker that vanishes without closing the TCP connection (failover, a partition)
-        # fails commands after this instead of blocking them forever (kombu's default).
-        "socket_connect_timeout": 5,
-        "socket_timeout": 10,
-    }
-
-
-def create_app(settings: Settings) -> Celery:
-    app = Celery("evalfleet", broker=settings.celery_broker_url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        # A task is acknowledged after it ran; a killed worker's tasks run again.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in WORK_QUEUES],
-        task_default_queue=HEURISTICS_QUEUE,
-        task_routes={
-            HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE},
-            JUDGES_TASK: {"queue": JUDGES_QUEUE},
-        },
-        # Enforced by the worker's parent process, which kills the child (see _StallAware).
-        task_annotations={
-            HEURISTICS_TASK: {"time_limit": settings.heuristics_time_limit_s},
-            JUDGES_TASK: {"time_limit": settings.judges_time_limit_s},
-        },
-        broker_transport_options=_transport_options(JUDGES_QUEUE, settings),
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    from evaluator.broker import configure
-
-    configure(app, settings)  # rides out broker outages: see evaluator.broker
-    return app
-
 
 log = logging.getLogger(__name__)
-app = create_app(get_settings())
 
 
 @worker_process_shutdown.connect
@@ -167,7 +88,8 @@ def _json_logging(loglevel: Any = None, logfile: str | None = None, **_: Any) ->
     if billiard is not None:  # celery's default: its errors only, on our handler
         billiard.propagate = True
         billiard.setLevel(logging.DEBUG if os.environ.get("MP_LOG") else logging.ERROR)
-    if app.conf.worker_redirect_stdouts:  # print() in a task: a record, as in text mode
+    app = _worker_app
+    if app is not None and app.conf.worker_redirect_stdouts:  # print(): a record, as in text
         app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)
 
 
@@ -198,7 +120,7 @@ def _json_banner(sender: Any = None, instance: Any = None, **_: Any) -> None:
         log.info("celery worker %s: %s", sender, "; ".join(line for line in lines if line))
 
 
-if get_settings().log_format == "json":
+def _connect_json_logging() -> None:
     setup_logging.connect(_json_logging, weak=False, dispatch_uid="evalfleet-json-logging")
     celeryd_init.connect(_json_worker_init, weak=False, dispatch_uid="evalfleet-json-init")
     celeryd_after_setup.connect(_json_banner, weak=False, dispatch_uid="evalfleet-json-banner")
@@ -207,104 +129,16 @@ if get_settings().log_format == "json":
 _context_lock = threading.Lock()
 
 
-def scoring_context() -> ScoringContext:
+def scoring_context(app: FleetApp) -> ScoringContext:
     """One per worker process, built lazily after the fork so connections are not shared, and
     under a lock because the threads pool may ask for it from several threads at once."""
     with _context_lock:
-        return _build_scoring_context()
+        return _scoring_context(app)
 
 
 @cache
-def _build_scoring_context() -> ScoringContext:
-    settings = get_settings()
-    store = SQLStore(settings.sqlalchemy_url)
-    client = connect(settings.redis_url)
-    return ScoringContext(
-        evaluators=heuristic_evaluators(settings),
-        store=store,
-        router=_review_router(settings),
-        client=client,
-        settings=settings,
-        judges=judge_registry(settings),
-        requeue=_requeue_judges,
-        run_judges=JudgeLoop(settings),
-        sinks=build_sinks(settings),
-        spend=SpendMeter(client, settings, store.judge_spend_since),
-    )
-
-
-def serve_queues(celery_app: Celery, queues: Sequence[str], settings: Settings) -> None:
-    """Set up a worker process for ``queues``: its role's unacked record and visibility."""
-    celery_app.conf.broker_transport_options = _transport_options(worker_role(queues), settings)
-
-
-def _review_router(settings: Settings) -> ReviewRouter:
-    return ReviewRouter(settings.review_thresholds, settings.review_routed_ttl_s)
-
-
-def judges_queue(run: str | None) -> str:
-    """Live judge work, or a re-evaluation run's (served after live work)."""
-    return JUDGES_QUEUE if run is None else JUDGES_BACKFILL_QUEUE
-
-
-def _requeue_judges(entries: list[dict[str, Any]], delay_s: float) -> None:
-    for run in {entry.get("run") for entry in entries}:
-        batch = [entry for entry in entries if entry.get("run") == run]
-        app.send_task(JUDGES_TASK, args=[batch], queue=judges_queue(run), countdown=delay_s)
-
-
-def judge_dispatch(celery_app: Celery = app) -> DispatchJudges:
-    """The reaper's and ``reeval``'s hand-off of judge entries: live or backfill queue."""
-
-    def dispatch(entries: list[dict[str, Any]], run: str | None) -> None:
-        celery_app.send_task(JUDGES_TASK, args=[entries], queue=judges_queue(run))
-
-    return dispatch
-
-
-def build_sampler(settings: Settings, consumer: str | None = None) -> Sampler:
-    """The production sampler: Celery dispatch, the spend budget, and its fleet chores (the
-    ledger reaper and the estimated-score gauges)."""
-    from evaluator.stats import refresh_estimate_gauges
-
-    client = connect(settings.redis_url)
-    store = SQLStore(settings.sqlalchemy_url)
-    judges = enabled_judges(settings)
-    budget = BudgetPlanner(client, settings, SpendMeter(client, settings, store.judge_spend_since))
-    chores = [
-        FleetChore(
-            client,
-            "reaper",
-            settings.reaper_interval_s,
-            lambda: reap(store, judge_registry(settings), settings, judge_dispatch()),
-        ),
-        FleetChore(client, "estimates", 60, lambda: refresh_estimate_gauges(store)),
-        FleetChore(
-            client,
-            "review-republish",
-            settings.reaper_interval_s,
-            lambda: republish_unrouted(client, _review_router(settings), store),
-        ),
-    ]
-    dispatch = celery_dispatch()
-    chores.append(
-        FleetChore(
-            client,
-            "inflight",
-            settings.reaper_interval_s,
-            lambda: metrics.HEURISTICS_REDISPATCHED.inc(
-                inflight.redispatch_overdue(
-                    client,
-                    lambda entries, batch_id: dispatch(HEURISTICS_QUEUE, entries, batch_id),
-                    inflight.due_in_s(settings),
-                )
-            ),
-        )
-    )
-    broker = connect(settings.celery_broker_url)
-    return Sampler(
-        client, settings, dispatch, consumer, judges, budget=budget, chores=chores, broker=broker
-    )
+def _scoring_context(app: FleetApp) -> ScoringContext:
+    return build_scoring_context(app.settings, app)
 
 
 # Infrastructure errors are retried with backoff, forever (see scoring.run_batch).
@@ -325,7 +159,7 @@ class _StallAware(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         if isinstance(exc, TimeLimitExceeded) and args:
-            settings = get_settings()
+            settings = self.app.settings
             entries = list(args[0])
             single = len(entries) == 1
             limit = settings.trace_time_limit_s if single else _time_limit(self.name, settings)
@@ -338,7 +172,8 @@ class _StallAware(Task):  # type: ignore[misc]
             )
             why = f"ran over the {limit:g} s task time limit and was killed"
             losses = int((kwargs or {}).get("stalls", 0))
-            _after_loss(self.name, task_id, plan_after_loss(entries, losses, settings, why))
+            plan = plan_after_loss(entries, losses, settings, why)
+            _after_loss(self.app, self.name, task_id, plan)
 
 
 def _deaths(task: Task, client: redis.Redis) -> int:
@@ -362,21 +197,21 @@ def _after_death(
         return False
     why = "its worker process died while scoring it"
     plan = plan_after_loss(entries, stalls + deaths - 1, settings, why)
-    _after_loss(task.name, task.request.id, plan, ctx)
+    _after_loss(task.app, task.name, task.request.id, plan, ctx)
     return True
 
 
 def _after_loss(
-    task: str, task_id: str, plan: StallPlan, ctx: ScoringContext | None = None
+    app: FleetApp, task: str, task_id: str, plan: StallPlan, ctx: ScoringContext | None = None
 ) -> None:
     """Carry out ``plan``: one new task per trace to retry, dead letters for the rest. In the
     worker's parent process (``ctx`` None) a throwaway context is used: children fork from
     the parent and must not inherit its connections."""
-    settings = get_settings()
+    settings = app.settings
     entries = [entry for entry, _ in plan.retry] + plan.dead
     queue = HEURISTICS_QUEUE if task == HEURISTICS_TASK else judges_queue(entries[0].get("run"))
     retries = {uuid.uuid4().hex: (entry, count) for entry, count in plan.retry}
-    own = ctx or _build_scoring_context.__wrapped__()
+    own = ctx or build_scoring_context(settings, app)
     try:
         if task == HEURISTICS_TASK:  # the split tasks replace the batch in the in-flight record
             singles = {retry_id: [entry] for retry_id, (entry, _) in retries.items()}
@@ -401,33 +236,39 @@ def _time_limit(task: str, settings: Settings) -> float:
     return settings.judges_time_limit_s
 
 
-@app.task(name=HEURISTICS_TASK, base=_StallAware, bind=True, **_TASK_OPTIONS)
 def heuristics_batch(task: Task, entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
-    ctx = scoring_context()
+    ctx = scoring_context(task.app)
     if _after_death(task, entries, stalls, ctx):
         return {"split_or_dead_lettered": len(entries)}
     return run_heuristics(entries, ctx, task.request.id)
 
 
-@app.task(name=JUDGES_TASK, base=_StallAware, bind=True, **_TASK_OPTIONS)
 def judge_batch_task(task: Task, entries: list[dict[str, Any]], stalls: int = 0) -> dict[str, int]:
-    ctx = scoring_context()
+    ctx = scoring_context(task.app)
     if _after_death(task, entries, stalls, ctx):
         return {"split_or_dead_lettered": len(entries)}
     return run_batch(JUDGES_TASK, judge_batch, entries, ctx)
 
 
-_TASK_FOR_QUEUE = {HEURISTICS_QUEUE: HEURISTICS_TASK, JUDGES_QUEUE: JUDGES_TASK}
+_worker_app: FleetApp | None = None
 
 
-def celery_dispatch(celery_app: Celery = app) -> Dispatch:
-    """The sampler's hand-off: one task per batch, raising if the broker refused it."""
+def create_worker_app(settings: Settings) -> FleetApp:
+    """The fleet's app for ``settings`` with the worker's tasks on it (and, with JSON logs,
+    celery's logging set up by us)."""
+    global _worker_app
+    app = create_app(settings)
+    options = {"base": _StallAware, "bind": True, **_TASK_OPTIONS}
+    app.task(name=HEURISTICS_TASK, **options)(heuristics_batch)
+    app.task(name=JUDGES_TASK, **options)(judge_batch_task)
+    if settings.log_format == "json":
+        _connect_json_logging()
+    _worker_app = app
+    return app
 
-    def dispatch(queue: str, entries: list[dict[str, Any]], batch_id: str) -> None:
-        try:
-            task = _TASK_FOR_QUEUE[queue]
-            celery_app.send_task(task, args=[entries], queue=queue, task_id=batch_id)
-        except (KombuError, redis.RedisError, OSError) as exc:
-            raise DispatchError(f"broker refused the batch: {exc}") from exc
 
-    return dispatch
+def __getattr__(name: str) -> Any:
+    """``evaluator.worker:app`` for ``celery -A``: built from the environment on first use."""
+    if name == "app":
+        return _worker_app or create_worker_app(get_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

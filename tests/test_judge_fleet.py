@@ -10,11 +10,11 @@ from helpers import Fleet, fleet_env, make_trace, wait_for
 from openai_server import OpenAIServer
 from sqlmodel import Session, col, func, select
 
+from evaluator.celery_app import create_app
 from evaluator.constants import DEAD_STREAM, JUDGES_QUEUE, JUDGES_TASK
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
 from evaluator.sinks.sql import JudgeCallRecord, ScoreRecord, SQLStore
-from evaluator.worker import create_app
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
 
@@ -168,5 +168,5 @@ def test_a_bug_in_a_task_dead_letters_its_batch_instead_of_losing_it(
         lambda: redis_client.xlen(DEAD_STREAM) == 1, 30, lambda: f"dead letter\n{fleet.logs()}"
     )
     [(_, fields)] = redis_client.xrange(DEAD_STREAM)
-    assert fields[b"reason"] == b"worker evalfleet.judge_batch: KeyError: 'since'"
+    assert fields[b"reason"] == b"worker: invalid JudgeWork entry (since: Field required)"
     assert fields[b"payload"] == entry["trace"].encode() and fields[b"source_id"] == b"1-0"

@@ -305,7 +305,7 @@ def test_in_process_exporter(redis_client: redis.Redis, settings: Settings) -> N
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from evaluator.ingest.otel import EvalfleetSpanExporter
+    from evaluator.ingest.exporter import EvalfleetSpanExporter
 
     provider = TracerProvider(resource=Resource.create({"service.name": "inline-app"}))
     provider.add_span_processor(SimpleSpanProcessor(EvalfleetSpanExporter(redis_client, settings)))
@@ -685,7 +685,8 @@ def test_finish_reason_and_response_id() -> None:
     """GenAI conventions: finish_reason from gen_ai.response.finish_reasons, else from the output
     messages (apps that fill only those, on the span or in a details event); the answer's
     gen_ai.response.id is kept for the evaluation events."""
-    from evaluator.ingest.otel import Span, spans_to_trace
+    from evaluator.ingest.otel import spans_to_trace
+    from evaluator.ingest.spans import Span
 
     text = [{"type": "text", "content": "It is cut"}]
     output = [

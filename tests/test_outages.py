@@ -558,7 +558,7 @@ def test_metrics_port_serves_readyz() -> None:
 
 
 def test_guard_applies_to_redis_brokers_only() -> None:
-    from evaluator.worker import create_app
+    from evaluator.celery_app import create_app
 
     assert transport_for("redis://127.0.0.1:6379/0") == TRANSPORT
     assert transport_for("rediss://cache.example:6380/0") is None  # TLS from the scheme

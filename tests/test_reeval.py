@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from evaluator import reeval
 from evaluator.budget import SpendMeter
+from evaluator.celery_app import create_app, judges_queue
 from evaluator.cli import app
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.ingest import publish_many
@@ -31,7 +32,6 @@ from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.sql import ScoreRecord, SQLStore, TracePayloadRecord, TraceRecord
 from evaluator.timeparse import parse_since
-from evaluator.worker import create_app, judges_queue
 
 JUDGES = dict(load_judges(default_judges_dir()))
 RELEVANCE = JUDGES["answer_relevance"]

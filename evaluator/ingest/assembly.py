@@ -20,18 +20,22 @@ from typing import Any
 
 import redis
 
-from evaluator.constants import TRACE_FIELD, TRACES_STREAM
-from evaluator.ingest.otel import Span, spans_to_trace
+from evaluator import metrics
+from evaluator.constants import (
+    OTLP_META_PREFIX,
+    OTLP_PENDING,
+    OTLP_SPANS_PREFIX,
+    TRACE_FIELD,
+    TRACES_STREAM,
+)
+from evaluator.ingest.otel import spans_to_trace
 from evaluator.ingest.otlp_proto import decode_trace, encode_json
+from evaluator.ingest.spans import Span
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
 from evaluator.streams import text
 
 log = logging.getLogger(__name__)
 
-SPANS_PREFIX = "evalfleet:otlp:spans:"
-META_PREFIX = "evalfleet:otlp:meta:"
-PENDING = "evalfleet:otlp:pending"
 
 # KEYS: spans list, meta hash, pending zset. ARGV: trace id, now ms, grace ms, max wait ms,
 # has-root flag, max spans, then the spans. Returns the list length, or -1 when the trace is full.
@@ -107,7 +111,7 @@ class SpanAssembler:
         self._finish = client.register_script(_FINISH)
 
     def pending(self) -> int:
-        return int(self.client.zcard(PENDING))
+        return int(self.client.zcard(OTLP_PENDING))
 
     def add(self, spans: list[Span]) -> int:
         """Hold decoded spans (OTLP/JSON, the in-process exporter); returns how many were
@@ -126,7 +130,7 @@ class SpanAssembler:
         pipe = self.client.pipeline(transaction=False)
         for trace_id, (has_root, entries) in groups.items():
             self._add(
-                keys=[SPANS_PREFIX + trace_id, META_PREFIX + trace_id, PENDING],
+                keys=[OTLP_SPANS_PREFIX + trace_id, OTLP_META_PREFIX + trace_id, OTLP_PENDING],
                 args=[
                     trace_id,
                     now_ms,
@@ -156,13 +160,13 @@ class SpanAssembler:
         now_ms = int(time.time() * 1000)
         counts = FlushCounts()
         start = window * limit
-        due: Any = self.client.zrangebyscore(PENDING, "-inf", now_ms, start=start, num=limit)
+        due: Any = self.client.zrangebyscore(OTLP_PENDING, "-inf", now_ms, start=start, num=limit)
         trace_ids = [text(raw_id) for raw_id in due]
         if not trace_ids:
             metrics.OTLP_PENDING.set(self.pending())
             return counts
-        held: Any = self._read(args=[SPANS_PREFIX, META_PREFIX, *trace_ids])
-        args: list[Any] = [SPANS_PREFIX, META_PREFIX, now_ms, self.settings.stream_maxlen]
+        held: Any = self._read(args=[OTLP_SPANS_PREFIX, OTLP_META_PREFIX, *trace_ids])
+        args: list[Any] = [OTLP_SPANS_PREFIX, OTLP_META_PREFIX, now_ms, self.settings.stream_maxlen]
         args.append(TRACE_FIELD)
         outcomes = []
         for trace_id, (root, *raw_spans) in zip(trace_ids, held, strict=True):
@@ -174,7 +178,7 @@ class SpanAssembler:
                 payload = trace.model_dump_json(exclude_none=True, exclude_defaults=True)
             args += [trace_id, len(raw_spans), payload]
             outcomes.append((trace is None, not root))
-        finished: Any = self._finish(keys=[PENDING, TRACES_STREAM], args=args)
+        finished: Any = self._finish(keys=[OTLP_PENDING, TRACES_STREAM], args=args)
         for done, (dropped, partial) in zip(finished, outcomes, strict=True):
             if not done:
                 continue

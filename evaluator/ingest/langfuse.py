@@ -31,6 +31,7 @@ import redis
 from pydantic import ValidationError
 from redis.typing import EncodableT, FieldT
 
+from evaluator.constants import LANGFUSE_BACKFILL_PREFIX
 from evaluator.ingest.otel import json_messages, last_user_text, message_text
 from evaluator.ingest.publish import publish_many
 from evaluator.models import TokenUsage, Trace, describe_validation_error, stable_id
@@ -39,7 +40,6 @@ from evaluator.streams import text
 
 ROOT_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
 CHILD_FIELDS = "core,basic,io,metadata,model,usage"
-STATE_PREFIX = "evalfleet:backfill:langfuse:"
 V1_CURSOR = "v1:"  # a saved position in the /api/public/traces fallback: "v1:<next page>"
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class BackfillQuery:
 
     @property
     def state_key(self) -> str:
-        return STATE_PREFIX + stable_id(self.filter_json())
+        return LANGFUSE_BACKFILL_PREFIX + stable_id(self.filter_json())
 
     def traces_params(self, page: int, limit: int) -> dict[str, Any]:
         """The same query for ``GET /api/public/traces`` (GetTracesV1Query)."""

@@ -22,23 +22,20 @@ The answer of a trace is its last-ending generation span (a span with ``gen_ai.r
 ``gen_ai.response.model`` or an inference ``gen_ai.operation.name``), unless a generation span
 carries ``evalfleet.answer = true``.
 
-``EvalfleetSpanExporter`` is an OpenTelemetry SDK span exporter for apps without a Collector:
-it assembles and publishes traces exactly like ``evalfleet otlp-receiver``.
+Spans themselves are ``evaluator.ingest.spans.Span``; ``evaluator.ingest.exporter`` has the
+OpenTelemetry SDK exporter for apps without a Collector.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from evaluator.ingest.spans import Span
 from evaluator.models import TokenUsage, Trace
-from evaluator.settings import get_settings
 
-_GENERATION_OPERATIONS = {"chat", "text_completion", "generate_content", "completion"}
 _ERROR_STATUS = {2, "STATUS_CODE_ERROR"}
 
 
@@ -61,36 +58,6 @@ def json_any_value(value: dict[str, Any]) -> Any:
 
 def json_attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {item["key"]: json_any_value(item.get("value", {})) for item in items}
-
-
-@dataclass
-class Span:
-    trace_id: str
-    span_id: str
-    parent_id: str | None
-    name: str
-    start_ns: int
-    end_ns: int
-    attributes: dict[str, Any]
-    resource: dict[str, Any]
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def operation(self) -> str:
-        return str(self.attributes.get("gen_ai.operation.name", "")).lower()
-
-    @property
-    def is_generation(self) -> bool:
-        a = self.attributes
-        return self.operation in _GENERATION_OPERATIONS or (
-            self.operation == "" and ("gen_ai.request.model" in a or "gen_ai.response.model" in a)
-        )
-
-    @property
-    def is_retrieval(self) -> bool:
-        kind = self.attributes.get("openinference.span.kind")
-        return self.operation == "retrieval" or kind == "RETRIEVER"
 
 
 def parse_otlp_spans(document: dict[str, Any]) -> list[Span]:
@@ -315,68 +282,3 @@ def traces_from_otlp(document: dict[str, Any]) -> list[Trace]:
         by_trace.setdefault(span.trace_id, []).append(span)
     traces = (spans_to_trace(spans) for spans in by_trace.values())
     return [t for t in traces if t is not None]
-
-
-def span_from_sdk(span: Any) -> Span | None:
-    """Our Span from an SDK ``ReadableSpan`` (None when it has no valid context)."""
-    context = span.context
-    if context is None or not context.is_valid:
-        return None
-    status = span.status
-    error = None
-    if status is not None and status.status_code.name == "ERROR":
-        error = status.description or "span status ERROR"
-    return Span(
-        trace_id=f"{context.trace_id:032x}",
-        span_id=f"{context.span_id:016x}",
-        parent_id=f"{span.parent.span_id:016x}" if span.parent is not None else None,
-        name=span.name,
-        start_ns=span.start_time or 0,
-        end_ns=span.end_time or 0,
-        attributes=dict(span.attributes or {}),
-        resource=dict(span.resource.attributes) if span.resource is not None else {},
-        events=[(e.name, dict(e.attributes or {})) for e in span.events],
-        error=error,
-    )
-
-
-class EvalfleetSpanExporter:
-    """An OpenTelemetry ``SpanExporter`` that publishes completed GenAI traces to Evalfleet.
-
-    ``provider.add_span_processor(BatchSpanProcessor(EvalfleetSpanExporter(redis_client)))``.
-    Spans are held in Redis until their trace completes (the same rules and keys as the OTLP
-    receiver, so the two can be mixed); a background thread publishes completed traces. Traces
-    still open at shutdown stay in Redis and are published by the next exporter or receiver.
-    """
-
-    def __init__(self, client: Any, settings: Any = None, flush_interval_s: float = 0.2) -> None:
-        from evaluator.ingest.assembly import SpanAssembler  # imports this module
-
-        self.assembler = SpanAssembler(client, settings or get_settings())
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self.assembler.run_flusher,
-            args=(self._stop, flush_interval_s),
-            name="evalfleet-exporter",
-            daemon=True,
-        )
-        self._flusher.start()
-
-    def export(self, spans: Any) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        converted = [s for s in (span_from_sdk(span) for span in spans) if s is not None]
-        try:
-            self.assembler.add(converted)
-        except Exception:  # Redis down: the SDK's processor logs and drops; we say so
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        self.assembler.flush()
-        return True
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        self._flusher.join(5)
-        self.assembler.flush()

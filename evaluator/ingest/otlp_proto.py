@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
-from evaluator.ingest.otel import Span
+from evaluator.ingest.spans import Span
 
 PROTOBUF_TAG, JSON_TAG, EVENT_TAG = b"p", b"j", b"e"
 

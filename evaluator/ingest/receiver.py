@@ -49,13 +49,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from evaluator import metrics
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
 from evaluator.health import REDIS, Backoff, Prober, Readiness, outage_of, probing
 from evaluator.ingest.assembly import Held, SpanAssembler
-from evaluator.ingest.otel import Span, json_any_value, json_attributes, parse_otlp_spans
+from evaluator.ingest.otel import json_any_value, json_attributes, parse_otlp_spans
 from evaluator.ingest.otlp_proto import encode_event, pb_attributes, pb_value, resource_prefix
+from evaluator.ingest.spans import Span
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
 from evaluator.streams import group_info
 
 try:  # zstd is optional: Python 3.11 has no zstd in its standard library

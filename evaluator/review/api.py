@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from evaluator import metrics
 from evaluator.health import (
     DATABASE,
     REDIS,
@@ -49,7 +50,6 @@ from evaluator.review.queue import (
     ReviewQueue,
 )
 from evaluator.settings import ReviewerAccess, Settings
-from evaluator.sinks import metrics
 
 COOKIE = "evalfleet_review"
 _templates = Environment(

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES
+from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES, SKIPPED_PREFIX
 from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Verdict
 from evaluator.review.routing import parse_queue_key
 from evaluator.sinks.outbox import label_outbox_rows
@@ -28,7 +28,6 @@ from evaluator.sinks.sql import SQLStore
 from evaluator.streams import text
 
 RELEASED = "released"  # pseudo-consumer holding released items until someone reclaims them
-SKIPPED_PREFIX = "evalfleet:review:skipped:"
 
 
 class ReviewError(Exception):

@@ -73,7 +73,7 @@ from evaluator.models import (
     display_name,
     stable_id,
 )
-from evaluator.sinks.outbox import SinkUnavailable
+from evaluator.sinks.base import SinkUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
 from evaluator.models import Score, ScoreStatus, Trace, display_name
-from evaluator.sinks.outbox import SinkUnavailable
+from evaluator.sinks.base import SinkUnavailable
 
 EVENT_NAME = "gen_ai.evaluation.result"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -20,43 +20,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from evaluator import metrics
 from evaluator.health import DATABASE, PROCESS, Backoff, Readiness, outage_of
 from evaluator.models import ReviewLabel, Score, Trace, stable_id
 from evaluator.settings import Settings
-from evaluator.sinks import metrics
+from evaluator.sinks.base import Sink, SinkUnavailable
 from evaluator.sinks.sql import OutboxRecord, SQLStore, as_utc
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, REJECTED = "pending", "delivered", "rejected"
-
-
-class SinkUnavailable(Exception):
-    """The sink could not take the batch now (down, 5xx, 429, timeout): retry later."""
-
-
-class Sink(Protocol):
-    """An external destination for scores. ``payload`` runs in the workers (no I/O);
-    ``deliver`` runs in the relay."""
-
-    name: str
-
-    def payload(self, score: Score, trace: Trace) -> dict[str, Any] | str:
-        """What to send for this score (JSON-ready, without the time), or a short reason why
-        this sink does not take it."""
-
-    def deliver(self, payloads: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Send the payloads (keyed by outbox row id; the relay adds ``timestamp``, the score's
-        ISO time). Returns the rows the sink rejected for good, with the reason; every other row
-        counts as delivered. Raises SinkUnavailable."""
-
-    def close(self) -> None:
-        """Release connections (the relay calls it when it stops)."""
 
 
 def _row(

@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from evaluator import metrics
 from evaluator.estimates import ScoreSums, Sums
 from evaluator.models import (
     ReviewItem,
@@ -46,7 +47,6 @@ from evaluator.models import (
     Trace,
     Verdict,
 )
-from evaluator.sinks import metrics
 
 
 def _tz_datetime(**kwargs: Any) -> Any:

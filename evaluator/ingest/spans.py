@@ -1,0 +1,39 @@
+"""A span as the GenAI mapping sees it, whichever way it arrived (OTLP/JSON, OTLP/protobuf,
+the OpenTelemetry SDK): ids as lowercase hex, attributes decoded, events attached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+_GENERATION_OPERATIONS = {"chat", "text_completion", "generate_content", "completion"}
+
+
+@dataclass
+class Span:
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def operation(self) -> str:
+        return str(self.attributes.get("gen_ai.operation.name", "")).lower()
+
+    @property
+    def is_generation(self) -> bool:
+        a = self.attributes
+        return self.operation in _GENERATION_OPERATIONS or (
+            self.operation == "" and ("gen_ai.request.model" in a or "gen_ai.response.model" in a)
+        )
+
+    @property
+    def is_retrieval(self) -> bool:
+        kind = self.attributes.get("openinference.span.kind")
+        return self.operation == "retrieval" or kind == "RETRIEVER"
