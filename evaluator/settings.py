@@ -397,7 +397,7 @@ def get_settings() -> Settings:
 # EVALFLEET_* variables read elsewhere than a settings class (the one list of them): the CLI warns
 # about every other EVALFLEET_* variable that no settings class reads (a misspelling, usually).
 OTHER_VARIABLES: dict[str, str] = {
-    "EVALFLEET_DEBUG": "evaluator/cli.py: full tracebacks instead of one-line errors",
+    "EVALFLEET_DEBUG": "evaluator/cli/app.py: full tracebacks instead of one-line errors",
     "EVALFLEET_TEST_REDIS_URL": "tests/conftest.py: the Redis the tests use",
     "EVALFLEET_TEST_DATABASE_URL": "tests/conftest.py: the PostgreSQL the tests use",
     "EVALFLEET_TEST_ARTIFACTS": "tests/test_review_page.py: screenshots",

@@ -269,7 +269,7 @@ def test_wheel_builds_from_exactly_the_files_the_dockerfile_copies(tmp_path: Pat
     for dataset in golden:
         assert f"evaluator/_data/golden/{dataset}" in names
     assert "evaluator/_data/sample_traces.jsonl" in names
-    assert "evaluator/cli.py" in names
+    assert "evaluator/cli/__init__.py" in names
     assert any(n.startswith("evaluator/review/templates/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "evalfleet = evaluator.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

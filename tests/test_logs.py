@@ -20,7 +20,9 @@ import redis
 from helpers import Fleet, fleet_env, http_get, make_trace, wait_for
 from typer.testing import CliRunner
 
-from evaluator import cli, logs
+from evaluator import logs
+from evaluator.cli import app as cli_app
+from evaluator.cli import common as cli_common
 from evaluator.constants import TRACES_STREAM
 from evaluator.embedded import free_port
 from evaluator.ingest import publish_many
@@ -207,15 +209,15 @@ def test_servers_listen_on_loopback_outside_containers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setattr(cli, "_CONTAINER_MARKERS", (str(tmp_path / "no-such-file"),))
-    assert cli._default_host() == "127.0.0.1"
+    monkeypatch.setattr(cli_common, "CONTAINER_MARKERS", (str(tmp_path / "no-such-file"),))
+    assert cli_common.default_host() == "127.0.0.1"
     (tmp_path / ".dockerenv").touch()
-    monkeypatch.setattr(cli, "_CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
-    assert cli._default_host() == "0.0.0.0"
-    monkeypatch.setattr(cli, "_CONTAINER_MARKERS", ())
+    monkeypatch.setattr(cli_common, "CONTAINER_MARKERS", (str(tmp_path / ".dockerenv"),))
+    assert cli_common.default_host() == "0.0.0.0"
+    monkeypatch.setattr(cli_common, "CONTAINER_MARKERS", ())
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    assert cli._default_host() == "0.0.0.0"
+    assert cli_common.default_host() == "0.0.0.0"
     for command in ("review-api", "otlp-receiver"):
-        result = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"})
+        result = CliRunner().invoke(cli_app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert "127.0.0.1" in result.output and "0.0.0.0" in result.output, result.output

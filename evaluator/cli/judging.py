@@ -1,0 +1,409 @@
+"""Judges and what keeps them honest: judge files, calibration and the gate, golden datasets,
+re-evaluation and comparing judge versions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from evaluator.cli.app import app, dataset_app, judges_app
+from evaluator.cli.common import (
+    console,
+    existing_file,
+    judge_or_exit,
+    judge_spec,
+    open_store,
+    require_judge_endpoint,
+)
+from evaluator.settings import Settings, get_settings
+from evaluator.streams import connect
+
+
+@dataset_app.command("export")
+def dataset_export(
+    judge: Annotated[str, typer.Option(help="The judge whose labels to export.")],
+    out: Annotated[Path | None, typer.Option(help="Default datasets/golden/<judge>.jsonl.")] = None,
+) -> None:
+    """Merge the labels in SQL into the judge's golden dataset (deduplicated by trace)."""
+    from evaluator.golden import export, golden_path
+    from evaluator.ledger import inclusion_probabilities
+
+    store = open_store()
+    path = out or golden_path(judge)
+    labels = store.labels(judge)
+    inclusion = inclusion_probabilities(store, judge, [label.trace_id for label in labels])
+    total, merged = export(labels, path, inclusion)
+    store.close()
+    console.print(f"{path}: {total} examples ({merged} labels from the store merged)")
+
+
+@dataset_app.command("import")
+def dataset_import(
+    file: Annotated[Path, typer.Argument(callback=existing_file, help="JSONL or CSV.")],
+    judge: Annotated[str, typer.Option(help="The judge these labels answer.")],
+) -> None:
+    """Load labels made elsewhere (golden JSONL, or CSV) into the store; then export."""
+    from evaluator.golden import DatasetError, read_any
+
+    try:
+        examples = read_any(file)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    store = open_store(must_exist=False)  # labels made elsewhere may come before the fleet
+    store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
+    store.close()
+    console.print(
+        f"imported {len(examples)} labels for {judge}; `evalfleet dataset export "
+        f"--judge {judge}` writes them to the golden set"
+    )
+
+
+@app.command()
+def calibrate(
+    judge: Annotated[str, typer.Option(help="The judge to calibrate.")],
+    dataset: Annotated[
+        Path | None,
+        typer.Option(callback=existing_file, help="Default datasets/golden/<judge>.jsonl."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report; default calibration-<judge>.json.")
+    ] = None,
+) -> None:
+    """Run a judge over its golden set and report agreement with the human labels.
+
+    Exits 1 when agreement is under the judge file's calibration thresholds."""
+    from evaluator.calibrate import calibrate as run_calibration
+    from evaluator.embedded import redis_or_embedded
+    from evaluator.golden import (
+        DatasetError,
+        default_golden_dir,
+        golden_path,
+        read_examples,
+        record_disagreements,
+    )
+    from evaluator.report import render_calibration
+
+    settings = get_settings()
+    spec = judge_spec(judge)
+    require_judge_endpoint()
+    path = dataset or golden_path(judge, settings.golden_dir or default_golden_dir())
+    try:
+        examples = read_examples(path)
+    except DatasetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not examples:
+        console.print(f"[red]error:[/red] no examples in {path}")
+        raise typer.Exit(2)
+    with redis_or_embedded(settings.redis_url) as redis_url, Progress(console=console) as progress:
+        task = progress.add_task(f"judging {len(examples)} examples", total=len(examples))
+        result = run_calibration(
+            spec,
+            examples,
+            settings.model_copy(update={"redis_url": redis_url}),
+            lambda: progress.advance(task),
+        )
+    render_calibration(result, console)
+    if dataset is None:  # the judge's own golden set: judges with few_shot use these first
+        ids = [d.trace_id for d in result.disagreements]
+        record_disagreements(judge, spec.version, ids, path.parent)
+    out = report or Path(f"calibration-{judge}.json")
+    out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    console.print(f"report: {out}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gate(
+    base: Annotated[str, typer.Option(help="Git revision to compare with (e.g. origin/main).")],
+    tolerance: Annotated[float, typer.Option(help="Allowed drop in kappa and agreement.")] = 0.05,
+    golden_dir: Annotated[Path | None, typer.Option(help="Default: datasets/golden")] = None,
+) -> None:
+    """Fail when a judge changed since BASE agrees less with humans than its old version."""
+    from evaluator.calibrate import GateError
+    from evaluator.calibrate import gate as run_gate
+    from evaluator.embedded import redis_or_embedded
+    from evaluator.golden import default_golden_dir
+    from evaluator.judges import judges_dir
+    from evaluator.report import render_gate
+
+    require_judge_endpoint()
+    settings = get_settings()
+    try:
+        with (
+            redis_or_embedded(settings.redis_url) as redis_url,
+            Progress(console=console) as progress,
+        ):
+            task = progress.add_task("judging golden sets", total=None)
+            results = run_gate(
+                base,
+                settings.model_copy(update={"redis_url": redis_url}),
+                judges_dir(settings),
+                golden_dir or settings.golden_dir or default_golden_dir(),
+                tolerance,
+                lambda: progress.advance(task),
+            )
+    except GateError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if not results:
+        console.print(f"no judge file changed since {base}")
+        return
+    if render_gate(results, console):
+        raise typer.Exit(1)
+
+
+@app.command()
+def reeval(
+    evaluator: Annotated[str, typer.Option(help="NAME@VERSION (or NAME: its current version).")],
+    since: Annotated[str, typer.Option(help="Traces published since: 7d, 12h, or an ISO time.")],
+    until: Annotated[str | None, typer.Option(help="...and before this.")] = None,
+    prompt_version: Annotated[str | None, typer.Option(help="Only this prompt version.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many traces.")] = None,
+    all_traces: Annotated[
+        bool,
+        typer.Option(help="Every stored trace, not only those the sampler chose for judges."),
+    ] = False,
+    max_usd: Annotated[
+        float | None, typer.Option(min=0, help="This run's spend cap (default: 1.5 x estimate).")
+    ] = None,
+    from_langfuse: Annotated[
+        bool,
+        typer.Option(help="Read the traces back from Langfuse (LANGFUSE_*) instead of the store."),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the preview only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Re-run a judge version over stored traces, priced first; runs after live judge work."""
+    from evaluator import reeval as re_evaluation
+    from evaluator.celery_app import create_app, judge_dispatch
+    from evaluator.judges import judge_registry
+    from evaluator.timeparse import parse_since
+
+    settings = get_settings()
+    store = open_store()
+    start, end = parse_since(since), parse_since(until) if until else None
+    try:
+        spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
+        with contextlib.ExitStack() as resources:
+            candidates = (
+                _langfuse_candidates(resources, settings, start, end, prompt_version, tenant)
+                if from_langfuse
+                else None
+            )
+            planned = re_evaluation.plan(
+                store, settings, spec, start, end, prompt_version, tenant, limit, all_traces,
+                candidates,
+            )  # fmt: skip
+    except ValueError as exc:
+        store.close()
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    render_reeval_plan(planned)
+    if dry_run or planned.count == 0:
+        store.close()
+        return
+    cap = max_usd if max_usd is not None else (planned.usd * 1.5 if planned.usd else None)
+    question = f"Start re-evaluating {planned.count:,} traces" + (
+        f" with a ${cap:.2f} cap?" if cap is not None else " without a spend cap?"
+    )
+    if not yes and not typer.confirm(question):
+        store.close()
+        raise typer.Exit(1)
+    with Progress(console=console) as progress:
+        task = progress.add_task("dispatching", total=planned.count)
+        run = re_evaluation.start(
+            store, settings, planned, judge_dispatch(create_app(settings)), cap,
+            lambda n: progress.advance(task, n),
+        )  # fmt: skip
+    store.close()
+    console.print(
+        f"run {run.run}: {run.dispatched:,} evaluations queued on judges_backfill; follow with "
+        f"`evalfleet ledger summary`, then `evalfleet compare {spec.name}@OLD {spec.name}@"
+        f"{spec.version}`"
+    )
+
+
+def _langfuse_candidates(
+    resources: contextlib.ExitStack,
+    settings: Settings,
+    since: datetime,
+    until: datetime | None,
+    prompt_version: str | None,
+    tenant: str | None,
+) -> Any:
+    import httpx
+
+    from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
+    from evaluator.reeval import ReevalError, langfuse_candidates
+    from evaluator.sinks.langfuse import LangfuseSettings, langfuse_api
+
+    langfuse = LangfuseSettings()
+    if not langfuse.enabled:
+        raise ReevalError("--from-langfuse needs LANGFUSE_PUBLIC_KEY, _SECRET_KEY and _HOST")
+    http = resources.enter_context(httpx.Client(timeout=langfuse.timeout))
+    backfill = LangfuseBackfill(langfuse_api(langfuse, http), connect(settings.redis_url), settings)
+    return langfuse_candidates(backfill, BackfillQuery(since, until), prompt_version, tenant)
+
+
+def render_reeval_plan(planned: Any) -> None:
+    spec = planned.spec
+    console.print(f"[bold]{spec.name}@{spec.version}[/bold] ({spec.model})")
+    console.print(
+        f"  traces: {planned.count:,} to judge of {planned.considered:,} in the window "
+        f"({planned.already:,} already scored by this version, {planned.filtered:,} outside "
+        "its applies_when)"
+    )
+    console.print(
+        f"  tokens per call: {planned.input_tokens_per_call:,.0f} in + "
+        f"{planned.output_tokens_per_call:,.0f} out, from {planned.tokens_from or 'nothing'}"
+    )
+    total_tokens = planned.count * (planned.input_tokens_per_call + planned.output_tokens_per_call)
+    usd = f"${planned.usd:,.2f}" if planned.usd is not None else "unknown"
+    console.print(f"  estimated: {total_tokens:,.0f} tokens, {usd}")
+    if planned.seconds is not None:
+        console.print(f"  time: ~{planned.seconds / 60:,.1f} min ({planned.pace})")
+    for note in planned.notes:
+        console.print(f"  [yellow]note:[/yellow] {note}")
+
+
+@app.command()
+def compare(
+    first: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    second: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Agreement between two versions of a judge on the traces both scored, and with human
+    labels where there are some."""
+    from evaluator.reeval import compare as compare_versions
+
+    name_a, _, version_a = first.partition("@")
+    name_b, _, version_b = second.partition("@")
+    if name_a != name_b or not version_a or not version_b:
+        raise typer.BadParameter("give two versions of one judge: NAME@V1 NAME@V2")
+    store = open_store()
+    result = compare_versions(store, name_a, version_a, version_b)
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    v = result.verdicts
+    console.print(
+        f"{name_a}: {result.traces_a:,} traces scored by {version_a}, {result.traces_b:,} by "
+        f"{version_b}, {result.both:,} by both"
+    )
+    if not result.both:
+        return
+    kappa = f"{v.kappa:.3f}" if v.kappa is not None else "n/a"
+    console.print(f"verdicts agree on {100 * v.accuracy:.1f} % (Cohen's kappa {kappa})")
+    console.print(
+        f"  {version_a} pass / {version_b} fail: {v.confusion['pass']['fail']:,}; "
+        f"{version_a} fail / {version_b} pass: {v.confusion['fail']['pass']:,}"
+    )
+    for f in result.fields:
+        rho = f"{f.spearman:.3f}" if f.spearman is not None else "n/a"
+        console.print(
+            f"  {f.name}: Spearman {rho} over {f.n:,}; mean {f.mean_a:.3f} -> {f.mean_b:.3f}"
+        )
+    for version, humans in ((version_a, result.humans_a), (version_b, result.humans_b)):
+        if humans is not None:
+            k = f"{humans.kappa:.3f}" if humans.kappa is not None else "n/a"
+            console.print(
+                f"  vs human labels ({humans.n:,}): {version} {100 * humans.accuracy:.1f} % "
+                f"agreement, kappa {k}"
+            )
+
+
+@judges_app.command("list")
+def judges_list() -> None:
+    """Every judge file: version, model, when it applies, its scores and thresholds."""
+    from evaluator.judges import judges_dir, load_judges
+
+    settings = get_settings()
+    table = Table("judge", "version", "model", "applies when", "scores (review under)", "enabled")
+    for spec in load_judges(judges_dir(settings)).values():
+        when = ", ".join(
+            f"{k}={v}" for k, v in spec.applies_when.model_dump(exclude_none=True).items()
+        )
+        fields = ", ".join(
+            f"{n} (<{spec.review_thresholds[n]:g})" if n in spec.review_thresholds else n
+            for n in spec.score_fields
+        )
+        enabled = "yes" if spec.name in settings.enabled_judges else "no"
+        table.add_row(spec.name, spec.version, spec.model, when or "always", fields, enabled)
+    console.print(table)
+
+
+@judges_app.command("show")
+def judges_show(name: str) -> None:
+    """A judge file as loaded, and the JSON Schema its output must match."""
+    spec = judge_or_exit(name)
+    typer.echo(spec.model_dump_json(indent=2))
+    typer.echo(json.dumps(spec.json_schema(), indent=2))
+
+
+@judges_app.command("render")
+def judges_render(
+    name: str,
+    trace: Annotated[Path, typer.Option(callback=existing_file, help="A Trace JSON file.")],
+) -> None:
+    """The exact messages and response_format that would be sent for a trace."""
+    from evaluator.judges import render_messages
+    from evaluator.models import Trace
+
+    spec = judge_or_exit(name)
+    try:
+        parsed = Trace.model_validate_json(trace.read_text().strip().splitlines()[0])
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {trace}: {exc}")
+        raise typer.Exit(2) from exc
+    settings = get_settings()
+    messages = render_messages(spec, parsed, settings.judge_redact_pii, settings.golden_dir)
+    for message in messages:
+        typer.echo(f"----- {message['role']} -----\n{message['content']}")
+    response_format = json.dumps(spec.response_format(), indent=2)
+    typer.echo(f"----- response_format -----\n{response_format}")
+
+
+@judges_app.command("validate")
+def judges_validate() -> None:
+    """All judge files parse, render against a sample trace with fenced text, match the lock."""
+    from evaluator.judges import JudgeFileError, check_lock, judges_dir, load_judges, validate_judge
+
+    directory = judges_dir(get_settings())
+    try:
+        judges = load_judges(directory)
+    except JudgeFileError as exc:
+        console.print(f"[red]invalid:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    problems = [p for spec in judges.values() for p in validate_judge(spec)] + check_lock(directory)
+    for problem in problems:
+        console.print(f"[red]invalid:[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{len(judges)} judges valid, lock up to date ({directory})")
+
+
+@judges_app.command("lock")
+def judges_lock() -> None:
+    """Record each judge's version and content hash in judges.lock (after bumping versions)."""
+    from evaluator.judges import LOCK_FILE, check_lock, judges_dir, write_lock
+
+    directory = judges_dir(get_settings())
+    unbumped = [p for p in check_lock(directory) if "bump it" in p]
+    if unbumped:
+        for problem in unbumped:
+            console.print(f"[red]refused:[/red] {problem}")
+        raise typer.Exit(1)
+    lock = write_lock(directory)
+    console.print(f"wrote {directory / LOCK_FILE} ({len(lock)} judges)")

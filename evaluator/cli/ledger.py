@@ -1,0 +1,106 @@
+"""The evaluation ledger: where each (trace, evaluator, version) stands, reaping, redrive."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from evaluator.cli.app import ledger_app
+from evaluator.cli.common import console, open_store
+from evaluator.settings import get_settings
+
+
+@ledger_app.callback(invoke_without_command=True)
+def ledger_trace(
+    context: typer.Context,
+    trace: Annotated[
+        str | None, typer.Option(help="Every evaluator's state for this trace id.")
+    ] = None,
+) -> None:
+    """The evaluation ledger: one trace (--trace), or a subcommand."""
+    if context.invoked_subcommand is not None:
+        return
+    if trace is None:
+        typer.echo(context.get_help())
+        raise typer.Exit(2)
+    from evaluator.ledger import rows_for_trace
+
+    store = open_store()
+    rows = rows_for_trace(store, trace)
+    store.close()
+    if not rows:
+        console.print(f"no ledger rows for trace {trace!r}")
+        raise typer.Exit(1)
+    table = Table("evaluator", "version", "state", "attempt", "stratum", "P(incl.)", "updated",
+                  "reason")  # fmt: skip
+    for r in rows:
+        p = f"{r.inclusion_probability:g}" if r.inclusion_probability is not None else ""
+        updated = r.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r.evaluator, r.evaluator_version, r.state, str(r.attempt), r.stratum or "",
+                      p, updated, r.reason)  # fmt: skip
+    console.print(table)
+
+
+@ledger_app.command("summary")
+def ledger_summary(
+    since: Annotated[str, typer.Option(help="Rows updated since: 1h, 7d, or an ISO time.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts by evaluator and state."""
+    from evaluator.ledger import OPEN_RANK, summary
+    from evaluator.timeparse import parse_since
+
+    store = open_store()
+    counts = summary(store, parse_since(since))
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(counts, indent=2, sort_keys=True))
+        return
+    states = sorted({state for per in counts.values() for state in per})
+    table = Table("evaluator", *states, "open")
+    for evaluator, per in sorted(counts.items()):
+        still_open = sum(n for state, n in per.items() if state in OPEN_RANK)
+        table.add_row(evaluator, *[str(per.get(s, "")) for s in states], str(still_open))
+    console.print(table)
+
+
+@ledger_app.command("reap")
+def ledger_reap() -> None:
+    """Re-dispatch evaluations stuck past their deadline, or fail them with a reason (the
+    sampler does this every EVALFLEET_REAPER_INTERVAL_S)."""
+    from evaluator.celery_app import create_app, judge_dispatch
+    from evaluator.judges import judge_registry
+    from evaluator.ledger import reap
+
+    settings = get_settings()
+    store = open_store()
+    counts = reap(store, judge_registry(settings), settings, judge_dispatch(create_app(settings)))
+    store.close()
+    console.print(f"re-dispatched {counts.redispatched}, failed {counts.failed}")
+    for reason in sorted(set(counts.reasons)):
+        console.print(f"  failed: {reason}")
+
+
+@ledger_app.command("redrive")
+def ledger_redrive(
+    state: Annotated[str, typer.Option(help="over_budget or failed.")] = "over_budget",
+    evaluator: Annotated[str | None, typer.Option(help="Only this evaluator.")] = None,
+) -> None:
+    """Reopen over-budget (or failed) evaluations, e.g. after raising a budget; the reaper
+    dispatches them."""
+    from evaluator.ledger import LedgerState, redrive
+
+    allowed = {LedgerState.OVER_BUDGET.value, LedgerState.FAILED.value}
+    if state not in allowed:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(sorted(allowed))}", param_hint="--state"
+        )
+    store = open_store()
+    count = redrive(store, LedgerState(state), evaluator)
+    store.close()
+    console.print(
+        f"reopened {count} evaluations; `evalfleet ledger reap` or the sampler sends them"
+    )
