@@ -8,27 +8,23 @@ Failures come back as data, never as an exception loop:
 * the fleet-wide circuit is open: deferred at once, without a call.
 * output that fails its schema: one repair request; then a ``status=error`` Score with the reason.
 * other 4xx (bad key, unknown model): a ``status=error`` Score.
+
+The transport — clients, limiter, breaker, the retry policy and its error classifier — is
+``evaluators/judge_client.py``; this module renders, judges and builds Scores and call rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import random
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import openai
 import redis.asyncio as aioredis
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
-from pydantic import BaseModel, ValidationError
 
+from evaluator.evaluators.judge_client import CallOutcome, JudgeClient
 from evaluator.evaluators.ragas import RagasRunner, RagasSpec
 from evaluator.judges import Judge, JudgeSpec, render_messages
 from evaluator.models import (
@@ -37,30 +33,10 @@ from evaluator.models import (
     ScoreType,
     Severity,
     Trace,
-    describe_validation_error,
     stable_id,
 )
-from evaluator.ratelimit import BACKFILL, CircuitBreaker, RateLimiter, endpoint_key
+from evaluator.ratelimit import BACKFILL, CircuitBreaker, RateLimiter
 from evaluator.settings import Settings
-
-CONNECTIONS_PER_CLIENT = 16
-_REPAIR = (
-    "Your reply did not match the required JSON schema: {error}. "
-    "Reply again with only the JSON object, matching the schema exactly."
-)
-
-
-@dataclass
-class CallOutcome:
-    output: BaseModel | None = None
-    error: str | None = None
-    deferred: bool = False  # transient: worth trying again later
-    defer_s: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_ms: float = 0.0
-    attempts: int = 0
-    mode: str = "json_schema"
 
 
 @dataclass
@@ -71,72 +47,17 @@ class JudgeResult:
     defer_s: float = 0.0
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                return None
-    return None
-
-
-def _unsupported_json_schema(exc: openai.BadRequestError) -> bool:
-    text = str(exc).lower()
-    return "response_format" in text or "json_schema" in text
-
-
-def _parse(spec: JudgeSpec, content: str | None) -> tuple[BaseModel | None, str | None]:
-    try:
-        return spec.output_model.model_validate_json(content or ""), None
-    except ValidationError as exc:
-        return None, describe_validation_error(exc)
-
-
 @dataclass
-class JudgeRuntime:
-    """Clients, limiter and breaker for one event loop (AsyncOpenAI must not outlive its loop)."""
+class JudgeRuntime(JudgeClient):
+    """The judges of one event loop: the transport (``JudgeClient``) and RAGAS on the same
+    limiter; ``judge`` renders a judge file for a trace and turns the outcome into Scores."""
 
-    settings: Settings
-    limiter: RateLimiter
-    breaker: CircuitBreaker
-    _clients: dict[tuple[str | None, str, int], AsyncOpenAI] = field(default_factory=dict)
-    _no_json_schema: set[str] = field(default_factory=set)
-    _calls: int = 0
     _ragas: RagasRunner | None = None
 
-    def client_for(self, spec: JudgeSpec) -> AsyncOpenAI:
-        base_url = spec.base_url or self.settings.judge_base_url
-        api_key = self._api_key(spec.api_key_env)
-        # Calls are spread over several clients: httpx's pool scans all of its connections for
-        # every request, which made one pool of 64 connections CPU-bound at ~100 calls/s.
-        shards = max(1, -(-self.settings.judge_max_in_flight // CONNECTIONS_PER_CLIENT))
-        self._calls += 1
-        key = (base_url, api_key, self._calls % shards)
-        if key not in self._clients:
-            # Retries are ours (fleet-wide limiter, breaker, Retry-After), not the SDK's.
-            self._clients[key] = AsyncOpenAI(
-                base_url=base_url,
-                api_key=api_key or "unset",
-                max_retries=0,
-                timeout=self.settings.judge_timeout_s,
-            )
-        return self._clients[key]
-
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        await super().close()
         if self._ragas is not None:
             await self._ragas.close()
-
-    def _api_key(self, env_name: str | None) -> str:
-        if env_name:
-            return os.environ.get(env_name, "")
-        if self.settings.judge_api_key is not None:
-            return self.settings.judge_api_key.get_secret_value()
-        return os.environ.get("OPENAI_API_KEY", "")
 
     async def judge_ragas(self, spec: RagasSpec, trace: Trace) -> JudgeResult:
         if self._ragas is None:
@@ -145,118 +66,6 @@ class JudgeRuntime:
             )
         scores, call = await self._ragas.evaluate(trace)
         return JudgeResult(scores=scores, call=call)
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(
-            self.settings.judge_backoff_max_s, self.settings.judge_backoff_base_s * 2**attempt
-        )
-        return random.uniform(0, cap)  # full jitter: workers do not retry in lockstep
-
-    async def call(self, spec: JudgeSpec, messages: list[dict[str, str]]) -> CallOutcome:
-        """One judged output: the request, its retries, and at most one repair round."""
-        outcome = CallOutcome()
-        endpoint = endpoint_key(spec.base_url or self.settings.judge_base_url, spec.model)
-        if endpoint in self._no_json_schema:
-            outcome.mode = "json_object"
-        conversation = list(messages)
-        for repair in (False, True):
-            content = await self._request(spec, conversation, outcome, endpoint)
-            if outcome.error or outcome.deferred:
-                return outcome
-            parsed, problem = _parse(spec, content)
-            if parsed is not None:
-                outcome.output = parsed
-                return outcome
-            if repair:
-                outcome.error = f"judge output failed its schema after one repair: {problem}"
-                return outcome
-            conversation += [
-                {"role": "assistant", "content": content or ""},
-                {"role": "user", "content": _REPAIR.format(error=problem)},
-            ]
-        return outcome
-
-    def _request_args(
-        self, spec: JudgeSpec, messages: list[dict[str, str]], mode: str
-    ) -> dict[str, Any]:
-        if mode == "json_schema":
-            response_format = spec.response_format()
-        else:
-            # No server-side schema: state it in the (static) system prompt and validate after.
-            schema = json.dumps(spec.json_schema(), separators=(",", ":"))
-            system = f"{messages[0]['content']}\nThe JSON schema of your reply:\n{schema}"
-            messages = [{"role": "system", "content": system}, *messages[1:]]
-            response_format = {"type": "json_object"}
-        return {
-            "model": spec.model,
-            "messages": messages,
-            "temperature": spec.temperature,
-            "max_tokens": spec.max_tokens,
-            "response_format": response_format,
-        }
-
-    async def _request(
-        self, spec: JudgeSpec, messages: list[dict[str, str]], outcome: CallOutcome, endpoint: str
-    ) -> str | None:
-        estimate = sum(len(m["content"]) for m in messages) // 4 + spec.max_tokens
-        client = self.client_for(spec)
-        attempts_here = 0
-        while attempts_here < self.settings.judge_max_attempts:
-            if (open_s := await self.breaker.open_for(endpoint)) > 0:
-                outcome.deferred, outcome.defer_s = True, open_s
-                outcome.error = None
-                return None
-            await self.limiter.acquire(spec.model, estimate)
-            attempts_here += 1
-            outcome.attempts += 1
-            started = time.perf_counter()
-            try:
-                # The SDK's low-level post: same transport, errors and response model as
-                # chat.completions.create, without its recursive re-typing of the request body,
-                # which was a third of the client's CPU per call at 200 calls/s.
-                response = await client.post(
-                    "/chat/completions",
-                    body=self._request_args(spec, messages, outcome.mode),
-                    cast_to=ChatCompletion,
-                )
-            except openai.BadRequestError as exc:
-                if outcome.mode == "json_schema" and _unsupported_json_schema(exc):
-                    self._no_json_schema.add(endpoint)
-                    outcome.mode = "json_object"
-                    attempts_here -= 1  # a mode switch is not a failure
-                    continue
-                outcome.error = f"judge request rejected: {exc.status_code} {exc.message}"[:500]
-                return None
-            except openai.RateLimitError as exc:
-                await asyncio.sleep(_retry_after(exc) or self._backoff(attempts_here))
-                continue
-            except (
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                openai.InternalServerError,
-            ) as exc:
-                await self.breaker.failure(endpoint)
-                outcome.error = f"{type(exc).__name__}: {exc}"[:300]
-                await asyncio.sleep(self._backoff(attempts_here))
-                continue
-            except openai.APIStatusError as exc:
-                if exc.status_code >= 500:
-                    await self.breaker.failure(endpoint)
-                    await asyncio.sleep(_retry_after(exc) or self._backoff(attempts_here))
-                    continue
-                outcome.error = f"judge request failed: {exc.status_code} {exc.message}"[:500]
-                return None
-            outcome.latency_ms += (time.perf_counter() - started) * 1000
-            outcome.error = None
-            await self.breaker.success(endpoint)
-            if response.usage is not None:
-                outcome.input_tokens += response.usage.prompt_tokens
-                outcome.output_tokens += response.usage.completion_tokens
-            return response.choices[0].message.content if response.choices else None
-        # Transient failures on every attempt: the endpoint may recover; try again later.
-        outcome.deferred = True
-        outcome.defer_s = self.settings.judge_backoff_max_s
-        return None
 
     async def judge(self, spec: JudgeSpec, trace: Trace) -> JudgeResult:
         messages = render_messages(
