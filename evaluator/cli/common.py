@@ -3,9 +3,11 @@ the listen address, judge lookup."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,15 +33,21 @@ def existing_file(ctx: typer.Context, path: Path | None) -> Path | None:
     return path if path is None or ctx.resilient_parsing else require_file(path)
 
 
-def open_store(must_exist: bool = True) -> SQLStore:
-    """The configured store. Commands that read what the fleet stored refuse a SQLite file that
-    does not exist rather than create an empty one (SQLStore creates the tables of a new
-    database; evalfleet.db in whatever directory the command ran in)."""
+@contextlib.contextmanager
+def open_store(must_exist: bool = True) -> Iterator[SQLStore]:
+    """The configured store, closed when the command is done with it. Commands that read what
+    the fleet stored refuse a SQLite file that does not exist rather than create an empty one
+    (SQLStore creates the tables of a new database; evalfleet.db in whatever directory the
+    command ran in)."""
     from evaluator.sinks.sql import SQLStore
 
     url = get_settings().sqlalchemy_url
     check_database_url(url, must_exist)
-    return SQLStore(url)
+    store = SQLStore(url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def configure_logging(level: str, process: str | None = None) -> None:

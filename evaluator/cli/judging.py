@@ -35,12 +35,11 @@ def dataset_export(
     from evaluator.golden import export, golden_path
     from evaluator.ledger import inclusion_probabilities
 
-    store = open_store()
-    path = out or golden_path(judge)
-    labels = store.labels(judge)
-    inclusion = inclusion_probabilities(store, judge, [label.trace_id for label in labels])
-    total, merged = export(labels, path, inclusion)
-    store.close()
+    with open_store() as store:
+        path = out or golden_path(judge)
+        labels = store.labels(judge)
+        inclusion = inclusion_probabilities(store, judge, [label.trace_id for label in labels])
+        total, merged = export(labels, path, inclusion)
     console.print(f"{path}: {total} examples ({merged} labels from the store merged)")
 
 
@@ -57,9 +56,8 @@ def dataset_import(
     except DatasetError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    store = open_store(must_exist=False)  # labels made elsewhere may come before the fleet
-    store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
-    store.close()
+    with open_store(must_exist=False) as store:  # labels made elsewhere may come before the fleet
+        store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
     console.print(
         f"imported {len(examples)} labels for {judge}; `evalfleet dataset export "
         f"--judge {judge}` writes them to the golden set"
@@ -191,42 +189,38 @@ def reeval(
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
-    store = open_store()
-    start, end = parse_since(since), parse_since(until) if until else None
-    try:
-        spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
-        with contextlib.ExitStack() as resources:
-            candidates = (
-                _langfuse_candidates(resources, settings, start, end, prompt_version, tenant)
-                if from_langfuse
-                else None
-            )
-            planned = re_evaluation.plan(
-                store, settings, spec, start, end, prompt_version, tenant, limit, all_traces,
-                candidates,
+    with open_store() as store:
+        start, end = parse_since(since), parse_since(until) if until else None
+        try:
+            spec = re_evaluation.parse_target(evaluator, judge_registry(settings))
+            with contextlib.ExitStack() as resources:
+                candidates = (
+                    _langfuse_candidates(resources, settings, start, end, prompt_version, tenant)
+                    if from_langfuse
+                    else None
+                )
+                planned = re_evaluation.plan(
+                    store, settings, spec, start, end, prompt_version, tenant, limit, all_traces,
+                    candidates,
+                )  # fmt: skip
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        render_reeval_plan(planned)
+        if dry_run or planned.count == 0:
+            return
+        cap = max_usd if max_usd is not None else (planned.usd * 1.5 if planned.usd else None)
+        question = f"Start re-evaluating {planned.count:,} traces" + (
+            f" with a ${cap:.2f} cap?" if cap is not None else " without a spend cap?"
+        )
+        if not yes and not typer.confirm(question):
+            raise typer.Exit(1)
+        with Progress(console=console) as progress:
+            task = progress.add_task("dispatching", total=planned.count)
+            run = re_evaluation.start(
+                store, settings, planned, judge_dispatch(create_app(settings)), cap,
+                lambda n: progress.advance(task, n),
             )  # fmt: skip
-    except ValueError as exc:
-        store.close()
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    render_reeval_plan(planned)
-    if dry_run or planned.count == 0:
-        store.close()
-        return
-    cap = max_usd if max_usd is not None else (planned.usd * 1.5 if planned.usd else None)
-    question = f"Start re-evaluating {planned.count:,} traces" + (
-        f" with a ${cap:.2f} cap?" if cap is not None else " without a spend cap?"
-    )
-    if not yes and not typer.confirm(question):
-        store.close()
-        raise typer.Exit(1)
-    with Progress(console=console) as progress:
-        task = progress.add_task("dispatching", total=planned.count)
-        run = re_evaluation.start(
-            store, settings, planned, judge_dispatch(create_app(settings)), cap,
-            lambda n: progress.advance(task, n),
-        )  # fmt: skip
-    store.close()
     console.print(
         f"run {run.run}: {run.dispatched:,} evaluations queued on judges_backfill; follow with "
         f"`evalfleet ledger summary`, then `evalfleet compare {spec.name}@OLD {spec.name}@"
@@ -291,9 +285,8 @@ def compare(
     name_b, _, version_b = second.partition("@")
     if name_a != name_b or not version_a or not version_b:
         raise typer.BadParameter("give two versions of one judge: NAME@V1 NAME@V2")
-    store = open_store()
-    result = compare_versions(store, name_a, version_a, version_b)
-    store.close()
+    with open_store() as store:
+        result = compare_versions(store, name_a, version_a, version_b)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return

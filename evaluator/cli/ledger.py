@@ -28,9 +28,8 @@ def ledger_trace(
         raise typer.Exit(2)
     from evaluator.ledger import rows_for_trace
 
-    store = open_store()
-    rows = rows_for_trace(store, trace)
-    store.close()
+    with open_store() as store:
+        rows = rows_for_trace(store, trace)
     if not rows:
         console.print(f"no ledger rows for trace {trace!r}")
         raise typer.Exit(1)
@@ -53,9 +52,8 @@ def ledger_summary(
     from evaluator.ledger import OPEN_RANK, summary
     from evaluator.timeparse import parse_since
 
-    store = open_store()
-    counts = summary(store, parse_since(since))
-    store.close()
+    with open_store() as store:
+        counts = summary(store, parse_since(since))
     if as_json:
         typer.echo(json.dumps(counts, indent=2, sort_keys=True))
         return
@@ -76,9 +74,10 @@ def ledger_reap() -> None:
     from evaluator.ledger import reap
 
     settings = get_settings()
-    store = open_store()
-    counts = reap(store, judge_registry(settings), settings, judge_dispatch(create_app(settings)))
-    store.close()
+    with open_store() as store:
+        counts = reap(
+            store, judge_registry(settings), settings, judge_dispatch(create_app(settings))
+        )
     console.print(f"re-dispatched {counts.redispatched}, failed {counts.failed}")
     for reason in sorted(set(counts.reasons)):
         console.print(f"  failed: {reason}")
@@ -98,9 +97,8 @@ def ledger_redrive(
         raise typer.BadParameter(
             f"choose one of {', '.join(sorted(allowed))}", param_hint="--state"
         )
-    store = open_store()
-    count = redrive(store, LedgerState(state), evaluator)
-    store.close()
+    with open_store() as store:
+        count = redrive(store, LedgerState(state), evaluator)
     console.print(
         f"reopened {count} evaluations; `evalfleet ledger reap` or the sampler sends them"
     )

@@ -201,11 +201,10 @@ def review(
     from evaluator.review.terminal import TerminalReview
 
     settings = get_settings()
-    store = open_store()
-    queue = ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s)
-    scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator)
-    counts = TerminalReview(queue, reviewer, scope, console).run()
-    store.close()
+    with open_store() as store:
+        queue = ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s)
+        scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator)
+        counts = TerminalReview(queue, reviewer, scope, console).run()
     console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['skipped']} skipped")
 
 

@@ -131,15 +131,14 @@ def stats(
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
-    store = open_store()
-    client = connect(settings.redis_url)
-    broker = connect(settings.celery_broker_url)
-    try:
-        result = fleet_stats(client, store, parse_since(since) if since else None, broker)
-    finally:
-        store.close()
-        client.close()
-        broker.close()
+    with open_store() as store:
+        client = connect(settings.redis_url)
+        broker = connect(settings.celery_broker_url)
+        try:
+            result = fleet_stats(client, store, parse_since(since) if since else None, broker)
+        finally:
+            client.close()
+            broker.close()
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
     else:
