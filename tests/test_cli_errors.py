@@ -2,7 +2,9 @@
 parse, the database out of reach, a missing or garbled file. Each ends in one line naming the
 variable, URL or file:line, no traceback, and the documented exit code (0 ok, 1 runtime failure
 or unavailable dependency, 2 usage or configuration error). The real console script runs as a
-subprocess with a clean environment; the runs go in parallel (they are mostly start-up)."""
+subprocess with a clean environment; the runs go in parallel (they are mostly start-up). The
+invalid-setting case, which fails before any command code runs, goes through the real script for
+a few commands and in-process (the same root command) for the rest."""
 
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from evaluator.cli import app
 from evaluator.embedded import free_port
-from evaluator.settings import OTHER_VARIABLES, Settings, settings_variables
+from evaluator.settings import OTHER_VARIABLES, Settings, get_settings, settings_variables
 from evaluator.sinks.sql import SQLStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +111,8 @@ COMMANDS: dict[str, Case] = {
     "ledger redrive": Case(redis_down=OK, store=True),
 }
 DATABASE_DOWN = ("stats", "review", "dataset import")
+# Commands whose invalid-setting case runs the real console script (the rest run in-process).
+INVALID_BY_SCRIPT = ("sampler", "worker", "stats", "dlq list", "schema")
 # A file argument naming nothing: one line naming the file, exit 2.
 MISSING_FILE = {
     "demo": ("demo", "--traces", "datasets/x.jsonl"),
@@ -181,6 +186,25 @@ class Workspace:
             timeout=timeout,
         )
         return Run(args, done.returncode, done.stdout, done.stderr)
+
+    def invoke(self, args: list[str], env: dict[str, str] | None = None) -> Run:
+        """The command in this process (not thread-safe: the environment is the process's)."""
+        environment: dict[str, str | None] = {
+            k: self.format(v) for k, v in {**self.env, **(env or {})}.items()
+        }
+        for name in os.environ:  # as clean as the subprocesses' environment, for our variables
+            if name.startswith(("EVALFLEET_", "LANGFUSE_", "OPENAI_")):
+                environment.setdefault(name, None)
+        args = [self.format(a) for a in args]
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(app, args, env=environment)
+        finally:
+            get_settings.cache_clear()
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += f"\nTraceback: {result.exception!r}"  # escaped the root command
+        return Run(args, result.exit_code, result.stdout, stderr)
 
     def outage(self, args: list[str], env: dict[str, str], wait_for: str) -> Run:
         """Start a long-running command, let it meet the outage for at least 3 s (until it logs
@@ -258,7 +282,11 @@ def _jobs(ws: Workspace) -> dict[tuple[str, str], Job]:
     jobs: dict[tuple[str, str], Job] = {}
     for path, case in COMMANDS.items():
         args = [*path.split(), *case.args]
-        jobs["invalid", path] = run(args, {**case.env, "EVALFLEET_SAMPLER_BATCH_SIZE": "abc"})
+        invalid = {**case.env, "EVALFLEET_SAMPLER_BATCH_SIZE": "abc"}
+        if path in INVALID_BY_SCRIPT:
+            jobs["invalid", path] = run(args, invalid)
+        else:
+            jobs["invalid in-process", path] = lambda a=args, e=invalid: ws.invoke(a, e)  # type: ignore[misc]
         if case.long_running:
             wait_for = "relay started" if path == "relay" else f"127.0.0.1:{ws.redis_port}"
             jobs["outage", path] = lambda a=args, e=case.env, w=wait_for: ws.outage(a, e, w)  # type: ignore[misc]
@@ -314,9 +342,13 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Suite:
     jobs = _jobs(ws)
     # The long-running ones first: they mostly wait, and the others fill the gaps.
     order = sorted(jobs, key=lambda key: key[0] != "outage")
+    inprocess = [key for key in order if key[0].endswith("in-process")]
     with ThreadPoolExecutor(max_workers=6) as pool:
-        futures = {key: pool.submit(jobs[key]) for key in order}
-        return Suite(ws, {key: future.result() for key, future in futures.items()})
+        futures = {key: pool.submit(jobs[key]) for key in order if key not in inprocess}
+        runs = {key: future.result() for key, future in futures.items()}
+    for scenario, command in inprocess:  # one at a time: they share os.environ
+        runs[scenario.removesuffix(" in-process"), command] = jobs[scenario, command]()
+    return Suite(ws, runs)
 
 
 def _one_line(run: Run, expected: str) -> list[str]:
