@@ -7,10 +7,10 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,6 +31,9 @@ console = Console()
 def existing_file(ctx: typer.Context, path: Path | None) -> Path | None:
     """Typer callback of file arguments: one line naming a file that is not there."""
     return path if path is None or ctx.resilient_parsing else require_file(path)
+
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -74,6 +77,25 @@ def long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, thr
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return settings, stop
+
+
+def start_when_available(
+    process: str,
+    dependency: str,
+    build: Callable[[Settings], T],
+    loglevel: str,
+    metrics_port: int | None,
+) -> tuple[T | None, threading.Event]:
+    """A long-running process's start: logging, its endpoints and stop event, then ``build``,
+    retried while ``dependency`` is away (a process started during an outage waits it out rather
+    than exit). None when it was stopped before that."""
+    from evaluator.health import PROCESS, Backoff, until_available
+
+    settings, stop = long_running(loglevel, metrics_port)
+    PROCESS.process = process
+    PROCESS.expect(dependency)
+    backoff = Backoff(max_s=settings.outage_backoff_max_s)
+    return until_available(lambda: build(settings), stop, PROCESS, backoff), stop
 
 
 # Files a container runtime leaves in its containers (Docker, Podman); Kubernetes sets

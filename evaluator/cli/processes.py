@@ -18,9 +18,9 @@ from evaluator.cli.common import (
     console,
     default_host,
     existing_file,
-    long_running,
     multiprocess_metrics_dir,
     open_store,
+    start_when_available,
 )
 from evaluator.settings import get_settings
 from evaluator.streams import connect
@@ -38,17 +38,14 @@ def sampler(
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
     from evaluator.celery_app import create_app
     from evaluator.fleet import build_sampler
-    from evaluator.health import PROCESS, REDIS, Backoff, until_available
+    from evaluator.health import REDIS
 
-    settings, stop = long_running(loglevel, metrics_port)
-    PROCESS.process = "sampler"
-    PROCESS.expect(REDIS)
-    # Started during an outage: wait for Redis and the database rather than exit.
-    loop = until_available(
-        lambda: build_sampler(settings, create_app(settings), consumer),
-        stop,
-        PROCESS,
-        Backoff(max_s=settings.outage_backoff_max_s),
+    loop, stop = start_when_available(
+        "sampler",
+        REDIS,
+        lambda settings: build_sampler(settings, create_app(settings), consumer),
+        loglevel,
+        metrics_port,
     )
     if loop is None:
         return
@@ -113,18 +110,11 @@ def relay(
     ] = None,
 ) -> None:
     """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
-    from evaluator.health import DATABASE, PROCESS, Backoff, until_available
+    from evaluator.health import DATABASE
     from evaluator.sinks.outbox import SinkRelay
 
-    settings, stop = long_running(loglevel, metrics_port)
-    PROCESS.process = "relay"
-    PROCESS.expect(DATABASE)
-    # Started during a database outage: wait for it rather than exit.
-    relay_loop = until_available(
-        lambda: SinkRelay.from_settings(settings),
-        stop,
-        PROCESS,
-        Backoff(max_s=settings.outage_backoff_max_s),
+    relay_loop, stop = start_when_available(
+        "relay", DATABASE, SinkRelay.from_settings, loglevel, metrics_port
     )
     if relay_loop is None:
         return
