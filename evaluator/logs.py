@@ -183,7 +183,7 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _OurFileHandler(WatchedFileHandler):
-    pass
+    """The same, when celery's --logfile names a file (reopened after log rotation)."""
 
 
 def _stderr() -> IO[str]:
