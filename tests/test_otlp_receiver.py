@@ -258,6 +258,10 @@ def test_token_and_backpressure(redis_client: redis.Redis, settings: Settings) -
             ).status_code
             == 401
         )
+        for scheme in ("bearer", "BEARER", "Basic"):  # the scheme is case-insensitive (RFC 7235)
+            header = {**PROTOBUF, "Authorization": f"{scheme} s3cret"}
+            answer = client.post("/v1/traces", content=export([]), headers=header)
+            assert answer.status_code == (401 if scheme == "Basic" else 200), scheme
         assert (
             client.post("/v1/traces", content=export(rag_spans(2)), headers=auth).status_code == 200
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 from test_review_queue import review_item, seed
 
 from evaluator.models import ReviewItem
-from evaluator.review.api import create_app
+from evaluator.review.api import COOKIE, MAX_BODY_BYTES, SESSION_S, create_app, session_cookie
 from evaluator.review.queue import ReviewQueue
 from evaluator.settings import ReviewerAccess, Settings
 from evaluator.sinks.sql import SQLStore
@@ -68,6 +70,7 @@ def test_every_endpoint_refuses_a_missing_or_wrong_token(
 ) -> None:
     client, seeded = items
     for method, path, body in endpoints(seeded[0].id):
+        client.app.state.throttle.clear()  # type: ignore[attr-defined]  # 26 wrong tokens here
         assert call(client, method, path, body, {}) == 401, (method, path)
         assert call(client, method, path, body, {"Authorization": "Bearer nope"}) == 401, path
         client.cookies.set("evalfleet_review", "nope")
@@ -117,3 +120,120 @@ def test_claim_label_flow_and_conflicts(items: tuple[TestClient, list[ReviewItem
         'evalfleet_review_labelled_total{evaluator="groundedness",verdict="fail"}'
         in client.get("/metrics").text
     )
+
+
+def test_the_bearer_scheme_is_case_insensitive(items: tuple[TestClient, list[ReviewItem]]) -> None:
+    client, _ = items
+    for header in ("bearer tok-ana", "BEARER tok-ana", "Bearer  tok-ana "):
+        answer = client.get("/api/queues", headers={"Authorization": header})
+        assert answer.status_code == 200, header
+    assert client.get("/api/queues", headers={"Authorization": "Basic tok-ana"}).status_code == 401
+    assert client.get("/api/queues", headers={"Authorization": "tok-ana"}).status_code == 401
+
+
+def test_the_login_cookie_is_not_the_token_and_signs_the_page_in(
+    items: tuple[TestClient, list[ReviewItem]],
+) -> None:
+    client, _ = items
+    answer = client.post("/review/login", data={"token": "tok-ana"}, follow_redirects=False)
+    assert answer.status_code == 303
+    set_cookie = answer.headers["set-cookie"]
+    cookie = client.cookies[COOKIE]
+    assert "tok-ana" not in set_cookie and cookie != "tok-ana"
+    assert "HttpOnly" in set_cookie and "samesite=strict" in set_cookie.lower()
+    assert f"Max-Age={SESSION_S}" in set_cookie and "Secure" not in set_cookie  # plain http
+    page = client.get("/review")
+    assert page.status_code == 200 and "ana" in page.text
+    assert client.get("/api/queues").status_code == 200  # the cookie works for the API too
+    # The raw token, an expired session or a tampered one are no cookies.
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    expired = session_cookie(settings, "tok-ana", now=time.time() - SESSION_S - 1)
+    expires, _, signature = cookie.partition(".")
+    later = f"{int(expires) + 3600}.{signature}"
+    for forged in ("tok-ana", expired, later, f"{expires}.{signature[:-1]}0", "."):
+        client.cookies.clear()
+        client.cookies.set(COOKIE, forged)
+        assert client.get("/review").status_code == 401, forged
+    # Another replica with the same tokens accepts the cookie (the key comes from the tokens).
+    client.cookies.clear()
+    client.cookies.set(COOKIE, session_cookie(settings, "tok-ops"))
+    assert "ops" in client.get("/review").text
+
+
+def test_the_cookie_is_secure_behind_https(items: tuple[TestClient, list[ReviewItem]]) -> None:
+    client, _ = items
+    behind_proxy = client.post(
+        "/review/login",
+        data={"token": "tok-ana"},
+        headers={"X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )
+    assert "Secure" in behind_proxy.headers["set-cookie"]
+    direct = client.post(
+        "https://testserver/review/login", data={"token": "tok-ana"}, follow_redirects=False
+    )
+    assert "Secure" in direct.headers["set-cookie"]
+
+
+def test_wrong_tokens_are_throttled_per_address(
+    items: tuple[TestClient, list[ReviewItem]],
+) -> None:
+    client, _ = items
+    for attempt in range(10):
+        answer = client.post("/review/login", data={"token": f"guess-{attempt}"})
+        assert answer.status_code == 401, attempt
+    eleventh = client.post("/review/login", data={"token": "guess-10"})
+    assert eleventh.status_code == 429 and 0 < int(eleventh.headers["Retry-After"]) <= 60
+    # Refused even with the right token until the minute is over, on the API as well.
+    assert client.post("/review/login", data={"token": "tok-ana"}).status_code == 429
+    refused = client.get("/api/queues", headers=ANA)
+    assert refused.status_code == 429 and refused.headers["Retry-After"]
+    client.app.state.throttle.clear()  # type: ignore[attr-defined]
+    # Wrong bearer tokens count too; no token at all (a browser before signing in) does not.
+    for _ in range(20):
+        assert client.get("/review").status_code == 401
+    for _ in range(10):
+        assert client.get("/api/queues", headers={"Authorization": "Bearer no"}).status_code == 401
+    assert client.get("/api/queues", headers=ANA).status_code == 429
+
+
+def test_field_scores_and_notes_are_capped(items: tuple[TestClient, list[ReviewItem]]) -> None:
+    client, _ = items
+    [claimed] = client.post("/api/claim", json={"n": 1}, headers=ANA).json()
+    url = f"/api/items/{claimed['id']}/label"
+    too_big: list[dict[str, object]] = [
+        {"field_scores": {f"f{i}": 1.0 for i in range(33)}},
+        {"field_scores": {"k" * 65: 1.0}},
+        {"field_scores": {"": 1.0}},
+        {"field_scores": {"why": "x" * 257}},
+        {"note": "x" * 4001},
+    ]
+    for extra in too_big:
+        answer = client.post(url, json={"verdict": "fail", **extra}, headers=ANA)
+        assert answer.status_code == 422, list(extra)
+    not_finite = json.dumps({"verdict": "fail", "field_scores": {"score": float("nan")}})
+    answer = client.post(
+        url, content=not_finite, headers={**ANA, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422
+    assert client.post("/api/claim", json={"evaluator": "e" * 129}, headers=ANA).status_code == 422
+    fine = {f"f{i}": "y" * 256 for i in range(31)} | {"k" * 64: 0.5}
+    answer = client.post(url, json={"verdict": "fail", "field_scores": fine}, headers=ANA)
+    assert answer.status_code == 200 and answer.json()["field_scores"] == fine
+
+
+def test_request_bodies_are_capped(items: tuple[TestClient, list[ReviewItem]]) -> None:
+    client, _ = items
+    megabyte = b'{"n": 1, "evaluator": "' + b"x" * 1024 * 1024 + b'"}'
+    json_type = {"Content-Type": "application/json"}
+    answer = client.post("/api/claim", content=megabyte, headers={**ANA, **json_type})
+    assert answer.status_code == 413 and str(MAX_BODY_BYTES) in answer.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes received are counted
+        yield megabyte
+
+    streamed = client.post("/api/claim", content=chunks(), headers={**ANA, **json_type})
+    assert streamed.status_code == 413
+    login = client.post("/review/login", data={"token": "t" * 100_000})
+    assert login.status_code == 413
+    assert client.post("/api/claim", json={"n": 1}, headers=ANA).status_code == 200

@@ -369,10 +369,10 @@ class Receiver:
         token = self.settings.otlp_token
         if token is None:
             return True
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip()
-        return header.startswith("Bearer ") and hmac.compare_digest(
-            given.encode(), token.get_secret_value().encode()
+        # The scheme is case-insensitive (RFC 7235): "bearer x" and "BEARER x" count too.
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
         )
 
 

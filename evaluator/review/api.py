@@ -1,9 +1,18 @@
 """The reviewers' HTTP API (JSON, OpenAPI at /docs) and a minimal server-rendered web page.
 
 Every endpoint needs a reviewer token (``EVALFLEET_REVIEWER_TOKENS``): ``Authorization: Bearer``
-for the API, an HttpOnly, SameSite=Strict cookie set by the login form for the page (SameSite
-keeps other sites from posting forms with it). Missing or wrong token: 401. Items of a tenant
-the token does not cover: 403. Trace text is escaped everywhere (Jinja2 autoescape).
+(scheme in any case) for the API, or the session cookie the login form sets for the page. The
+cookie is not the token: it is ``<expiry>.<HMAC-SHA256(key, expiry.token)>`` with the key derived
+from the configured tokens, so it maps back to its token without a session store, every replica
+with the same tokens accepts it, it expires after ``SESSION_S`` (12 h) server-side too, and
+changing the token list signs everyone out. It is HttpOnly, SameSite=Strict (other sites cannot
+post forms with it) and Secure when the request came over https (or ``X-Forwarded-Proto: https``).
+Missing or wrong token: 401; items of a tenant the token does not cover: 403. After
+``MAX_FAILURES`` wrong tokens (bearer, cookie or login form) from one client address within
+``FAILURE_WINDOW_S``, that address gets 429 with ``Retry-After`` until the window has passed
+(in-process, per replica). Every request body is capped at ``MAX_BODY_BYTES`` (413, checked on
+``Content-Length`` and on the bytes streamed); label fields are capped too (422). Trace text is
+escaped everywhere (Jinja2 autoescape).
 
 While Redis or the database is down, requests that need it get 503 with ``Retry-After`` (not a
 500 and a traceback each), ``/readyz`` answers 503 naming what is down, and the server keeps
@@ -13,19 +22,26 @@ running; it serves again as soon as the dependency is back (evaluator.health).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import redis
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evaluator import metrics
 from evaluator.health import (
@@ -52,20 +68,35 @@ from evaluator.review.queue import (
 from evaluator.settings import ReviewerAccess, Settings
 
 COOKIE = "evalfleet_review"
+SESSION_S = 12 * 3600  # the page's session: the cookie's Max-Age and its signed expiry
+MAX_FAILURES = 10  # wrong tokens per client address within FAILURE_WINDOW_S before 429
+FAILURE_WINDOW_S = 60.0
+MAX_BODY_BYTES = 64 * 1024  # any request body; larger: 413
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
 
 
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+FieldScore = (
+    Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, Field(max_length=256)] | bool
+)
+
+
 class ClaimRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=50)
-    evaluator: str | None = None
+    evaluator: str | None = Field(default=None, max_length=128)
 
 
 class LabelRequest(BaseModel):
     verdict: Verdict
-    field_scores: dict[str, float | str | bool] = Field(default_factory=dict)
+    field_scores: dict[FieldName, FieldScore] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="At most 32 fields; names of 1-64 characters; values finite numbers, "
+        "booleans or strings of at most 256 characters.",
+    )
     note: str = Field(default="", max_length=4000)
 
 
@@ -90,12 +121,107 @@ def access_for(settings: Settings, token: str) -> ReviewerAccess | None:
     return None
 
 
+def bearer_token(header: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ("" if it is not one); the
+    scheme is case-insensitive (RFC 7235)."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _session_key(settings: Settings) -> bytes:
+    """The cookies' HMAC key: a hash of every configured token (so replicas agree, and changing
+    the tokens invalidates every session)."""
+    digest = hashlib.sha256(b"evalfleet-review-session\0")
+    for token in sorted(settings.reviewer_tokens):
+        digest.update(hashlib.sha256(token.encode()).digest())
+    return digest.digest()
+
+
+def _signature(key: bytes, expires: int, token: str) -> str:
+    return hmac.new(key, f"{expires}.{token}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie(settings: Settings, token: str, now: float | None = None) -> str:
+    """The page's cookie for ``token``: its expiry and an HMAC binding the expiry to the token."""
+    expires = int(now if now is not None else time.time()) + SESSION_S
+    return f"{expires}.{_signature(_session_key(settings), expires, token)}"
+
+
+def session_access(settings: Settings, cookie: str) -> ReviewerAccess | None:
+    """The access of an unexpired cookie from ``session_cookie``, else None (every token's
+    signature is computed and compared in constant time)."""
+    expires, _, signature = cookie.partition(".")
+    if not (expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
+        return None
+    key, found = _session_key(settings), None
+    for known, access in settings.reviewer_tokens.items():
+        if hmac.compare_digest(signature.encode(), _signature(key, int(expires), known).encode()):
+            found = access
+    return found
+
+
+class Throttle:
+    """Wrong tokens per client address: after ``limit`` within ``window_s`` the address is
+    refused (429) until the oldest of them is ``window_s`` old. In-process and bounded: at most
+    ``max_clients`` addresses are tracked (the stalest are forgotten first)."""
+
+    def __init__(
+        self,
+        limit: int = MAX_FAILURES,
+        window_s: float = FAILURE_WINDOW_S,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        with self._lock:
+            failures = self._failures.get(client)
+            if failures is None or len(failures) < self.limit:
+                return 0
+            wait = self.window_s - (time.monotonic() - failures[0])
+            return math.ceil(wait) if wait > 0 else 0
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures.pop(client, None) or deque(maxlen=self.limit)
+            failures.append(now)
+            self._failures[client] = failures  # re-inserted: the dict is stalest-first
+            if len(self._failures) > self.max_clients:
+                for stale in [k for k, v in self._failures.items() if now - v[-1] > self.window_s]:
+                    del self._failures[stale]
+                while len(self._failures) > self.max_clients:
+                    del self._failures[next(iter(self._failures))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures.clear()
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def throttled(request: Request) -> None:
+    """429 with Retry-After while the caller's address has too many recent wrong tokens."""
+    wait = request.app.state.throttle.retry_after(client_address(request))
+    if wait:
+        raise HTTPException(429, "too many wrong tokens; retry later", {"Retry-After": str(wait)})
+
+
 def reviewer(request: Request) -> ReviewerAccess:
     """The caller's access, from the bearer token or the page's cookie; 401 without one."""
-    header = request.headers.get("authorization", "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    access = access_for(request.app.state.settings, token or request.cookies.get(COOKIE, ""))
+    throttled(request)
+    settings: Settings = request.app.state.settings
+    token = bearer_token(request.headers.get("authorization", ""))
+    cookie = request.cookies.get(COOKIE, "")
+    access = access_for(settings, token) if token else session_access(settings, cookie)
     if access is None:
+        if token or cookie:  # a wrong one, not just none (a browser before signing in)
+            request.app.state.throttle.failed(client_address(request))
         raise HTTPException(
             401, "a valid reviewer token is required", {"WWW-Authenticate": "Bearer"}
         )
@@ -103,6 +229,56 @@ def reviewer(request: Request) -> ReviewerAccess:
 
 
 Reviewer = Annotated[ReviewerAccess, Depends(reviewer)]
+
+
+def _https(request: Request) -> bool:
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, decided on
+    ``Content-Length`` before reading, else on the bytes received (at most one chunk past the
+    limit is read; the body, at most ``limit`` bytes, is then replayed to the app)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            await self.too_large(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client left: let the app see it
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self.too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = JSONResponse(
+            {"detail": f"request body over {self.limit} bytes"},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await answer(scope, receive, send)
 
 
 def _status(exc: ReviewError) -> int:
@@ -154,6 +330,8 @@ def create_app(
     app = FastAPI(title="Evalfleet review", version="1", docs_url="/docs", lifespan=lifespan)
     app.state.settings = settings
     app.state.readiness = readiness
+    app.state.throttle = Throttle()
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         """Redis or the database is away: 503, retry shortly (logged once per outage)."""
@@ -167,6 +345,15 @@ def create_app(
 
     for error in (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError):
         app.add_exception_handler(error, unavailable)
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        """422 as FastAPI answers it, without echoing the input (it may be large, or a NaN
+        that JSON cannot encode: FastAPI's own handler would fail with a 500 then)."""
+        assert isinstance(exc, RequestValidationError)
+        errors = [{k: v for k, v in e.items() if k != "input"} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
 
     def scope(access: ReviewerAccess, evaluator: str | None = None) -> QueueFilter:
         return QueueFilter(access.tenant_scope, evaluator)
@@ -260,11 +447,24 @@ def create_app(
         return page("login.html")
 
     @app.post("/review/login", include_in_schema=False)
-    def login(token: Annotated[str, Form()]) -> Response:
+    def login(request: Request, token: Annotated[str, Form(max_length=4096)]) -> Response:
+        wait = app.state.throttle.retry_after(client_address(request))
+        if wait:
+            refused = page("login.html", 429, error="Too many wrong tokens; try again later.")
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         if access_for(settings, token) is None:
+            app.state.throttle.failed(client_address(request))
             return page("login.html", 401, error="Unknown token.")
         response = see_other("/review")
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(
+            COOKIE,
+            session_cookie(settings, token),
+            max_age=SESSION_S,
+            secure=_https(request),
+            httponly=True,
+            samesite="strict",
+        )
         return response
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
@@ -272,7 +472,9 @@ def create_app(
         return page("queue.html", access=access, counts=counts(access), empty=empty)
 
     @app.post("/review/next", include_in_schema=False)
-    def next_item(access: Reviewer, evaluator: Annotated[str, Form()] = "") -> Response:
+    def next_item(
+        access: Reviewer, evaluator: Annotated[str, Form(max_length=128)] = ""
+    ) -> Response:
         claimed = act(queue.claim, access.reviewer, 1, scope(access, evaluator or None))
         return see_other(f"/review/items/{claimed[0].item.id}" if claimed else "/review?empty=1")
 
