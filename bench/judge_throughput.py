@@ -28,7 +28,8 @@ from evaluator.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.ingest import publish_many  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
-from evaluator.sinks.sql import JudgeCallRecord, SQLStore  # noqa: E402
+from evaluator.sinks.sql import SQLStore  # noqa: E402
+from evaluator.store.tables import JudgeCallRecord  # noqa: E402
 from evaluator.streams import connect  # noqa: E402
 
 

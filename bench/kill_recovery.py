@@ -30,8 +30,9 @@ from evaluator.constants import HEURISTICS_QUEUE, UNACKED_PREFIX  # noqa: E402
 from evaluator.ingest import publish_many  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
-from evaluator.sinks.sql import SQLStore, TraceRecord  # noqa: E402
+from evaluator.sinks.sql import SQLStore  # noqa: E402
 from evaluator.stats import unacked_tasks  # noqa: E402
+from evaluator.store.tables import TraceRecord  # noqa: E402
 from evaluator.streams import connect  # noqa: E402
 
 

@@ -39,7 +39,8 @@ from evaluator.models import SampleDecision, Trace  # noqa: E402
 from evaluator.review import ReviewRouter  # noqa: E402
 from evaluator.scoring import ScoringContext, score_batch  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
-from evaluator.sinks.sql import LedgerRecord, ScoreRecord, SQLStore, TraceRecord  # noqa: E402
+from evaluator.sinks.sql import SQLStore  # noqa: E402
+from evaluator.store.tables import LedgerRecord, ScoreRecord, TraceRecord  # noqa: E402
 from evaluator.streams import connect  # noqa: E402
 from evaluator.timeparse import parse_since  # noqa: E402
 

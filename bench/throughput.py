@@ -33,7 +33,8 @@ from evaluator.ingest import publish_many
 from evaluator.models import Trace
 from evaluator.sampler import Sampler
 from evaluator.settings import Settings
-from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import TraceRecord
 from evaluator.streams import connect
 
 

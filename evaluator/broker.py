@@ -195,7 +195,7 @@ class DependencyProbes(bootsteps.StartStopStep):  # type: ignore[misc]
         self.prober: Prober | None = None
 
     def start(self, w: Any) -> None:
-        from evaluator.sinks.sql import make_engine
+        from evaluator.store.engine import make_engine
         from evaluator.streams import connect
 
         if self.settings is None:

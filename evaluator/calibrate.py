@@ -5,24 +5,32 @@ and compares its verdict — fail when any thresholded score fails, as in review
 the human verdict: accuracy, precision / recall / F1 of the fail class, Cohen's kappa, Spearman
 between the judge's and the humans' numeric field scores, the confusion matrix, and every
 disagreement with the judge's reasoning. Judge calls that end in error are counted and left out
-of the agreement figures (an outage must not read as a bad judge).
+of the agreement figures (an outage must not read as a bad judge); examples the judge does not
+apply to (its ``applies_when``) are not judged, as in production, and are counted.
+
+Beside the judge the report fits trivial baselines on the same examples — the best single
+threshold on answer length, and on word overlap between the answer and its contexts or
+reference — with the same metrics and their ROC-AUC: public sets have shortcuts (on HaluEval-QA
+length alone reaches AUC 0.975), and a judge that does not beat them has shown no skill there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluator.evaluators.judge import run_judgements
-from evaluator.golden import GoldenExample, golden_path, read_examples
+from evaluator.golden import GoldenExample, read_golden
 from evaluator.judges import JudgeSpec, load_judge
-from evaluator.models import Score, ScoreStatus, Verdict
+from evaluator.models import Score, ScoreStatus, Trace, Verdict
 from evaluator.settings import Settings
 
 PASS, FAIL = Verdict.PASS, Verdict.FAIL
@@ -102,6 +110,148 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / (sx * sy) if sx and sy else None
 
 
+def auc(values: Sequence[float], fails: Sequence[bool]) -> float | None:
+    """ROC-AUC of ``values`` for the fail class (P(a fail's value > a pass's), ties half:
+    Mann-Whitney U from average ranks); None without both classes."""
+    n_fail = sum(fails)
+    n_pass = len(fails) - n_fail
+    if len(values) != len(fails) or not n_fail or not n_pass:
+        return None
+    ranks = _ranks(values)
+    rank_sum = sum(r for r, fail in zip(ranks, fails, strict=True) if fail)
+    return (rank_sum - n_fail * (n_fail + 1) / 2) / (n_fail * n_pass)
+
+
+@dataclass
+class Baseline:
+    """A one-feature rule fitted on the labels themselves: the bar a judge must clear."""
+
+    feature: str
+    rule: str  # e.g. "fail when answer length > 57.5"
+    auc: float  # of the feature, either direction (>= 0.5): how well it separates the classes
+    agreement: Agreement
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _answer_length(trace: Trace) -> float:
+    return float(len(trace.output))
+
+
+def _overlap(trace: Trace) -> float:
+    """Share of the answer's words that appear in its contexts or reference."""
+    words = _WORD.findall(trace.output.lower())
+    support = set(_WORD.findall(" ".join([*trace.contexts, trace.reference or ""]).lower()))
+    return sum(w in support for w in words) / len(words) if words else 0.0
+
+
+def _best_threshold(
+    values: Sequence[float], humans: Sequence[Verdict]
+) -> tuple[float, bool, list[Verdict]]:
+    """(threshold, fail_above, verdicts) of the single threshold that agrees most with the
+    humans: one pass over the values in order, counting the fails and passes below each cut."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    total_fail = sum(h is FAIL for h in humans)
+    total_pass = len(humans) - total_fail
+    # Cut below everything: all above (fail_above: every example fails, else every one passes).
+    best = (max(total_fail, total_pass), -math.inf, total_fail >= total_pass)
+    fail_below = pass_below = 0
+    for position, index in enumerate(order):
+        fail_below += humans[index] is FAIL
+        pass_below += humans[index] is PASS
+        following = order[position + 1] if position + 1 < len(order) else None
+        if following is not None and values[following] == values[index]:
+            continue  # a cut between equal values does not exist
+        cut = values[index] if following is None else (values[index] + values[following]) / 2
+        right_if_fail_above = pass_below + (total_fail - fail_below)  # fail when value > cut
+        right_if_fail_below = fail_below + (total_pass - pass_below)  # fail when value <= cut
+        for correct, fail_above in ((right_if_fail_above, True), (right_if_fail_below, False)):
+            if correct > best[0]:
+                best = (correct, cut, fail_above)
+    _, cut, fail_above = best
+    verdicts = [FAIL if (v > cut) == fail_above else PASS for v in values]
+    return cut, fail_above, verdicts
+
+
+def baselines(examples: Sequence[GoldenExample]) -> list[Baseline]:
+    """The best single-threshold rule on answer length and, when the examples carry contexts
+    or references, on word overlap with them; none without both human classes."""
+    humans = [e.verdict for e in examples]
+    fails = [h is FAIL for h in humans]
+    features: list[tuple[str, str, Callable[[Trace], float]]] = [
+        ("answer length", "answer length (characters)", _answer_length)
+    ]
+    if any(e.trace.contexts or e.trace.reference for e in examples):
+        features.append(("overlap", "word overlap with contexts/reference", _overlap))
+    found = []
+    for short, feature, measure in features:
+        values = [measure(e.trace) for e in examples]
+        separation = auc(values, fails)
+        if separation is None:
+            return []
+        cut, fail_above, verdicts = _best_threshold(values, humans)
+        if math.isinf(cut):
+            rule = f"every example {'fails' if fail_above else 'passes'}"
+        else:
+            rule = f"fail when {short} {'>' if fail_above else '<='} {cut:.3g}"
+        found.append(
+            Baseline(
+                feature,
+                rule,
+                max(separation, 1 - separation),
+                agreement(list(zip(humans, verdicts, strict=True))),
+            )
+        )
+    return found
+
+
+@dataclass
+class PositionBias:
+    """A pairwise judge over both orders of the same pairs (examples with metadata ``pair``)."""
+
+    pairs: int  # judged in both orders
+    consistent: int  # the same answer preferred whichever came first
+    first_both: int  # the first-shown answer preferred in both orders
+    second_both: int
+
+    @property
+    def consistency(self) -> float:
+        return self.consistent / self.pairs if self.pairs else 0.0
+
+
+def position_bias(
+    judged: Sequence[tuple[GoldenExample, Verdict]],
+) -> PositionBias | None:
+    """Both orders of a pair: "pass" means the judge preferred the answer shown first
+    (``output``); a consistent judge passes exactly one of the two orders."""
+    by_pair: dict[str, list[Verdict]] = {}
+    for example, verdict in judged:
+        pair = example.trace.metadata.get("pair")
+        if isinstance(pair, str):
+            by_pair.setdefault(pair, []).append(verdict)
+    both = [v for v in by_pair.values() if len(v) == 2]
+    if not both:
+        return None
+    passes = [sum(v is PASS for v in verdicts) for verdicts in both]
+    return PositionBias(len(both), passes.count(1), passes.count(2), passes.count(0))
+
+
+def subsample(examples: Sequence[GoldenExample], limit: int) -> list[GoldenExample]:
+    """At most ``limit`` examples, taken in turn from each (dataset, human verdict) group in
+    file order, so every source and both classes stay represented (a quick or CI run)."""
+    groups: dict[tuple[str, str], list[GoldenExample]] = {}
+    for example in examples:
+        groups.setdefault((example.dataset, example.verdict.value), []).append(example)
+    queues = [groups[key] for key in sorted(groups)]
+    chosen: list[GoldenExample] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues):
+        chosen += [q[depth] for q in queues if depth < len(q)][: limit - len(chosen)]
+        depth += 1
+    return chosen
+
+
 def judge_verdict(scores: Sequence[Score]) -> Verdict | None:
     """The judge's verdict: fail when any thresholded score failed; None for an error."""
     if not scores or any(s.status is ScoreStatus.ERROR for s in scores):
@@ -133,6 +283,48 @@ class CalibrationReport:
     weighted: Agreement | None = None
     min_kappa: float = 0.6
     min_agreement: float = 0.75
+    # Examples the judge does not apply to (not judged, as in production): reason -> count.
+    not_applicable: dict[str, int] = field(default_factory=dict)
+    baselines: list[Baseline] = field(default_factory=list)
+    # ROC-AUC of each numeric judge score for the human verdict (a low score = fail).
+    score_auc: dict[str, float | None] = field(default_factory=dict)
+    # Agreement per source dataset (example.dataset), when the golden set mixes several, and
+    # the best baseline fitted on that source alone: mixing sources hides a source's shortcut.
+    by_source: dict[str, Agreement] = field(default_factory=dict)
+    source_baselines: dict[str, Baseline] = field(default_factory=dict)
+    position: PositionBias | None = None
+
+    @property
+    def best_baseline(self) -> Baseline | None:
+        return max(self.baselines, key=_strength, default=None)
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        """Whether the judge agrees with the humans better than every trivial baseline (kappa,
+        or accuracy where kappa is undefined), on the whole set and on each source; None
+        without a baseline."""
+        best = self.best_baseline
+        if best is None:
+            return None
+        return _strength(self.agreement) > _strength(best) and all(
+            _strength(self.by_source[name]) > _strength(b)
+            for name, b in self.source_baselines.items()
+        )
+
+    def baseline_warnings(self) -> list[str]:
+        """One line per set (the whole, then each source) where the judge does no better than
+        a one-feature rule."""
+        sets = [("this set", self.agreement, self.best_baseline)] + [
+            (f"source {name}", self.by_source[name], b) for name, b in self.source_baselines.items()
+        ]
+        return [
+            f"on {where} the judge does not beat a trivial baseline: {best.rule} ({best.feature},"
+            f" fitted on these labels, ROC-AUC {best.auc:.3f}) agrees {best.agreement.accuracy:.1%}"
+            f", kappa {_fmt(best.agreement.kappa)}, vs the judge's {judge.accuracy:.1%}, kappa "
+            f"{_fmt(judge.kappa)}: it has shown no skill there beyond that rule"
+            for where, judge, best in sets
+            if best is not None and _strength(judge) <= _strength(best)
+        ]
 
     @property
     def passed(self) -> bool:
@@ -157,15 +349,25 @@ class CalibrationReport:
         return problems
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "passed": self.passed, "beats_baseline": self.beats_baseline}
+
+
+def _strength(result: Agreement | Baseline) -> tuple[float, float]:
+    a = result.agreement if isinstance(result, Baseline) else result
+    return (a.kappa if a.kappa is not None else -math.inf, a.accuracy)
 
 
 def report_for(
-    spec: JudgeSpec, examples: Sequence[GoldenExample], results: Sequence[list[Score]]
+    spec: JudgeSpec,
+    examples: Sequence[GoldenExample],
+    results: Sequence[list[Score]],
+    not_applicable: Mapping[str, int] | None = None,
 ) -> CalibrationReport:
     pairs: list[tuple[Verdict, Verdict]] = []
     weights: list[float] = []
     numeric: dict[str, tuple[list[float], list[float]]] = {}
+    judged: list[tuple[GoldenExample, Verdict]] = []
+    by_score: dict[str, tuple[list[float], list[bool]]] = {}  # judge score -> (-value, fail)
     disagreements = []
     errors = 0
     for example, scores in zip(examples, results, strict=True):
@@ -174,8 +376,13 @@ def report_for(
             errors += 1
             continue
         pairs.append((example.verdict, verdict))
+        judged.append((example, verdict))
         weights.append(1.0 / (example.inclusion_probability or 1.0))
         for score in scores:
+            if score.value is not None:
+                values, fails = by_score.setdefault(score.name, ([], []))
+                values.append(-score.value)  # a low score should mean fail
+                fails.append(example.verdict is FAIL)
             human = example.field_scores.get(score.name)
             if score.value is not None and isinstance(human, int | float):
                 xs, ys = numeric.setdefault(score.name, ([], []))
@@ -204,7 +411,29 @@ def report_for(
         min_kappa=spec.calibration.min_kappa,
         min_agreement=spec.calibration.min_agreement,
         weighted=agreement(pairs, weights) if any(w != 1.0 for w in weights) else None,
+        not_applicable=dict(sorted((not_applicable or {}).items())),
+        # Fitted on the examples the judge was scored on, so both face the same set.
+        baselines=baselines([example for example, _ in judged]),
+        score_auc={name: auc(values, fails) for name, (values, fails) in sorted(by_score.items())},
+        **_by_source(judged),
+        position=position_bias(judged),
     )
+
+
+def _by_source(judged: Sequence[tuple[GoldenExample, Verdict]]) -> dict[str, Any]:
+    """``by_source`` and ``source_baselines`` of the report (empty for a single source)."""
+    groups: dict[str, list[tuple[GoldenExample, Verdict]]] = {}
+    for example, verdict in judged:
+        groups.setdefault(example.dataset, []).append((example, verdict))
+    if len(groups) < 2:
+        return {}
+    by_source, source_baselines = {}, {}
+    for name, group in sorted(groups.items()):
+        by_source[name] = agreement([(e.verdict, v) for e, v in group])
+        best = max(baselines([e for e, _ in group]), key=_strength, default=None)
+        if best is not None:
+            source_baselines[name] = best
+    return {"by_source": by_source, "source_baselines": source_baselines}
 
 
 def calibrate(
@@ -213,10 +442,19 @@ def calibrate(
     settings: Settings,
     on_done: Callable[[], None] | None = None,
 ) -> CalibrationReport:
-    """Run the judge over the examples and compare with the human labels."""
-    work = [(spec, example.trace) for example in examples]
-    results = asyncio.run(run_judgements(settings, list(work), on_done))
-    return report_for(spec, examples, [r.scores if not r.deferred else [] for r in results])
+    """Run the judge over the examples it applies to and compare with the human labels."""
+    applicable = []
+    skipped: Counter[str] = Counter()
+    for example in examples:
+        reason = spec.applies_when.why_not(example.trace)
+        if reason is None:
+            applicable.append(example)
+        else:
+            skipped[reason] += 1
+    work = [(spec, example.trace) for example in applicable]
+    results = asyncio.run(run_judgements(settings, list(work), on_done)) if work else []
+    scores = [r.scores if not r.deferred else [] for r in results]
+    return report_for(spec, applicable, scores, skipped)
 
 
 @dataclass
@@ -296,9 +534,9 @@ def gate(
     """Old and new version of every changed judge over its golden set."""
     results = []
     for name, old, new in changed_judges(base, judges_dir):
-        examples = read_examples(golden_path(name, golden_dir))
+        examples = read_golden(name, golden_dir)
         if not examples:
-            raise GateError(f"judge {name} changed but {golden_path(name, golden_dir)} is empty")
+            raise GateError(f"judge {name} changed but it has no golden examples in {golden_dir}")
         old_report = calibrate(old, examples, settings, on_done) if old is not None else None
         results.append(
             GateResult(name, old_report, calibrate(new, examples, settings, on_done), tolerance)

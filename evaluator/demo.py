@@ -26,8 +26,9 @@ from evaluator.errors import EXIT_USAGE, CLIError
 from evaluator.ingest import publish_many, read_lines
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import enabled_sinks
-from evaluator.sinks.sql import ReviewItemRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
 from evaluator.stats import FleetStats, fleet_stats
+from evaluator.store.tables import ReviewItemRecord, TraceRecord
 from evaluator.streams import connect
 
 _REPO_SAMPLES = Path(__file__).resolve().parent.parent / "datasets" / "sample_traces.jsonl"

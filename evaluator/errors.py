@@ -432,8 +432,16 @@ def _known(exc: BaseException) -> CLIError | None:
     return exc if isinstance(exc, CLIError) else None
 
 
+def _consumer_name_taken(exc: BaseException) -> CLIError | None:
+    # The message names the holder (host, pid); a usage error: choose another --consumer.
+    if _is(exc, "evaluator.streams", "ConsumerNameTaken"):
+        return CLIError(f"error: {exc}", EXIT_USAGE)
+    return None
+
+
 _DESCRIBERS = (
     _known,
+    _consumer_name_taken,
     _settings_error,
     _settings_parse_error,
     _redis_error,

@@ -6,6 +6,9 @@ Every piece gets the settings it is handed; nothing here reads the environment i
 
 from __future__ import annotations
 
+import contextlib
+
+import redis
 from celery import Celery
 
 from evaluator import inflight, metrics
@@ -23,7 +26,7 @@ from evaluator.scoring import ScoringContext
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import build_sinks
 from evaluator.sinks.sql import SQLStore
-from evaluator.streams import connect
+from evaluator.streams import ConsumerLease, connect, lease_consumer_name, prune_consumers
 
 
 def review_router(settings: Settings) -> ReviewRouter:
@@ -32,11 +35,33 @@ def review_router(settings: Settings) -> ReviewRouter:
 
 def build_sampler(settings: Settings, app: Celery, consumer: str | None = None) -> Sampler:
     """The production sampler: dispatch to ``app``'s queues, the spend budget, and its fleet
-    chores (the ledger reaper, the estimated-score gauges, review republishing and the
-    re-dispatch of heuristics batches the broker lost)."""
+    chores (the ledger reaper, the estimated-score gauges, review republishing, the
+    re-dispatch of heuristics batches the broker lost and the removal of dead consumers).
+
+    Its consumer name is leased (evaluator.streams.lease_consumer_name): ``consumer``, else
+    EVALFLEET_SAMPLER_CONSUMER when set, else the first free ``<hostname>-<slot>``; a name a
+    live sampler holds raises ConsumerNameTaken."""
+    client = connect(settings.redis_url)
+    # Before anything else is opened: a refused name ends the start here.
+    requested = consumer or settings.sampler_consumer
+    lease = lease_consumer_name(
+        client, requested, settings.sampler_consumer_lease_s, settings.sampler_consumer_slots
+    )
+    try:
+        return _production_sampler(settings, app, client, lease)
+    except BaseException:
+        # A start retried after an outage asks for the name again: free it for that.
+        with contextlib.suppress(redis.RedisError):
+            lease.release()
+        raise
+
+
+def _production_sampler(
+    settings: Settings, app: Celery, client: redis.Redis, lease: ConsumerLease
+) -> Sampler:
     from evaluator.stats import refresh_estimate_gauges
 
-    client = connect(settings.redis_url)
+    prune_idle_ms = settings.sampler_consumer_prune_idle_ms or 10 * settings.claim_idle_ms
     store = SQLStore(settings.sqlalchemy_url)
     judges = enabled_judges(settings)
     budget = BudgetPlanner(client, settings, SpendMeter(client, settings, store.judge_spend_since))
@@ -68,10 +93,25 @@ def build_sampler(settings: Settings, app: Celery, consumer: str | None = None) 
                 )
             ),
         ),
+        FleetChore(
+            client,
+            "consumers",
+            settings.reaper_interval_s,
+            lambda: metrics.SAMPLER_CONSUMERS_REMOVED.inc(
+                len(prune_consumers(client, prune_idle_ms))
+            ),
+        ),
     ]
     broker = connect(settings.celery_broker_url)
     return Sampler(
-        client, settings, dispatch, consumer, judges, budget=budget, chores=chores, broker=broker
+        client,
+        settings,
+        dispatch,
+        judges=judges,
+        budget=budget,
+        chores=chores,
+        broker=broker,
+        lease=lease,
     )
 
 

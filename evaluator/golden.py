@@ -2,7 +2,9 @@
 
 One line per trace (deduplicated by trace id, the newest label winning), sorted by trace id with
 sorted keys, so a diff shows exactly which labels changed. ``export`` merges the labels in SQL
-into the file; ``import`` loads labels made elsewhere (JSONL in this format, or CSV).
+into the file; ``import`` loads labels made elsewhere (JSONL in this format, or CSV; the public
+formats are mapped in ``golden_public.py``). Starter sets from other sources sit beside it as
+``<judge>.<source>.jsonl`` (one licence per file); ``read_golden`` reads all of a judge's files.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ class GoldenExample(BaseModel):
         description="P(the sampler sent the trace to this judge), from the ledger at export; "
         "calibration weights the example by its inverse. None (hand-written): 1.",
     )
+    source: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Where the label comes from, '<dataset>#<row id>' (e.g. halueval_qa#"
+        "halueval-qa-183); None: the review queue. The licence of public rows is in "
+        "trace.metadata['licence'].",
+    )
+
+    @property
+    def dataset(self) -> str:
+        """The source without the row: what calibration breaks agreement down by."""
+        return self.source.partition("#")[0] if self.source else "review"
 
     @classmethod
     def from_label(cls, label: ReviewLabel, inclusion: float | None = None) -> GoldenExample:
@@ -59,9 +73,12 @@ class GoldenExample(BaseModel):
             note=label.note,
             prompt_version=label.trace.prompt_version,
             judge_version=label.evaluator_version,
+            # Labels from the review queue need no provenance; imported ones keep theirs.
+            source=None if label.source == "review" else label.source,
         )
 
     def to_label(self, judge: str, source: str) -> ReviewLabel:
+        """The label for the store; ``source`` is used when the example carries none."""
         return ReviewLabel(
             id=stable_id(self.trace.trace_id, judge, "golden"),
             trace_id=self.trace.trace_id,
@@ -72,7 +89,7 @@ class GoldenExample(BaseModel):
             field_scores=self.field_scores,
             note=self.note,
             labelled_at=self.labelled_at,
-            source=source,
+            source=self.source or source,
             trace=self.trace,
         )
 
@@ -83,6 +100,19 @@ class DatasetError(ValueError):
 
 def golden_path(judge: str, directory: Path = GOLDEN_DIR) -> Path:
     return directory / f"{judge}.jsonl"
+
+
+def golden_files(judge: str, directory: Path = GOLDEN_DIR) -> list[Path]:
+    """The judge's own file (``<judge>.jsonl``, where ``export`` writes) and every starter set
+    beside it (``<judge>.<source>.jsonl``): what ``calibrate`` and ``gate`` read by default."""
+    own = golden_path(judge, directory)
+    others = sorted(directory.glob(f"{judge}.*.jsonl")) if directory.is_dir() else []
+    return ([own] if own.exists() else []) + others
+
+
+def read_golden(judge: str, directory: Path = GOLDEN_DIR) -> list[GoldenExample]:
+    """Every example of every golden file of the judge, one per trace id."""
+    return merge(*(read_examples(path) for path in golden_files(judge, directory)))
 
 
 def read_examples(path: Path) -> list[GoldenExample]:

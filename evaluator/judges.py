@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -377,24 +379,44 @@ def write_lock(directory: Path) -> dict[str, dict[str, str]]:
     return lock
 
 
-def check_lock(directory: Path) -> list[str]:
+class LockProblemKind(StrEnum):
+    NOT_LOCKED = "not_locked"  # a judge file the lock does not know
+    UNBUMPED = "unbumped"  # content changed, version did not: `judges lock` refuses
+    STALE = "stale"  # version bumped, lock not rewritten yet
+    GONE = "gone"  # in the lock, file removed
+
+
+@dataclass(frozen=True)
+class LockProblem:
+    judge: str
+    kind: LockProblemKind
+    message: str
+
+
+def lock_problems(directory: Path) -> list[LockProblem]:
     """Judges whose content changed without a version bump, or that the lock does not match."""
     lock = read_lock(directory)
+    relock = "run `evalfleet judges lock`"
     problems = []
     for path in sorted(directory.glob("*.yaml")):
         spec = load_judge(path)
         entry = lock.get(spec.name)
         if entry is None:
-            problems.append(f"{spec.name}: not in {LOCK_FILE}; run `evalfleet judges lock`")
-        elif entry["sha256"] != file_hash(path):
-            if entry["version"] == spec.version:
-                problems.append(
-                    f"{spec.name}: content changed but version is still {spec.version}; bump it"
-                )
-            else:
-                problems.append(
-                    f"{spec.name}: {LOCK_FILE} is out of date; run `evalfleet judges lock`"
-                )
+            kind, message = LockProblemKind.NOT_LOCKED, f"not in {LOCK_FILE}; {relock}"
+        elif entry["sha256"] == file_hash(path):
+            continue
+        elif entry["version"] == spec.version:
+            kind = LockProblemKind.UNBUMPED
+            message = f"content changed but version is still {spec.version}; bump it"
+        else:
+            kind, message = LockProblemKind.STALE, f"{LOCK_FILE} is out of date; {relock}"
+        problems.append(LockProblem(spec.name, kind, f"{spec.name}: {message}"))
     for name in sorted(set(lock) - {p.stem for p in directory.glob("*.yaml")}):
-        problems.append(f"{name}: in {LOCK_FILE} but the file is gone; run `evalfleet judges lock`")
+        message = f"{name}: in {LOCK_FILE} but the file is gone; {relock}"
+        problems.append(LockProblem(name, LockProblemKind.GONE, message))
     return problems
+
+
+def check_lock(directory: Path) -> list[str]:
+    """``lock_problems`` as one line each."""
+    return [problem.message for problem in lock_problems(directory)]

@@ -235,11 +235,24 @@ def configure(
     new.setFormatter(formatter(format))
     root.addHandler(new)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    quiet_http_clients()
     if format == "json":
         logging.captureWarnings(True)
         sys.excepthook = _log_uncaught
         threading.excepthook = _log_uncaught_in_thread
     return new
+
+
+# HTTP client libraries that log every request at INFO (the judges' calls, thousands a minute).
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore", "openai")
+
+
+def quiet_http_clients() -> None:
+    """The HTTP client loggers at WARNING, unless the root logger is at DEBUG (then they say
+    everything, as asked)."""
+    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
 
 
 def call_configured(

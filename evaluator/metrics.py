@@ -85,6 +85,13 @@ SINK_DELIVERIES = Counter(
     "Outbox rows handled by the relay: delivered, rejected (permanent) or retried, per sink.",
     ["sink", "outcome"],
 )
+SINK_TRANSIENT_ITEMS = Counter(
+    "evalfleet_sink_transient_items_total",
+    "Outbox rows a sink answered with a transient per-item error (a 5xx or 429 entry of "
+    "Langfuse's 207) while taking the rest of the batch: left pending for a retry, never "
+    "rejected. Also counted as retried in evalfleet_sink_deliveries_total.",
+    ["sink"],
+)
 SINK_SKIPPED = Counter(
     "evalfleet_sink_skipped_total", "Scores a sink does not take, by reason.", ["sink", "reason"]
 )
@@ -96,6 +103,11 @@ SINK_OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest undelivered outbox row per sink.",
     ["sink"],
     multiprocess_mode="mostrecent",
+)
+SAMPLER_CONSUMERS_REMOVED = Counter(
+    "evalfleet_sampler_consumers_removed_total",
+    "Dead consumers removed from the sampler group: nothing pending, idle past "
+    "EVALFLEET_SAMPLER_CONSUMER_PRUNE_IDLE_MS, no sampler holding the name.",
 )
 # Fleet state, set by the sampler (one writer; the newest value wins across processes).
 STREAM_LENGTH = Gauge(
@@ -159,6 +171,11 @@ LEDGER_REAPED = Counter(
     "evalfleet_ledger_reaped_total",
     "Stuck ledger rows the reaper re-dispatched or failed.",
     ["evaluator", "action"],
+)
+JUDGE_DEFERRED = Counter(
+    "evalfleet_judge_deferred_total",
+    "Judge evaluations re-queued to wait (breaker open, rate limited, attempts used up...).",
+    ["judge", "reason"],
 )
 OVER_BUDGET = Counter(
     "evalfleet_judge_over_budget_total",

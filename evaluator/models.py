@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
+from pydantic_core import to_json
 
 
 def _now() -> datetime:
@@ -37,6 +39,8 @@ def display_name(evaluator: str, score_name: str) -> str:
 
 # An escaped UTF-16 surrogate in JSON text: valid only as a high + low pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A check's message that starts by naming a field: ``error: must not contain ...``.
+_NAMED_FIELD = re.compile(r"([A-Za-z_][\w.]*): ")
 # pydantic's wording for some error types, said the way the published schema puts it.
 _MESSAGES = {
     "finite_number": "must be a finite number (not NaN or Infinity)",
@@ -55,6 +59,10 @@ def describe_validation_error(exc: ValidationError, payload: bytes | str | None 
         message = _MESSAGES.get(error["type"], error["msg"])
         if error["type"] == "value_error":
             message = message.removeprefix("Value error, ")
+            # A nested model's check (``steps.2``) naming its own field: one path, steps.2.error.
+            named = _NAMED_FIELD.match(message) if where else None
+            if named:
+                where, message = f"{where}.{named.group(1)}", message[named.end() :]
         elif error["type"] == "json_invalid" and payload is not None:
             message = _json_problem(message, payload)
         parts.append(f"{where}: {message}" if where else message)
@@ -118,6 +126,207 @@ class TokenUsage(BaseModel):
         return self.input + self.output
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # Python apps send naive datetime.now() / utcnow(): one rule, so times always compare.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+# A time as the wire has it: ISO 8601, naive taken as UTC.
+_Time = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _nul_in(model: BaseModel, names: tuple[str, ...]) -> None:
+    """Refuse a NUL in the named ``str | None`` fields (PostgreSQL text cannot hold one)."""
+    values = model.__dict__  # what getattr reads, without its cost per field
+    for name in names:
+        value = values[name]
+        if value is not None and "\x00" in value:
+            raise ValueError(f"{name}: {_NUL}")
+
+
+# Caps that keep a hostile agent trace as cheap to parse, store and show as an ordinary one (the
+# payload as a whole is also bounded by EVALFLEET_MAX_TRACE_BYTES).
+MAX_MESSAGES = 1_000
+MAX_STEPS = 1_000
+MAX_CONTENT_PARTS = 100
+MAX_TOOL_CALLS = 128
+# A step's arguments or result, counted in characters of its JSON text: longer is cut to this and
+# marked (``arguments_truncated`` / ``result_truncated``) rather than refused — a tool that
+# returned a whole web page is still a trajectory worth evaluating.
+MAX_STEP_VALUE_CHARS = 16 * 1024
+MAX_STEP_ERROR_CHARS = 16 * 1024
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field(default="", description="As the model wrote them: JSON text.")
+
+
+class ToolCall(BaseModel):
+    """A tool call an assistant message asks for (OpenAI chat format)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One chat message in OpenAI chat format: what the app sent the model, or its reply."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = Field(
+        default=None,
+        max_length=MAX_CONTENT_PARTS,
+        description="Text, or a list of text parts. May be null only for an assistant message.",
+    )
+    name: str | None = Field(default=None, max_length=256)
+    refusal: str | None = Field(default=None, description="An assistant's refusal, if any.")
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=MAX_TOOL_CALLS, description="Assistant messages only."
+    )
+    tool_call_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Tool messages only (and required there): the id of the assistant's tool call "
+        "this message answers, which an earlier message must hold.",
+    )
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(part.text for part in self.content)
+        return self.content or ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls: a {self.role} message makes no tool calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message must name the tool call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id: a {self.role} message answers no tool call")
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content: a {self.role} message must have content")
+        _nul_in(self, ("name", "refusal", "tool_call_id"))
+        if isinstance(self.content, str):
+            if "\x00" in self.content:
+                raise ValueError(f"content: {_NUL}")
+        elif self.content:
+            for index, part in enumerate(self.content):
+                if "\x00" in part.text:
+                    raise ValueError(f"content.{index}.text: {_NUL}")
+        for index, call in enumerate(self.tool_calls or ()):
+            for name, value in (("id", call.id), ("function.name", call.function.name)):
+                if "\x00" in value:
+                    raise ValueError(f"tool_calls.{index}.{name}: {_NUL}")
+            if "\x00" in call.function.arguments:
+                raise ValueError(f"tool_calls.{index}.function.arguments: {_NUL}")
+        return self
+
+
+StepKind = Literal["llm", "tool", "retrieval", "embedding", "agent", "chain", "guardrail", "other"]
+_STEP_STRINGS = ("id", "name", "parent_id", "tool_call_id", "model", "error")
+
+
+class Step(BaseModel):
+    """One step of an agent's trajectory: an LLM call, a tool call, a retrieval, an agent (or
+    workflow) invocation, a chain, a guardrail. Steps are listed in the order they started, a
+    parent before its children; each retry of a failed step is a step of its own."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: str = Field(min_length=1, max_length=256, description="Unique within the trace.")
+    kind: StepKind = Field(
+        description="llm (a model call), tool, retrieval, embedding, agent (an agent or workflow "
+        "invocation), chain (a framework's orchestration step), guardrail, other."
+    )
+    name: str = Field(
+        default="", max_length=256, description="The tool's, agent's, retriever's or model's name."
+    )
+    parent_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The step this one ran in: the id of an earlier step.",
+    )
+    attempt: int = Field(
+        default=1, ge=1, le=1000, description="1, or 2, 3, ... for the retries of a failed step."
+    )
+    tool_call_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="A tool step's call id: the assistant tool call (in messages) it executes.",
+    )
+    model: str | None = Field(default=None, max_length=256, description="An llm step's model.")
+    arguments: Any = Field(
+        default=None,
+        description="What the step was called with: any JSON (an object for a tool call) or a "
+        "string. Over 16,384 characters of JSON it is cut to that, as a string, and "
+        "arguments_truncated is set.",
+    )
+    result: Any = Field(
+        default=None,
+        description="What the step returned (a tool's output, an llm step's answer): any JSON or "
+        "a string, cut like arguments (result_truncated).",
+    )
+    arguments_truncated: bool = False
+    result_truncated: bool = False
+    error: str | None = Field(
+        default=None, max_length=MAX_STEP_ERROR_CHARS, description="Set when the step failed."
+    )
+    latency_ms: float | None = Field(default=None, ge=0)
+    tokens: TokenUsage | None = None
+    started_at: _Time | None = Field(
+        default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
+    )
+    ended_at: _Time | None = Field(
+        default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Step:
+        if self.started_at and self.ended_at and self.ended_at < self.started_at:
+            raise ValueError("ended_at is before started_at")
+        _nul_in(self, _STEP_STRINGS)
+        for name in ("arguments", "result"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            found = _unstorable_path(value, name)
+            if found:
+                raise ValueError(f"{found[0]}: {found[1]}")
+            if isinstance(value, str):
+                text: str | None = value
+            elif isinstance(value, dict | list) and (
+                # Measured in C first: its UTF-8 is at least as long as the text in characters.
+                len(to_json(value, fallback=str)) > MAX_STEP_VALUE_CHARS
+            ):
+                text = json.dumps(value, ensure_ascii=False, default=str)
+            else:
+                text = None
+            if text is not None and len(text) > MAX_STEP_VALUE_CHARS:
+                setattr(self, name, text[:MAX_STEP_VALUE_CHARS])
+                setattr(self, f"{name}_truncated", True)
+        return self
+
+
 class Trace(BaseModel):
     """One completed interaction of an LLM application, as published to ``evalfleet:traces``.
 
@@ -126,12 +335,22 @@ class Trace(BaseModel):
     app-specific into ``metadata``. On the wire (``parse_trace``) types are strict, as the
     published JSON Schema says: ``"812"`` is not a number, ``3.0`` not an integer, ``"yes"`` not
     a boolean. Numbers must be finite, anywhere in the trace. A time without a zone is UTC.
+
+    A chat turn or an agent run is still one Trace, evaluated on ``output`` (required, as for a
+    single question): the turn's final answer. ``session_id`` links the turns of a conversation;
+    ``messages`` is the turn's conversation as the app sent it to the model (OpenAI chat format),
+    optionally ending with the reply; without ``input``, the last user message's text is taken as
+    ``input``. ``steps`` is the agent's trajectory. A trace without them means what it always did.
     """
 
     model_config = ConfigDict(extra="forbid", str_max_length=1_000_000, allow_inf_nan=False)
 
     trace_id: str = Field(min_length=1, max_length=256, pattern=r"^[^\s]+$")
-    input: str = Field(default="", description="The user's request (or the final prompt).")
+    input: str = Field(
+        default="",
+        description="The user's request (or the final prompt). Empty with messages: the text of "
+        "the last user message.",
+    )
     output: str = Field(description="The application's answer that is evaluated.")
     contexts: list[str] = Field(default_factory=list, description="Retrieved documents (RAG).")
     retrieval: bool = Field(
@@ -162,33 +381,53 @@ class Trace(BaseModel):
         default=None, max_length=256, description="The answer's span/observation id."
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
-    started_at: datetime | None = Field(
+    started_at: _Time | None = Field(
         default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
     )
-    ended_at: datetime | None = Field(
+    ended_at: _Time | None = Field(
         default=None, description="ISO 8601; a time without a zone offset is taken as UTC."
     )
-
-    @field_validator("started_at", "ended_at", mode="after")
-    @classmethod
-    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
-        # Python apps send naive datetime.now() / utcnow(): one rule, so times always compare.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The conversation (chat session, agent thread) the trace is a turn of: every "
+        "turn of it carries the same id.",
+    )
+    messages: list[Message] | None = Field(
+        default=None,
+        max_length=MAX_MESSAGES,
+        description="The turn's messages as the app sent them to the model (OpenAI chat format: "
+        "system/developer/user/assistant/tool), optionally ending with the reply. A tool "
+        "message's tool_call_id must be a tool call of an earlier assistant message.",
+    )
+    steps: list[Step] | None = Field(
+        default=None,
+        max_length=MAX_STEPS,
+        description="The agent's trajectory: its LLM calls, tool calls, retrievals and agent "
+        "invocations in the order they started, a parent before its children.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Trace:
         if self.started_at and self.ended_at and self.ended_at < self.started_at:
             raise ValueError("ended_at is before started_at")
+        values = self.__dict__  # what getattr reads, without its cost per field
         for name in _FREE_FORM_FIELDS:
-            value = getattr(self, name)
+            value = values[name]
             if isinstance(value, str):  # the common case, checked without the walk
                 found = (name, _NUL) if "\x00" in value else None
             else:
                 found = _unstorable_path(value, name) if value else None
             if found:
                 raise ValueError(f"{found[0]}: {found[1]}")
+        if self.messages is not None:
+            _check_messages(self.messages)
+            if not self.input:
+                user = next((m for m in reversed(self.messages) if m.role == "user"), None)
+                self.input = user.text if user else ""
+        if self.steps is not None:
+            _check_steps(self.steps)
         return self
 
     @property
@@ -196,12 +435,50 @@ class Trace(BaseModel):
         return self.output_format == "json" or self.output_schema is not None
 
 
+def _check_messages(messages: list[Message]) -> None:
+    """Every tool message answers a tool call an earlier assistant message made."""
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        if message.tool_calls:
+            calls.update(call.id for call in message.tool_calls)
+        elif message.tool_call_id is not None and message.tool_call_id not in calls:
+            raise ValueError(
+                f"messages.{index}.tool_call_id: {message.tool_call_id!r} is not the id of a tool "
+                "call of an earlier assistant message"
+            )
+
+
+def _check_steps(steps: list[Step]) -> None:
+    """Step ids are unique and a parent comes before its children: the trajectory is a tree that
+    a reader walks in one pass."""
+    seen: set[str] = set()
+    for index, step in enumerate(steps):
+        if step.id in seen:
+            raise ValueError(f"steps.{index}.id: {step.id!r} is already the id of an earlier step")
+        if step.parent_id is not None and step.parent_id not in seen:
+            raise ValueError(
+                f"steps.{index}.parent_id: {step.parent_id!r} is not the id of an earlier step"
+            )
+        seen.add(step.id)
+
+
 # Trace fields checked for unstorable values (NaN/Infinity, NUL) after validation: the typed
-# float fields reject non-finite numbers themselves, but NUL fits any string.
+# float fields reject non-finite numbers themselves, but NUL fits any string. Messages and steps
+# check their own fields (so a reason names the message or step).
 _FREE_FORM_FIELDS = tuple(
     name
     for name in Trace.model_fields
-    if name not in ("tokens", "latency_ms", "cost_usd", "retrieval", "started_at", "ended_at")
+    if name
+    not in (
+        "tokens",
+        "latency_ms",
+        "cost_usd",
+        "retrieval",
+        "started_at",
+        "ended_at",
+        "messages",
+        "steps",
+    )
 )
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, func, select
+from sqlmodel import col, func, select
 
 from evaluator.calibrate import Agreement, agreement, spearman
 from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
@@ -29,15 +29,14 @@ from evaluator.judges import Judge, JudgeSpec, render_messages
 from evaluator.ledger import DispatchJudges, LedgerState, ledger_row
 from evaluator.models import Trace, Verdict
 from evaluator.settings import Settings
-from evaluator.sinks.sql import (
+from evaluator.sinks.sql import SQLStore, payload_row
+from evaluator.store.tables import (
     JudgeCallRecord,
     LedgerRecord,
     ReviewLabelRecord,
     ScoreRecord,
-    SQLStore,
     TracePayloadRecord,
     TraceRecord,
-    payload_row,
 )
 from evaluator.work import judge_entry
 
@@ -150,7 +149,7 @@ def _stored_traces(
     tenant: str | None,
     all_traces: bool,
 ) -> Iterator[tuple[str, str, float]]:
-    with Session(store.engine) as session:
+    with store.session() as session:
         query = (
             select(TracePayloadRecord.trace_id, TracePayloadRecord.payload, TraceRecord.sample_rate)
             .join(TraceRecord, col(TraceRecord.trace_id) == col(TracePayloadRecord.trace_id))
@@ -169,7 +168,7 @@ def _stored_traces(
 
 
 def _already_scored(store: SQLStore, spec: JudgeSpec) -> set[str]:
-    with Session(store.engine) as session:
+    with store.session() as session:
         query = select(LedgerRecord.trace_id).where(
             LedgerRecord.evaluator == spec.name,
             LedgerRecord.evaluator_version == spec.version,
@@ -181,7 +180,7 @@ def _already_scored(store: SQLStore, spec: JudgeSpec) -> set[str]:
 def _price(store: SQLStore, settings: Settings, result: ReevalPlan) -> None:
     spec = result.spec
     since = datetime.now(UTC) - timedelta(days=7)
-    with Session(store.engine) as session:
+    with store.session() as session:
         tokens_in, tokens_out, latency, calls = session.exec(
             select(
                 func.avg(JudgeCallRecord.input_tokens),
@@ -274,6 +273,7 @@ def start(
             ledger_row(
                 trace_id, spec.name, spec.version, LedgerState.QUEUED, now, attempt=1,
                 inclusion=p, run=run, deadline_at=deadline, reason=f"re-evaluation {run}",
+                dispatches=1,
             )
             for trace_id, _, p in chunk
         ]  # fmt: skip
@@ -341,7 +341,7 @@ def _verdicts(store: SQLStore, judge: str, version: str) -> tuple[dict[str, Verd
     verdicts: dict[str, Verdict] = {}
     errors: set[str] = set()
     values: Values = {}
-    with Session(store.engine) as session:
+    with store.session() as session:
         query = sa_select(
             col(ScoreRecord.trace_id),
             col(ScoreRecord.name),
@@ -394,7 +394,7 @@ def compare(store: SQLStore, judge: str, version_a: str, version_b: str) -> Comp
 def _human_verdicts(store: SQLStore, judge: str, trace_ids: list[str]) -> dict[str, Verdict]:
     if not trace_ids:
         return {}
-    with Session(store.engine) as session:
+    with store.session() as session:
         query = (
             select(ReviewLabelRecord.trace_id, ReviewLabelRecord.verdict)
             .where(ReviewLabelRecord.evaluator == judge)

@@ -1,8 +1,10 @@
-"""Rich renderings shared by `evalfleet stats` and `evalfleet demo`."""
+"""Every rich rendering of the CLI and the demo, in one place: commands compute, this prints."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -10,10 +12,14 @@ from rich.table import Table
 from evaluator.calibrate import CalibrationReport, GateResult
 from evaluator.dlq import DeadLetter
 from evaluator.estimates import ScoreEstimate
-from evaluator.ledger import LedgerState
+from evaluator.ledger import OPEN_RANK, LedgerState
 from evaluator.models import display_name
-from evaluator.sinks.sql import ReviewItemRecord
 from evaluator.stats import FleetStats
+from evaluator.store.tables import LedgerRecord, ReviewItemRecord
+
+if TYPE_CHECKING:  # the types only: rendering must not import the judges or re-evaluation
+    from evaluator.judges import JudgeSpec
+    from evaluator.reeval import Comparison, ReevalPlan
 
 
 def render_stats(stats: FleetStats, console: Console) -> None:
@@ -92,20 +98,39 @@ def render_estimates(estimates: list[ScoreEstimate], console: Console) -> None:
     console.print(table)
 
 
-def render_ledger(ledger: dict[str, dict[str, int]], console: Console) -> None:
+def render_ledger(
+    ledger: dict[str, dict[str, int]], console: Console, *, title: str = "Evaluation ledger"
+) -> None:
+    """Counts by evaluator and state (states in the ledger's order), with how many are open."""
     if not ledger:
         return
     states = [s.value for s in LedgerState if any(s.value in per for per in ledger.values())]
-    table = Table("evaluator", *states, title="Evaluation ledger", title_justify="left")
+    table = Table("evaluator", *states, "open", title=title, title_justify="left")
     for evaluator, per in sorted(ledger.items()):
-        table.add_row(evaluator, *[f"{per[s]:,}" if s in per else "" for s in states])
+        still_open = sum(n for state, n in per.items() if state in OPEN_RANK)
+        counts = [f"{per[s]:,}" if s in per else "" for s in states]
+        table.add_row(evaluator, *counts, f"{still_open:,}")
+    console.print(table)
+
+
+def render_ledger_rows(rows: list[LedgerRecord], console: Console) -> None:
+    """One trace's rows: every evaluator's state."""
+    table = Table("evaluator", "version", "state", "attempt", "stratum", "P(incl.)", "updated",
+                  "reason")  # fmt: skip
+    for r in rows:
+        p = f"{r.inclusion_probability:g}" if r.inclusion_probability is not None else ""
+        updated = r.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r.evaluator, r.evaluator_version, r.state, str(r.attempt), r.stratum or "",
+                      p, updated, r.reason)  # fmt: skip
     console.print(table)
 
 
 def render_dead_letters(letters: list[DeadLetter], console: Console) -> None:
-    table = Table("source id", "reason", "bytes", title="Dead letters", title_justify="left")
+    table = Table("id", "source id", "failed at", "reason", "bytes", title="Dead letters",
+                  title_justify="left")  # fmt: skip
     for letter in letters:
-        table.add_row(letter.source_id, letter.reason, f"{letter.payload_bytes:,}")
+        table.add_row(letter.id, letter.source_id, letter.failed_at, letter.reason,
+                      f"{letter.payload_bytes:,}")  # fmt: skip
     console.print(table)
 
 
@@ -136,8 +161,10 @@ def render_calibration(
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
 
+    skipped = "; ".join(f"{n} {why}" for why, n in report.not_applicable.items())
     for label, value in (
         ("examples judged", f"{a.n} of {report.examples} ({report.errors} judge errors)"),
+        *([("not applicable (not judged)", skipped)] if skipped else []),
         ("agreement (accuracy)", f"{pct(a.accuracy)}  (min {report.min_agreement:.0%})"),
         (
             "Cohen's kappa",
@@ -147,6 +174,7 @@ def render_calibration(
         ("fail class recall", pct(a.recall_fail)),
         ("fail class F1", pct(a.f1_fail)),
         *((f"Spearman {name}", _number(rho)) for name, rho in report.spearman.items()),
+        *((f"ROC-AUC {name} (low = fail)", _number(v)) for name, v in report.score_auc.items()),
         *(
             [
                 ("weighted agreement (1/P(incl.))", pct(report.weighted.accuracy)),
@@ -166,6 +194,50 @@ def render_calibration(
         row = a.confusion[human]
         matrix.add_row(f"human {human}", str(row["pass"]), str(row["fail"]))
     console.print(matrix)
+    if report.baselines:
+        # The same metrics for one-feature rules fitted on these labels: the bar to clear.
+        bars = Table(
+            title="Judge vs trivial baselines (fitted on the same examples)", title_justify="left"
+        )
+        for column in ("", "rule", "agreement", "kappa", "fail F1", "ROC-AUC"):
+            bars.add_column(column, justify="left" if column in ("", "rule") else "right")
+        # The judge's own score (named after it, or its only numeric one), never the best of many.
+        aucs = {k: v for k, v in report.score_auc.items() if v is not None}
+        judge_auc = aucs.get(report.judge, next(iter(aucs.values())) if len(aucs) == 1 else None)
+        bars.add_row(
+            "judge", report.model, pct(a.accuracy), _number(a.kappa), pct(a.f1_fail),
+            _number(judge_auc),
+        )  # fmt: skip
+        for baseline in report.baselines:
+            b = baseline.agreement
+            bars.add_row(
+                baseline.feature, baseline.rule, pct(b.accuracy), _number(b.kappa),
+                pct(b.f1_fail), _number(baseline.auc),
+            )  # fmt: skip
+        console.print(bars)
+    if report.by_source:
+        sources = Table(
+            title="Agreement per source (baseline: the best one fitted on that source)",
+            title_justify="left",
+        )
+        columns = ("source", "examples", "agreement", "kappa", "fail F1")
+        for column in (*columns, "baseline agreement", "baseline kappa", "baseline AUC"):
+            sources.add_column(column, justify="left" if column == "source" else "right")
+        for name, part in report.by_source.items():
+            bar = report.source_baselines.get(name)
+            sources.add_row(
+                name, str(part.n), pct(part.accuracy), _number(part.kappa), pct(part.f1_fail),
+                pct(bar.agreement.accuracy) if bar else "-",
+                _number(bar.agreement.kappa) if bar else "-", _number(bar.auc) if bar else "-",
+            )  # fmt: skip
+        console.print(sources)
+    if report.position is not None:
+        bias = report.position
+        console.print(
+            f"position bias over {bias.pairs} pairs judged in both orders: consistent "
+            f"{bias.consistency:.1%}; first-shown preferred in both orders {bias.first_both}, "
+            f"second-shown in both {bias.second_both}"
+        )
     if report.disagreements:
         shown = Table(title=f"Disagreements ({len(report.disagreements)})", title_justify="left")
         for column in ("trace", "human", "judge", "judge's reasoning", "human note"):
@@ -178,6 +250,8 @@ def render_calibration(
         if report.passed
         else "[red]FAIL[/red]: " + "; ".join(report.failures())
     )
+    for warning in report.baseline_warnings():
+        console.print(f"[yellow]WARNING:[/yellow] {warning}")
     console.print(f"{report.judge}: {verdict}")
 
 
@@ -201,3 +275,72 @@ def render_gate(results: list[GateResult], console: Console) -> bool:
         else:
             console.print(f"[green]ok[/green] {change}")
     return any(result.reasons for result in results)
+
+
+def render_reeval_plan(planned: ReevalPlan, console: Console) -> None:
+    """What a re-evaluation run would judge, cost and take, before it is confirmed."""
+    spec = planned.spec
+    console.print(f"[bold]{spec.name}@{spec.version}[/bold] ({spec.model})")
+    console.print(
+        f"  traces: {planned.count:,} to judge of {planned.considered:,} in the window "
+        f"({planned.already:,} already scored by this version, {planned.filtered:,} outside "
+        "its applies_when)"
+    )
+    console.print(
+        f"  tokens per call: {planned.input_tokens_per_call:,.0f} in + "
+        f"{planned.output_tokens_per_call:,.0f} out, from {planned.tokens_from or 'nothing'}"
+    )
+    total_tokens = planned.count * (planned.input_tokens_per_call + planned.output_tokens_per_call)
+    usd = f"${planned.usd:,.2f}" if planned.usd is not None else "unknown"
+    console.print(f"  estimated: {total_tokens:,.0f} tokens, {usd}")
+    if planned.seconds is not None:
+        console.print(f"  time: ~{planned.seconds / 60:,.1f} min ({planned.pace})")
+    for note in planned.notes:
+        console.print(f"  [yellow]note:[/yellow] {note}")
+
+
+def render_comparison(
+    result: Comparison, name: str, version_a: str, version_b: str, console: Console
+) -> None:
+    """Two versions of a judge on the traces both scored, and each against human labels."""
+    console.print(
+        f"{name}: {result.traces_a:,} traces scored by {version_a}, {result.traces_b:,} by "
+        f"{version_b}, {result.both:,} by both"
+    )
+    if not result.both:
+        return
+    v = result.verdicts
+    kappa = f"{v.kappa:.3f}" if v.kappa is not None else "n/a"
+    console.print(f"verdicts agree on {100 * v.accuracy:.1f} % (Cohen's kappa {kappa})")
+    console.print(
+        f"  {version_a} pass / {version_b} fail: {v.confusion['pass']['fail']:,}; "
+        f"{version_a} fail / {version_b} pass: {v.confusion['fail']['pass']:,}"
+    )
+    for f in result.fields:
+        rho = f"{f.spearman:.3f}" if f.spearman is not None else "n/a"
+        console.print(
+            f"  {f.name}: Spearman {rho} over {f.n:,}; mean {f.mean_a:.3f} -> {f.mean_b:.3f}"
+        )
+    for version, humans in ((version_a, result.humans_a), (version_b, result.humans_b)):
+        if humans is not None:
+            k = f"{humans.kappa:.3f}" if humans.kappa is not None else "n/a"
+            console.print(
+                f"  vs human labels ({humans.n:,}): {version} {100 * humans.accuracy:.1f} % "
+                f"agreement, kappa {k}"
+            )
+
+
+def render_judges(judges: Iterable[JudgeSpec], enabled: list[str], console: Console) -> None:
+    """Every judge file: version, model, when it applies, its scores and thresholds."""
+    table = Table("judge", "version", "model", "applies when", "scores (review under)", "enabled")
+    for spec in judges:
+        when = ", ".join(
+            f"{k}={v}" for k, v in spec.applies_when.model_dump(exclude_none=True).items()
+        )
+        fields = ", ".join(
+            f"{n} (<{spec.review_thresholds[n]:g})" if n in spec.review_thresholds else n
+            for n in spec.score_fields
+        )
+        on = "yes" if spec.name in enabled else "no"
+        table.add_row(spec.name, spec.version, spec.model, when or "always", fields, on)
+    console.print(table)

@@ -2,20 +2,25 @@
 
 Guarantees (see DESIGN.md): an entry is XACKed only after its batch was handed to the broker or
 it was dead-lettered with a reason; entries left pending by a crashed consumer are reclaimed with
-XAUTOCLAIM; the loop pauses while the worker queues are deeper than their limits.
+XAUTOCLAIM; the loop pauses while the worker queues are deeper than their limits. A sampler's
+consumer name is stable and leased (evaluator.streams.lease_consumer_name): a restart takes it
+back and re-reads its own pending entries first, and no two samplers read under one name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -37,6 +42,7 @@ from evaluator.models import SampleDecision, Trace, parse_trace
 from evaluator.sampling import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
 from evaluator.streams import (
+    ConsumerLease,
     DeadLetterLimits,
     add_dead_letters,
     ensure_group,
@@ -48,6 +54,9 @@ from evaluator.streams import (
     text,
 )
 from evaluator.work import heuristics_entry, judge_entry
+
+if TYPE_CHECKING:  # imported where used: evaluator.health is not loaded at import time here
+    from evaluator.health import Backoff, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +109,12 @@ class Sampler:
         budget: BudgetPlanner | None = None,
         chores: Sequence[Callable[[], object]] = (),
         broker: redis.Redis | None = None,
+        lease: ConsumerLease | None = None,
     ) -> None:
         self.client = client
+        # The hold on the consumer name (evaluator.streams.lease_consumer_name): renewed by the
+        # loop, freed when it stops. None: the caller keeps names apart (tests, one-offs).
+        self.lease = lease
         # The Celery broker's Redis (its queues and unacked records) when it is not ``client``'s.
         self.broker = broker or client
         # Periodic fleet work (the ledger reaper, estimate gauges): tried every claim interval,
@@ -109,7 +122,11 @@ class Sampler:
         self.chores = list(chores)
         self.settings = settings
         self.dispatch = dispatch
-        self.consumer = consumer or settings.sampler_consumer
+        self.consumer = (
+            lease.name
+            if lease
+            else consumer or settings.sampler_consumer or f"{socket.gethostname()}-{os.getpid()}"
+        )
         self.policy = SamplingPolicy.from_settings(
             settings, enabled_judges(settings) if judges is None else judges
         )
@@ -119,7 +136,8 @@ class Sampler:
         self.counts = SamplerCounts()
         self.dead_letter_limits = DeadLetterLimits.from_settings(settings)
         self.inflight_due_s = inflight.due_in_s(settings)
-        # Start by re-reading our own pending entries (a restart after a crash under this name).
+        # Start by re-reading our own pending entries (a restart after a crash under this name:
+        # handled at once, not after another sampler's idle reclaim).
         self._recover_own_pending = True
         self._last_claim = 0.0
         ensure_group(client)
@@ -158,11 +176,16 @@ class Sampler:
             self.refresh_gauges()
             for chore in self.chores:
                 chore()
+                self._renew_lease()  # a slow chore must not let the name lapse
             claimed = self.reclaim()
             if claimed:
                 return claimed
         block = self.settings.sampler_block_ms if block_ms is None else block_ms
         return self._xreadgroup(">", count, block_ms=block)
+
+    def _renew_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.renew()
 
     def refresh_gauges(self) -> None:
         """Stream length, pending, queue depths and the oldest unhandled entry's age."""
@@ -345,17 +368,31 @@ class Sampler:
         it backs off and retries the same entries (re-read from this consumer's pending list)
         for as long as the outage lasts, logging one line when a dependency goes and one when
         it is back, and reporting them on /readyz (evaluator.health). The periodic chores (the
-        ledger reaper, the estimate gauges) report their outages the same way."""
-        import contextlib
-
-        from evaluator.health import BROKER, PROCESS, REDIS, Backoff, outage_of, watch_chore
+        ledger reaper, the estimate gauges) report their outages the same way. The consumer
+        name's lease, if any, is renewed as it goes and freed at the end; a name another sampler
+        took while the lease had lapsed ends the loop (ConsumerNameTaken)."""
+        from evaluator.health import PROCESS, Backoff, watch_chore
 
         readiness = PROCESS
         backoff = Backoff(max_s=self.settings.outage_backoff_max_s)
         self.chores = [watch_chore(chore, readiness) for chore in self.chores]
+        try:
+            self._loop(stop, exit_when_idle, readiness, backoff)
+        finally:
+            if self.lease is not None:
+                with contextlib.suppress(redis.RedisError):  # else it lapses after its TTL
+                    self.lease.release()
+        return self.counts
+
+    def _loop(
+        self, stop: threading.Event, exit_when_idle: bool, readiness: Readiness, backoff: Backoff
+    ) -> None:
+        from evaluator.health import BROKER, REDIS, outage_of
+
         while not stop.is_set():
             dispatched = self.counts.batches_dispatched
             try:
+                self._renew_lease()  # ConsumerNameTaken ends the loop: it is no outage
                 handled = self.step()
                 idle = exit_when_idle and handled == 0 and not self.backpressured()
             except Exception as exc:
@@ -379,7 +416,6 @@ class Sampler:
                 readiness.up(BROKER)
             if idle:
                 break
-        return self.counts
 
 
 class FleetChore:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -26,7 +28,14 @@ from evaluator.constants import HEURISTICS_TASK
 from evaluator.evaluators import Evaluator, evaluate_all
 from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.judges import Judge
-from evaluator.ledger import HEURISTICS, LedgerState, decision_rows, heuristics_version, ledger_row
+from evaluator.ledger import (
+    HEURISTICS,
+    LedgerState,
+    decision_rows,
+    heuristics_version,
+    ledger_row,
+    write_rows,
+)
 from evaluator.models import (
     ReviewItem,
     SampleDecision,
@@ -307,7 +316,7 @@ def dead_letter_entries(
                     )
                 )
     try:
-        ctx.store.write_ledger(rows)
+        write_rows(ctx.store, rows)
     except Exception:  # the dead-letter stream holds them; the ledger row is a convenience
         log.exception("could not record %d dead-lettered evaluations in the ledger", len(rows))
 
@@ -497,18 +506,20 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
     scores, ledger, work = admitted.scores, admitted.refused, admitted.work
     if admitted.running:
         # Before the calls: a worker killed now leaves rows the reaper can see are stuck.
-        ctx.store.write_ledger(admitted.running)
+        write_rows(ctx.store, admitted.running)
     backfill = any(item.run for item in items)  # a batch is one run's or live
     results = ctx.judge([(spec, item.trace) for spec, item in work], backfill)
     calls: list[dict[str, Any]] = []
-    later: dict[str, tuple[JudgeWork, list[str]]] = {}  # entry id -> (item, judges deferred)
-    delay = 0.0
+    later: dict[str, _Deferred] = {}  # entry id -> what of it waits, and how long
     for (spec, item), result in zip(work, results, strict=True):
         waited = time.time() - item.since
         if result.deferred and waited < s.judge_give_up_after_s:
-            later.setdefault(item.id, (item, []))[1].append(spec.name)
-            delay = max(delay, result.defer_s)
-            next_at = now + timedelta(seconds=result.defer_s)
+            delay = result.defer_s or _redispatch_delay(s, item.attempt)
+            waits = later.setdefault(item.id, _Deferred(item))
+            waits.judges[spec.name] = int(result.call["attempts"])
+            waits.delay_s = max(waits.delay_s, delay)
+            metrics.JUDGE_DEFERRED.labels(spec.name, result.defer_reason or "unknown").inc()
+            next_at = now + timedelta(seconds=delay)
             why = result.call.get("error") or "judge endpoint unavailable"
             ledger.append(
                 _judge_row(
@@ -524,7 +535,10 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
             ledger.append(_judge_row(spec, item, LedgerState.FAILED, now, reason=gave_up.reason))
             continue
         scores += result.scores
-        calls.append({**result.call, "run": item.run})
+        # The row counts every request of the evaluation, those of dispatches before a
+        # deferral too: what the endpoint saw (and billed).
+        attempts = int(result.call["attempts"]) + item.calls_before(spec.name)
+        calls.append({**result.call, "attempts": attempts, "run": item.run})
         state, reason = _judge_outcome(result)
         ledger.append(_judge_row(spec, item, state, now, reason=reason))
     by_trace: dict[str, list[Score]] = defaultdict(list)
@@ -542,7 +556,7 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
         reviews = [r for r in reviews if r.trace_id not in refused]
         calls = [c for c in calls if c["trace_id"] not in refused]
         call_rows = [c for c in call_rows if c["trace_id"] not in refused]
-        later = {k: v for k, v in later.items() if v[0].trace.trace_id not in refused}
+        later = {k: v for k, v in later.items() if v.item.trace.trace_id not in refused}
     if ctx.spend is not None and calls:
         for run in {c["run"] for c in calls}:
             ctx.spend.record([c for c in calls if c["run"] == run], run)
@@ -550,8 +564,42 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
     _record(scores, {t.trace_id: t.prompt_version for t in trace_of.values()}, routed)
     metrics.record_judge_calls(call_rows)
     if later:
-        if ctx.requeue is None:
-            raise RuntimeError("deferred judge work but no requeue configured")
-        ctx.requeue([item.later(judges) for item, judges in later.values()], delay)
-    deferred = sum(len(judges) for _, judges in later.values())
-    return JudgeBatchResult(len({s.id for s in scores}), len(calls), len(routed), deferred)
+        _requeue(ctx, list(later.values()))
+    waiting = sum(len(d.judges) for d in later.values())
+    return JudgeBatchResult(len({s.id for s in scores}), len(calls), len(routed), waiting)
+
+
+@dataclass
+class _Deferred:
+    """A judge work item's evaluations that must wait: judge -> requests made this time."""
+
+    item: JudgeWork
+    judges: dict[str, int] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+# Deferred items whose delays round up to the same step go back as one task (a batch, not one
+# task per trace after an outage: tiny tasks drained slowly), and none waits for a batch-mate's
+# longer delay.
+_REQUEUE_STEP_S = 0.5
+
+
+def _requeue(ctx: ScoringContext, deferred: list[_Deferred]) -> None:
+    if ctx.requeue is None:
+        raise RuntimeError("deferred judge work but no requeue configured")
+    groups: dict[float, list[WireEntry]] = defaultdict(list)
+    for d in deferred:
+        step = math.ceil(d.delay_s / _REQUEUE_STEP_S) * _REQUEUE_STEP_S
+        groups[step].append(d.item.later(d.judges))
+    for delay_s, entries in sorted(groups.items()):
+        # Spread by up to a quarter (a second at most): the batches that met one open breaker
+        # do not all come back at the same instant.
+        ctx.requeue(entries, delay_s + random.uniform(0, min(1.0, delay_s / 4)))
+
+
+def _redispatch_delay(settings: Settings, attempt: int) -> float:
+    """Before dispatch ``attempt + 1`` of an evaluation whose every request failed while the
+    breaker stayed closed: the endpoint as a whole is answering (else the breaker would have
+    opened), so soon, growing with each deferral, with jitter."""
+    cap = min(settings.judge_backoff_max_s, settings.judge_backoff_base_s * 2 ** (attempt - 1))
+    return random.uniform(cap / 2, cap)

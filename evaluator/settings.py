@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import socket
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -22,10 +21,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4.1": (2.00, 8.00),
 }
-
-
-def _default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class ReviewerAccess(BaseModel):
@@ -86,7 +81,10 @@ class Settings(BaseSettings):
     # Sampler loop
     sampler_batch_size: int = Field(default=500, ge=1)
     sampler_block_ms: int = Field(default=1000, ge=1)
-    sampler_consumer: str = Field(default_factory=_default_consumer_name)
+    sampler_consumer: str | None = Field(
+        default=None,
+        description="The sampler's consumer name; unset: the first free <hostname>-<slot>.",
+    )
     claim_idle_ms: int = Field(
         default=60_000, ge=100, description="Pending entries idle this long are reclaimed."
     )
@@ -252,10 +250,6 @@ class Settings(BaseSettings):
         default_factory=dict, description='Fleet-wide limit per model, e.g. {"gpt-4o-mini": 5000}.'
     )
     judge_tokens_per_minute: dict[str, int] = Field(default_factory=dict)
-    judge_circuit_failures: int = Field(
-        default=5, ge=1, description="Failures in a row that open it."
-    )
-    judge_circuit_open_s: float = Field(default=30.0, gt=0)
     judge_give_up_after_s: float = Field(
         default=6 * 3600, gt=0, description="Deferred evaluations older than this become errors."
     )
@@ -384,6 +378,63 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    # sampler consumers (issue 18)
+    sampler_consumer_lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="A sampler holds its consumer name with a Redis lease its loop renews; one "
+        "killed on another host (or in another container) frees its name after this.",
+    )
+    sampler_consumer_slots: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Without --consumer / EVALFLEET_SAMPLER_CONSUMER a sampler is named "
+        "'<hostname>-<slot>', the first slot from 0 that no live sampler holds, so a restart "
+        "takes its old name (and its pending entries) back.",
+    )
+    sampler_consumer_prune_idle_ms: int | None = Field(
+        default=None,
+        ge=1000,
+        description="Consumers of the group with nothing pending, idle this long and without "
+        "a live lease are removed by a fleet chore; default 10 x claim_idle_ms.",
+    )
+
+    # review API limits (issue 18)
+    review_max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest review API request body; larger: 413."
+    )
+    review_session_s: int = Field(
+        default=12 * 3600, ge=60, description="How long the review page's sign-in cookie lasts."
+    )
+    review_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Wrong reviewer tokens from one client address within the failure window "
+        "before it gets 429.",
+    )
+    review_failure_window_s: float = Field(
+        default=60.0, gt=0, description="The window the wrong tokens are counted in (seconds)."
+    )
+
+    # judge breaker (issue 16): fleet-wide, per endpoint, on the failure *rate* over a window
+    # (it replaced a breaker on a count of failures in a row).
+    judge_breaker_window_s: float = Field(
+        default=20.0, gt=0, description="The breaker's sliding window of judge call outcomes."
+    )
+    judge_breaker_min_calls: int = Field(
+        default=20, ge=1, description="Answered calls in the window before it may open."
+    )
+    judge_breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Share of failed calls in the window that opens it."
+    )
+    judge_breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Cool-down while open, before the half-open probes."
+    )
+    judge_breaker_probes: int = Field(
+        default=3, ge=1, description="Probe calls let through fleet-wide when half-open."
+    )
 
 
 @cache

@@ -20,7 +20,8 @@ from evaluator.constants import (
 )
 from evaluator.estimates import ScoreEstimate, score_estimates
 from evaluator.ledger import summary
-from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import TraceRecord
 from evaluator.streams import group_info, queue_depth
 
 

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from evaluator.constants import DEAD_STREAM, SAMPLER_GROUP, TRACES_STREAM
+from evaluator.constants import DEAD_STREAM, SAMPLER_GROUP, SAMPLER_LEASE_PREFIX, TRACES_STREAM
 from evaluator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def connect(url: str) -> redis.Redis:
@@ -136,3 +144,220 @@ def oldest_unhandled_id(
         return None
     after: Any = client.xrange(stream, min=f"({text(last)}", count=1)
     return text(after[0][0]) if after else None
+
+
+# -- consumer names: one live sampler per name, dead consumers removed ----------------------------
+
+
+class ConsumerNameTaken(Exception):
+    """Another live sampler holds this consumer name: two samplers must never read as one
+    consumer (each would re-read and dispatch the other's pending entries)."""
+
+
+# Renew our lease; set it again if it lapsed while nobody took the name. 1: held, 0: another's.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+# Take over a dead holder's lease, only if it is still that holder's.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Remove a consumer only if it still holds nothing and no sampler holds its name: XGROUP
+# DELCONSUMER drops the consumer's pending entries, which would then never be delivered again.
+_DELETE_IF_EMPTY = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+  return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22), or ""
+    when there is no such process, only its zombie (killed, not yet reaped), or no /proc."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and ")"
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _process_identity() -> list[str]:
+    """This process, as a lease token names it: host, boot, PID namespace, pid, start time.
+    With the first three equal, another process can tell from /proc whether it still runs."""
+    return [
+        socket.gethostname(),
+        _read("/proc/sys/kernel/random/boot_id"),
+        _pid_namespace(),
+        str(os.getpid()),
+        _start_ticks(os.getpid()),
+    ]
+
+
+def holder_is_gone(token: str) -> bool:
+    """Whether the process that wrote lease ``token`` has certainly ended: it ran on this host,
+    since this boot, in this PID namespace, and no process with its pid and start time runs
+    (a sampler killed and restarted in place). Anything else (another host or container, no
+    /proc) cannot be told: its lease must lapse."""
+    parts = token.split("|")
+    mine = _process_identity()
+    if len(parts) != 6 or parts[:3] != mine[:3] or not all(mine[1:3]):
+        return False
+    pid, started = parts[3], parts[4]
+    if not pid.isdigit() or not started:
+        return False
+    return _start_ticks(int(pid)) != started
+
+
+class ConsumerLease:
+    """A sampler's hold on its consumer name: a key (``SAMPLER_LEASE_PREFIX`` + name) holding
+    this process's token, set NX with a TTL and renewed by the sampler loop. A second sampler
+    asking for a held name is refused; the lease of a sampler killed on this host is taken over
+    at once (its process is provably gone), anyone else's lapses after ``ttl_s``."""
+
+    def __init__(self, client: redis.Redis, name: str, ttl_s: float) -> None:
+        self.client = client
+        self.name = name
+        self.key = f"{SAMPLER_LEASE_PREFIX}{name}"
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.token = "|".join([*_process_identity(), uuid.uuid4().hex])
+        self._renewed_at = 0.0
+
+    def acquire(self) -> bool:
+        """Take the name: free, already ours, or held by a process that is gone. False while
+        another live (or unknowable) sampler holds it."""
+        for _ in range(3):  # the holder's key may lapse between SET NX and GET
+            if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+                self._renewed_at = time.monotonic()
+                return True
+            raw = self.client.get(self.key)
+            if raw is None:
+                continue
+            holder = text(raw)
+            if holder == self.token:
+                self.renew(force=True)
+                return True
+            if not holder_is_gone(holder):
+                return False
+            taken = self.client.eval(_TAKE_OVER, 1, self.key, holder, self.token, self.ttl_ms)
+            if taken:
+                log.info("consumer %s: took over the lease of a sampler that is gone", self.name)
+                self._renewed_at = time.monotonic()
+                return True
+        return False
+
+    def renew(self, force: bool = False) -> None:
+        """Extend the lease, at most every third of its TTL unless ``force``. Raises
+        ConsumerNameTaken when another sampler took the name meanwhile (this one's lease
+        lapsed: Redis was out of reach for longer than the TTL)."""
+        now = time.monotonic()
+        if not force and now - self._renewed_at < self.ttl_ms / 3000:
+            return
+        if not self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+            raise ConsumerNameTaken(
+                f"consumer name {self.name!r} was taken by another sampler ({self.holder()}) "
+                "while this one's lease had lapsed; stopping so two never read as one"
+            )
+        self._renewed_at = now
+
+    def release(self) -> None:
+        """Free the name (a clean stop), if it is still ours."""
+        self.client.eval(_RELEASE, 1, self.key, self.token)
+
+    def holder(self) -> str:
+        """Who holds the name, for messages: host and pid of the holder's token."""
+        raw = self.client.get(self.key)
+        if raw is None:
+            return "no one now"
+        parts = text(raw).split("|")
+        return f"host {parts[0]}, pid {parts[3]}" if len(parts) == 6 else text(raw)[:100]
+
+
+def lease_consumer_name(
+    client: redis.Redis, requested: str | None, ttl_s: float, slots: int
+) -> ConsumerLease:
+    """The consumer name a sampler starts under, leased. ``requested`` (``--consumer`` /
+    EVALFLEET_SAMPLER_CONSUMER) or else the first of ``<hostname>-0`` … ``-<slots - 1>`` no
+    live sampler holds: stable per host and slot, so a restarted sampler gets its name back and
+    re-reads its own pending entries at once instead of after the idle reclaim."""
+    if requested:
+        lease = ConsumerLease(client, requested, ttl_s)
+        if not lease.acquire():
+            raise ConsumerNameTaken(
+                f"consumer name {requested!r} is held by a live sampler ({lease.holder()}); "
+                "stop that one or give this one another --consumer / EVALFLEET_SAMPLER_CONSUMER "
+                "(or neither: a free <hostname>-<slot> name is picked)"
+            )
+        return lease
+    host = socket.gethostname()
+    for slot in range(slots):
+        lease = ConsumerLease(client, f"{host}-{slot}", ttl_s)
+        if lease.acquire():
+            return lease
+    raise ConsumerNameTaken(
+        f"consumer names {host}-0 to {host}-{slots - 1} are all held by live samplers; raise "
+        "EVALFLEET_SAMPLER_CONSUMER_SLOTS or name this sampler with --consumer"
+    )
+
+
+def prune_consumers(
+    client: redis.Redis,
+    idle_ms: int,
+    stream: str = TRACES_STREAM,
+    group: str = SAMPLER_GROUP,
+) -> list[str]:
+    """Remove the group's consumers that hold nothing, were idle at least ``idle_ms`` and whose
+    name no sampler holds (dead samplers, which XREADGROUP would otherwise keep listed
+    forever); returns their names. One with pending entries stays: XAUTOCLAIM moves them."""
+    try:
+        consumers: Any = client.xinfo_consumers(stream, group)
+    except redis.ResponseError:  # no stream or group yet
+        return []
+    removed = []
+    for consumer in consumers:
+        name = text(consumer["name"])
+        if int(consumer["pending"]) or int(consumer["idle"]) < idle_ms:
+            continue
+        lease_key = f"{SAMPLER_LEASE_PREFIX}{name}"
+        if client.eval(_DELETE_IF_EMPTY, 2, stream, lease_key, group, name):
+            removed.append(name)
+    if removed:
+        log.info("removed %d dead consumers of %s: %s", len(removed), group, ", ".join(removed))
+    return removed

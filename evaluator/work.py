@@ -37,11 +37,14 @@ def judge_entry(
     attempt: int = 1,
     run: str | None = None,
     run_cap: float | None = None,
+    calls: Mapping[str, int] | None = None,
 ) -> WireEntry:
     """A trace for the judge worker: which judges, each one's inclusion probability (for the
     weighted estimates), when the work was first handed out (``since``: a deferred call gives
-    up after EVALFLEET_JUDGE_GIVE_UP_AFTER_S from then), the dispatch attempt, and the
-    re-evaluation run and its spend cap (live work has neither)."""
+    up after EVALFLEET_JUDGE_GIVE_UP_AFTER_S from then), the dispatch attempt, the
+    re-evaluation run and its spend cap (live work has neither), and the requests each judge
+    already made in earlier dispatches (``calls``: deferred work; its judge_calls row counts
+    them too)."""
     entry: WireEntry = {
         "id": entry_id,
         "trace": payload,
@@ -54,6 +57,8 @@ def judge_entry(
         entry["run"] = run
     if run_cap is not None:
         entry["run_cap"] = run_cap
+    if calls:
+        entry["calls"] = dict(calls)
     return entry
 
 
@@ -104,20 +109,27 @@ class JudgeWork(_Work):
     attempt: int = Field(default=1, ge=1)
     run: str | None = None
     run_cap: float | None = None
+    calls: dict[str, int] = Field(default_factory=dict)
 
     def inclusion_of(self, judge: str) -> float:
         """P(this judge's evaluation ran on the trace); 1 when it was not sampled."""
         return self.inclusion.get(judge, 1.0)
 
-    def later(self, judges: list[str]) -> WireEntry:
-        """The same work for ``judges`` only, as its next dispatch attempt (deferred calls)."""
+    def calls_before(self, judge: str) -> int:
+        """Requests ``judge`` made for this trace in earlier dispatches (before a deferral)."""
+        return self.calls.get(judge, 0)
+
+    def later(self, judges: Mapping[str, int]) -> WireEntry:
+        """The same work for the deferred ``judges`` only (each -> the requests it made in
+        this dispatch), as its next dispatch attempt."""
+        calls = {name: self.calls_before(name) + made for name, made in judges.items()}
         return judge_entry(
-            self.id, self.payload, judges, self.inclusion, self.since, self.attempt + 1,
-            self.run, self.run_cap,
+            self.id, self.payload, list(judges), self.inclusion, self.since, self.attempt + 1,
+            self.run, self.run_cap, calls,
         )  # fmt: skip
 
     def to_wire(self) -> WireEntry:
         return judge_entry(
             self.id, self.payload, self.judges, self.inclusion, self.since, self.attempt,
-            self.run, self.run_cap,
+            self.run, self.run_cap, self.calls,
         )  # fmt: skip

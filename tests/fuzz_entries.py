@@ -56,6 +56,60 @@ _times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1
 
 
 @st.composite
+def _messages(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A chat turn in OpenAI format: text or text parts, assistant tool calls answered by tool
+    messages that name them."""
+    messages: list[dict[str, Any]] = []
+    if draw(st.booleans()):
+        messages.append(
+            {"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_text)}
+        )
+    for turn in range(draw(st.integers(1, 3))):
+        content: Any = draw(_text)
+        if draw(st.booleans()):
+            content = [{"type": "text", "text": draw(_text)}]
+        messages.append({"role": "user", "content": content})
+        if draw(st.booleans()):
+            call = f"call_{turn}"
+            arguments = json.dumps(draw(st.dictionaries(_short, _json_leaf, max_size=2)))
+            function = {"name": draw(_short), "arguments": arguments}
+            tool_calls = [{"id": call, "type": "function", "function": function}]
+            messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+            messages.append({"role": "tool", "tool_call_id": call, "content": draw(_text)})
+        messages.append({"role": "assistant", "content": draw(_text)})
+    return messages
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A trajectory: each step's parent (if any) an earlier step, any attempt number."""
+    steps: list[dict[str, Any]] = []
+    for index in range(draw(st.integers(1, 6))):
+        step: dict[str, Any] = {
+            "id": f"s{index}",
+            "kind": draw(st.sampled_from(["llm", "tool", "retrieval", "agent", "chain", "other"])),
+        }
+        if index and draw(st.booleans()):
+            step["parent_id"] = f"s{draw(st.integers(0, index - 1))}"
+        extras = {
+            "name": _short,
+            "arguments": st.one_of(_text, st.dictionaries(_short, _json, max_size=3)),
+            "result": _json,
+            "error": _text,
+            "attempt": st.integers(1, 5),
+            "latency_ms": _finite,
+            "model": _short,
+            "tool_call_id": _short,
+            "tokens": st.fixed_dictionaries({"input": st.integers(0, 10**6)}),
+            "started_at": _times.map(lambda t: t.isoformat()),
+        }
+        for name in draw(st.lists(st.sampled_from(sorted(extras)), unique=True, max_size=4)):
+            step[name] = draw(extras[name])
+        steps.append(step)
+    return steps
+
+
+@st.composite
 def valid_traces(draw: st.DrawFn, index: int, tag: str = "") -> Entry:
     """A trace the sampler must accept: every field of the right type, times naive or not."""
     trace_id = f"ok-{tag}{index}"
@@ -77,6 +131,9 @@ def valid_traces(draw: st.DrawFn, index: int, tag: str = "") -> Entry:
             {"input": st.integers(0, 10**6), "output": st.integers(0, 10**6)}
         ),
         "metadata": st.dictionaries(_short, _json, max_size=4),
+        "session_id": _short,
+        "messages": _messages(),
+        "steps": _steps(),
     }
     for name in draw(st.lists(st.sampled_from(sorted(optional)), unique=True)):
         fields[name] = draw(optional[name])
@@ -147,6 +204,8 @@ def hostile_entries(draw: st.DrawFn) -> Entry:
                 "nul",
                 "times_reversed",
                 "not_json",
+                "bad_message",
+                "bad_step",
             ]
         )
     )
@@ -205,6 +264,32 @@ def hostile_entries(draw: st.DrawFn) -> Entry:
         name = draw(st.sampled_from(["output", "input", "tenant", "metadata"]))
         value = {"k": "a\x00b"} if name == "metadata" else "a\x00b"
         return Entry({TRACE_FIELD.encode(): _dumps({**base, name: value})}, INVALID)
+    if kind == "bad_message":  # each breaks one rule of the chat format
+        message = draw(
+            st.sampled_from(
+                [{"role": "tool", "tool_call_id": "never-made", "content": "x"},
+                 {"role": "tool", "content": "no call id"}, {"role": "user"},
+                 {"role": "robot", "content": "x"}, {"role": "user", "content": "a\x00"},
+                 {"role": "user", "content": "x", "tool_calls": []},
+                 {"role": "user", "content": [{"type": "image_url", "text": "x"}]}]
+            )
+        )  # fmt: skip
+        return Entry({TRACE_FIELD.encode(): _dumps({**base, "messages": [message]})}, INVALID)
+    if kind == "bad_step":  # one broken step after a valid one
+        step = draw(
+            st.sampled_from(
+                [{"id": "b", "kind": "tool", "parent_id": "later"}, {"id": "a", "kind": "tool"},
+                 {"id": "b", "kind": "robot"}, {"id": "b", "kind": "tool", "attempt": 0},
+                 {"id": "b", "kind": "tool", "attempt": "2"},
+                 {"id": "b", "kind": "tool", "error": "\x00"},
+                 {"id": "b", "kind": "tool", "result": {"x": math.nan}},
+                 {"id": "b", "kind": "llm", "latency_ms": math.inf}, {"kind": "tool"},
+                 {"id": "b", "kind": "tool", "started_at": "2026-01-02T00:00:00",
+                  "ended_at": "2026-01-01T00:00:00Z"}]
+            )
+        )  # fmt: skip
+        steps = [{"id": "a", "kind": "agent"}, step]
+        return Entry({TRACE_FIELD.encode(): _dumps({**base, "steps": steps})}, INVALID)
     if kind == "times_reversed":
         doc = {**base, "started_at": "2026-01-01T00:00:02", "ended_at": "2026-01-01T00:00:01Z"}
         return Entry({TRACE_FIELD.encode(): _dumps(doc)}, INVALID)

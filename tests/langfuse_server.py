@@ -36,7 +36,11 @@ score re-sent with a later timestamp on a later day is a second row (``duplicate
 Failures can be injected: ``fail_next`` answers that many requests with 500 (after
 ``fail_after`` requests); ``force_status`` answers everything with one status; ``missing_paths``
 answer 404 (a wrong host path, an older server); ``reject_names`` makes the server refuse scores
-of those names (207 errors) as if a rule refused them; ``secret_key`` is the key it accepts;
+of those names (207 errors) as if a rule refused them; ``fail_items`` answers the next that many
+valid score events with a per-event 500 in the 207 and does not store them, as the real server
+does for an event whose processing failed on its side (aggregateBatchResult in
+processEventBatch.ts: any error that is not a validation, auth or not-found error; in a v2
+server's synchronous path a database that blinked); ``secret_key`` is the key it accepts;
 ``stop()`` / ``start()`` take the server down and bring it back on the same port. Every request
 is recorded.
 """
@@ -245,6 +249,10 @@ class FakeLangfuse(RestartableServer):
     fail_after: int = 0  # requests let through before ``fail_next`` applies
     force_status: int | None = None  # answer every request with this status (and no data)
     reject_names: set[str] = field(default_factory=set)
+    fail_items: int = 0  # valid score events answered with a per-event 500 (not stored)
+    # Errors of the 207 name no event ("unknown"): not the real server, which names every event
+    # by the id it was sent; for the sink's fallback.
+    unnamed_errors: bool = False
     missing_paths: set[str] = field(default_factory=set)
     # Score configs by id: {"name", "dataType", optional "minValue", "maxValue", "categories",
     # "isArchived"} (packages/shared/src/server/ingestion/validateAndInflateScore.ts).
@@ -408,10 +416,23 @@ class FakeLangfuse(RestartableServer):
                     }
                 )
                 continue
+            if event["type"] == "score-create" and self._take_item_failure():
+                # aggregateBatchResult's entry for any other error: no "message".
+                errors.append({"id": event_id, "status": 500, "error": "Internal Server Error"})
+                continue
             successes.append({"id": event_id, "status": 201})
             if event["type"] == "score-create":
                 self._store(event["body"], _time(event["timestamp"]))
+        if self.unnamed_errors:
+            errors = [{**error, "id": "unknown"} for error in errors]
         return 207, {"successes": successes, "errors": errors}
+
+    def _take_item_failure(self) -> bool:
+        with self.lock:
+            if self.fail_items <= 0:
+                return False
+            self.fail_items -= 1
+            return True
 
     @staticmethod
     def _event_errors(event: Any) -> list[str]:

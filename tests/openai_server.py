@@ -7,11 +7,18 @@ enums take their first value (or the one named by ``[[label=Y]]``). Behaviour ca
 ``script`` of per-request actions consumed in order: ``429`` (with Retry-After), ``500``,
 ``timeout`` (no answer before the client gives up), ``malformed`` (not JSON), ``violating``
 (JSON that breaks the schema) and ``ok``. Every request is recorded with its arrival time.
+
+Provider trouble for the resilience tests and bench/judge_errors.py: ``error_rate`` answers that
+share of chat requests (once the script is used up) with one of ``error_actions`` at random
+(seeded: ``seed``), ``error_latency_s`` is how long an error takes (real providers refuse fast;
+default ``latency_s``), ``retry_after_s=None`` sends 429s without Retry-After, and ``down``
+answers every request 503 (an outage). ``statuses`` is every answer's (arrival time, status).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -40,10 +47,22 @@ class FakeOpenAI:
     scorer: Scorer | None = None
     latency_s: float = 0.0
     timeout_sleep_s: float = 3.0
-    retry_after_s: float = 0.2
+    retry_after_s: float | None = 0.2
     reject_json_schema: bool = False
+    # A server that validates response_format as OpenAI does: JSON mode takes no "schema" key
+    # (without it, an extra key is ignored, as many OpenAI-compatible servers do).
+    reject_object_schema: bool = False
+    # Requests whose messages contain this text are answered with malformed JSON, the repair
+    # request included (one evaluation failing its schema, whatever the order of the requests).
+    malformed_for: str | None = None
     script: deque[str] = field(default_factory=deque)
+    error_rate: float = 0.0
+    error_actions: tuple[str, ...] = ("429", "500")
+    error_latency_s: float | None = None
+    down: bool = False
+    seed: int = 16
     requests: list[Recorded] = field(default_factory=list)
+    statuses: list[tuple[float, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -57,9 +76,29 @@ class FakeOpenAI:
         with self.lock:
             self.in_flight -= 1
 
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
     def next_action(self) -> str:
         with self.lock:
-            return self.script.popleft() if self.script else "ok"
+            if self.down:
+                return "503"
+            if self.script:
+                return self.script.popleft()
+            if self.error_rate and self._rng.random() < self.error_rate:
+                return self._rng.choice(self.error_actions)
+            return "ok"
+
+    def answered(self, at: float, status: int) -> None:
+        with self.lock:
+            self.statuses.append((at, status))
+
+    def reset(self) -> None:
+        """Forget the requests and answers so far (between runs against one server)."""
+        with self.lock:
+            self.requests.clear()
+            self.statuses.clear()
+            self.max_in_flight = 0
 
     def record(self, body: dict[str, Any]) -> None:
         with self.lock:
@@ -141,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self.server.fake.answered(time.time(), status)
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -161,8 +201,16 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         fake.record(body)
-        if fake.latency_s:
-            time.sleep(fake.latency_s)
+        action = "ok" if self.path.endswith("/embeddings") else fake.next_action()
+        if fake.malformed_for and any(
+            fake.malformed_for in str(m.get("content")) for m in body.get("messages", [])
+        ):
+            action = "malformed"
+        delay = fake.latency_s
+        if action in ("429", "500", "503") and fake.error_latency_s is not None:
+            delay = fake.error_latency_s
+        if delay:
+            time.sleep(delay)
         if self.path.endswith("/embeddings"):
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             data = [
@@ -179,13 +227,14 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        action = fake.next_action()
         if action == "429":
-            error = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
-            self._send(429, error, {"Retry-After": str(fake.retry_after_s)})
+            refusal = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
+            wait = {} if fake.retry_after_s is None else {"Retry-After": str(fake.retry_after_s)}
+            self._send(429, refusal, wait)
             return
-        if action == "500":
-            self._send(500, {"error": {"message": "internal error", "type": "server_error"}})
+        if action in ("500", "503"):
+            failure = {"error": {"message": "internal error", "type": "server_error"}}
+            self._send(int(action), failure)
             return
         if action == "timeout":
             time.sleep(fake.timeout_sleep_s)
@@ -195,6 +244,16 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             message = "Invalid parameter: response_format of type 'json_schema' is not supported"
             self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
+            return
+        response_format = body.get("response_format") or {}
+        if fake.reject_object_schema and "schema" in response_format:
+            message = "Unknown parameter: 'response_format.schema'."
+            error = {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": "unknown_parameter",
+            }
+            self._send(400, {"error": error})
             return
         answer = answer_for(body, fake.scorer)
         if not body.get("response_format") and not answer:  # a plain chat request, not a judge

@@ -25,7 +25,8 @@ from evaluator.models import SampleDecision, Score, ScoreStatus, Trace
 from evaluator.review import ReviewRouter
 from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings, get_settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord
 
 main_thread_timer = pytest.mark.timeout(60, method="thread")
 

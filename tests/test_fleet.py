@@ -26,8 +26,9 @@ from evaluator.constants import (
 )
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
 from evaluator.stats import fleet_stats
+from evaluator.store.tables import ScoreRecord, TraceRecord
 from evaluator.streams import group_info
 
 UNACKED = f"{UNACKED_PREFIX}{HEURISTICS_QUEUE}"  # heuristics workers' record of taken tasks

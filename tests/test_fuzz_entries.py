@@ -34,7 +34,8 @@ from evaluator.review import ReviewRouter
 from evaluator.sampler import Sampler
 from evaluator.scoring import ScoringContext, run_heuristics
 from evaluator.settings import Settings
-from evaluator.sinks.sql import LedgerRecord, ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import LedgerRecord, ScoreRecord, TraceRecord
 from evaluator.streams import group_info
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import fleet_env, make_trace
 
 from evaluator.golden import DatasetError, GoldenExample, export, read_any, read_examples
-from evaluator.ledger import LedgerState, inclusion_probabilities, ledger_row
+from evaluator.ledger import LedgerState, inclusion_probabilities, ledger_row, write_rows
 from evaluator.models import ReviewLabel, Verdict
 from evaluator.sinks.sql import SQLStore
 
@@ -59,8 +59,9 @@ def test_export_dedups_by_trace_newest_wins_and_is_stable(sqlite_url: str, tmp_p
     assert path.read_bytes() == before  # stable: a re-export changes nothing
     # The ledger knows how likely the sampler was to send t-000001 to the judge: kept with it.
     now = datetime.now(UTC)
-    store.write_ledger(
-        [ledger_row("t-000001", "groundedness", "1.0.0", LedgerState.DONE, now, inclusion=0.25)]
+    write_rows(
+        store,
+        [ledger_row("t-000001", "groundedness", "1.0.0", LedgerState.DONE, now, inclusion=0.25)],
     )
     labels = store.labels("groundedness")
     inclusion = inclusion_probabilities(store, "groundedness", [lb.trace_id for lb in labels])
@@ -173,3 +174,32 @@ def test_few_shot_examples_come_fenced_disagreements_first(tmp_path: Path) -> No
     ]
     assert "Human verdict: pass (checked)" in user
     assert user.index("answer number 4") < user.index("</untrusted-data>")
+
+
+def test_an_examples_source_follows_it_through_the_store() -> None:
+    reviewed = GoldenExample.from_label(label(1, Verdict.PASS, T0))
+    assert reviewed.source is None and reviewed.dataset == "review"  # the review queue
+    imported = reviewed.model_copy(update={"source": "halueval_qa#halueval-qa-7"})
+    stored = imported.to_label("groundedness", "import:file.jsonl")
+    assert stored.source == "halueval_qa#halueval-qa-7"  # its own provenance wins
+    assert GoldenExample.from_label(stored).source == "halueval_qa#halueval-qa-7"
+    assert reviewed.to_label("groundedness", "import:file.jsonl").source == "import:file.jsonl"
+    assert imported.dataset == "halueval_qa"
+
+
+def test_golden_files_are_the_judges_own_and_the_sets_beside_it(tmp_path: Path) -> None:
+    from evaluator.golden import golden_files, read_golden, write_examples
+
+    first = GoldenExample.from_label(label(1, Verdict.PASS, T0))
+    newer = GoldenExample.from_label(label(1, Verdict.FAIL, T0 + timedelta(days=1)))
+    write_examples(tmp_path / "groundedness.public.jsonl", [newer])
+    assert golden_files("groundedness", tmp_path) == [tmp_path / "groundedness.public.jsonl"]
+    write_examples(tmp_path / "groundedness.jsonl", [first])
+    write_examples(tmp_path / "groundedness_v2.jsonl", [first])  # another judge's file
+    assert [p.name for p in golden_files("groundedness", tmp_path)] == [
+        "groundedness.jsonl",
+        "groundedness.public.jsonl",
+    ]
+    [merged] = read_golden("groundedness", tmp_path)  # one per trace, the newest label
+    assert merged.verdict is Verdict.FAIL
+    assert golden_files("groundedness", tmp_path / "absent") == []

@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 from evaluator.constants import DEAD_STREAM
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord, TraceRecord
 
 
 def _hostile() -> dict[str, dict[str, Any]]:

@@ -63,11 +63,20 @@ def test_otel_current_conventions_with_retrieval() -> None:
         "user_id": "u-7",
         "service": "support-bot",
     }
+    # The conversation as the app sent it, in OpenAI chat format; one generation is no trajectory.
+    assert rag.session_id == "sess-42" and rag.steps is None
+    assert rag.messages is not None
+    assert [(m.role, m.text) for m in rag.messages] == [
+        ("system", "You are a support assistant."),
+        ("user", "How do I rotate my API key?"),
+        ("assistant", "Open Settings > Security > API keys and click Rotate."),
+    ]
 
 
 def test_otel_legacy_conventions_and_errors() -> None:
     traces = {t.trace_id: t for t in read_otlp(DATA / "otel_genai_export.json")}
     legacy = traces["6c9f0008a9149214e37ac744924ad71d"]
+    assert (legacy.session_id, legacy.messages, legacy.steps) == (None, None, None)
     assert legacy.input == "Summarise the outage report."
     assert legacy.output == "The outage started at 09:12 when"
     assert legacy.finish_reason == "length"

@@ -56,6 +56,17 @@ def test_server_errors_are_transient(code: int) -> None:
     assert isinstance(verdict, Transient) and verdict.reason == "InternalServerError: down"
 
 
+def test_a_validation_error_about_response_format_is_no_outage() -> None:
+    # llama-cpp-python's answer to json_schema: its request validation wrapped in a 500.
+    refused = "1 validation error: ('body', 'response_format', 'type') literal_error"
+    for code in (500, 422):
+        verdict = classify(status_error(code, refused))
+        assert isinstance(verdict, SchemaUnsupported), (code, verdict)
+    # A 500 that only mentions response_format in passing is still an outage.
+    verdict = classify(status_error(500, "upstream failed while applying response_format"))
+    assert isinstance(verdict, Transient)
+
+
 def test_transport_errors_are_transient() -> None:
     timeout = classify(openai.APITimeoutError(request=REQUEST))
     refused = classify(openai.APIConnectionError(message="refused", request=REQUEST))

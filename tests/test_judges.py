@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import redis
 from helpers import make_trace
 from openai_server import OpenAIServer
 
-from evaluator.evaluators.judge import JudgeResult, run_judgements
+from evaluator.evaluators.judge import JudgeLoop, JudgeResult, run_judgements
+from evaluator.evaluators.judge_client import DEFER_ATTEMPTS_USED_UP, DEFER_OPEN
 from evaluator.judges import (
     FENCE_CLOSE,
     JudgeFileError,
@@ -163,12 +165,27 @@ def test_falls_back_to_json_object_when_json_schema_is_unsupported(
 ) -> None:
     server.fake.reject_json_schema = True
     result = judge(settings, "answer_relevance", make_trace(1, output="[[score=0.8]]"))
-    assert result.call["mode"] == "json_object"
+    # JSON mode carrying the schema first: a server that constrains output by it uses it.
+    assert result.call["mode"] == "schema_in_object"
     assert [r.body["response_format"]["type"] for r in server.fake.requests] == [
         "json_schema",
         "json_object",
     ]
+    assert "schema" in server.fake.requests[1].body["response_format"]
     assert "The JSON schema of your reply" in server.fake.requests[1].body["messages"][0]["content"]
+    assert [s.value for s in result.scores] == [0.8]
+
+
+def test_falls_back_to_plain_json_mode_when_json_mode_takes_no_schema(
+    settings: Settings, server: OpenAIServer
+) -> None:
+    server.fake.reject_json_schema = True
+    server.fake.reject_object_schema = True
+    result = judge(settings, "answer_relevance", make_trace(1, output="[[score=0.8]]"))
+    assert result.call["mode"] == "json_object"
+    formats = [r.body["response_format"] for r in server.fake.requests]
+    assert [f["type"] for f in formats] == ["json_schema", "json_object", "json_object"]
+    assert "schema" not in formats[2]
     assert [s.value for s in result.scores] == [0.8]
 
 
@@ -212,16 +229,19 @@ def test_endpoint_down_defers_and_opens_the_circuit(
     settings: Settings, server: OpenAIServer
 ) -> None:
     server.fake.script.extend(["500"] * 50)
+    settings = settings.model_copy(update={"judge_breaker_min_calls": 8})
     first = judge(settings, "answer_relevance", make_trace(1))
     assert first.deferred and first.scores == [] and first.call["status"] == "deferred"
+    assert first.defer_reason == DEFER_ATTEMPTS_USED_UP and first.defer_s == 0
     assert len(server.fake.requests) == settings.judge_max_attempts == 4
-    # The 5th failure in a row (default judge_circuit_failures) opens the fleet-wide circuit...
+    # 4 failed calls are fewer than the breaker's minimum: it stays closed.
     second = judge(settings, "answer_relevance", make_trace(2))
-    assert second.deferred and len(server.fake.requests) == 5
-    # ...and while it is open, evaluations wait without calling the endpoint at all.
+    assert second.deferred and len(server.fake.requests) == 8
+    # The 8th answered call, all failures, opened it: evaluations wait without calling at all.
     third = judge(settings, "answer_relevance", make_trace(3))
-    assert third.deferred and 0 < third.defer_s <= settings.judge_circuit_open_s
-    assert len(server.fake.requests) == 5
+    assert third.deferred and third.defer_reason == DEFER_OPEN
+    assert 0 < third.defer_s <= settings.judge_breaker_open_s * 1.25
+    assert len(server.fake.requests) == 8
 
 
 def test_rate_limiter_spaces_calls(settings: Settings, server: OpenAIServer) -> None:
@@ -330,3 +350,24 @@ def test_backfill_calls_keep_to_their_share_of_the_rate_limit(
     backfill_s, live_s = asyncio.run(both())
     assert backfill_s >= 1.8, backfill_s  # 20 calls after the burst at 10/s
     assert live_s < 0.5, live_s
+
+
+def test_the_judge_loop_silences_per_request_http_logs(settings: Settings) -> None:
+    """httpx logs a line per request at INFO (thousands a minute in a judge worker): the judge
+    worker's loop puts the HTTP client loggers at WARNING, unless the worker logs at DEBUG."""
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        JudgeLoop(settings)
+        assert all(
+            logging.getLogger(name).getEffectiveLevel() == logging.WARNING
+            for name in ("httpx", "httpcore", "openai")
+        )
+        root.setLevel(logging.DEBUG)
+        JudgeLoop(settings)
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.DEBUG
+    finally:
+        root.setLevel(before)
+        for name in ("httpx", "httpcore", "openai"):
+            logging.getLogger(name).setLevel(logging.NOTSET)

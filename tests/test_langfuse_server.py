@@ -172,3 +172,39 @@ def test_wrong_keys_and_paths(langfuse: FakeLangfuse) -> None:
     assert httpx.post(langfuse.url + "/api/public/ingestion", json={"batch": []}).status_code == 401
     assert httpx.get(langfuse.url + "/api/public/ingestion", headers=AUTH).status_code == 405
     assert post(langfuse, "/langfuse/api/public/ingestion", {"batch": []}).status_code == 404
+
+
+# The ingestion route's 207 body as the real server builds it (aggregateBatchResult in
+# packages/shared/src/server/ingestion/processEventBatch.ts of langfuse/langfuse): keys and
+# fixed values of each kind of entry. ``error`` of a 400 is zod's message (any text).
+REAL_SUCCESS = {"id": str, "status": 201}
+REAL_ERRORS = {
+    400: {"id": str, "status": 400, "message": "Invalid request data", "error": str},
+    500: {"id": str, "status": 500, "error": "Internal Server Error"},
+}
+
+
+def shaped_like(entry: dict[str, Any], real: dict[str, Any]) -> bool:
+    if set(entry) != set(real):
+        return False
+    return all(
+        isinstance(entry[k], v) if isinstance(v, type) else entry[k] == v for k, v in real.items()
+    )
+
+
+def test_the_ingestion_207_body_has_the_real_servers_shape(langfuse: FakeLangfuse) -> None:
+    langfuse.fail_items = 1  # the first valid event fails on the server's side
+    answer = ingest(
+        langfuse, score(id="blinked"), score(id="ok-1"), score(id="bad", dataType="BOOLEAN")
+    )
+    assert set(answer) == {"successes", "errors"}
+    assert [s["id"] for s in answer["successes"]] == ["e-1"]
+    assert all(shaped_like(s, REAL_SUCCESS) for s in answer["successes"])
+    by_status = {e["status"]: e for e in answer["errors"]}
+    assert set(by_status) == {400, 500}
+    assert by_status[400]["id"] == "e-2" and shaped_like(by_status[400], REAL_ERRORS[400])
+    assert by_status[500]["id"] == "e-0" and shaped_like(by_status[500], REAL_ERRORS[500])
+    assert set(langfuse.scores) == {"ok-1"}  # a failed event is not stored
+    # Sent again, the transient one is taken.
+    assert ingest(langfuse, score(id="blinked"))["errors"] == []
+    assert set(langfuse.scores) == {"ok-1", "blinked"}

@@ -32,12 +32,14 @@ from evaluator.ledger import (
     redrive,
     rows_for_trace,
     summary,
+    write_rows,
 )
 from evaluator.models import SampleDecision
 from evaluator.review import ReviewRouter
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import LedgerRecord, ScoreRecord, SQLStore
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import LedgerRecord, ScoreRecord
 
 JUDGES = dict(load_judges(default_judges_dir()))
 RELEVANCE = JUDGES["answer_relevance"]
@@ -61,7 +63,6 @@ def judge_settings(server: OpenAIServer, redis_url: str, **extra: Any) -> Settin
         judge_backoff_base_s=0.01,
         judge_backoff_max_s=0.05,
         judge_max_attempts=3,
-        judge_circuit_failures=1000,
         **extra,
     )
 
@@ -152,7 +153,7 @@ def test_rows_only_move_forward(store: SQLStore) -> None:
     now = datetime.now(UTC)
 
     def write(state: LedgerState, attempt: int) -> str:
-        store.write_ledger([ledger_row("t1", "j", "1", state, now, attempt=attempt)])
+        write_rows(store, [ledger_row("t1", "j", "1", state, now, attempt=attempt)])
         return state_of(store, "t1", "j").state
 
     assert write(LedgerState.RUNNING, 1) == "running"
@@ -290,12 +291,13 @@ def test_prune_drops_old_settled_rows_and_payloads_not_open_rows(store: SQLStore
     settings = Settings(ledger_retention_s=3600, trace_retention_s=7200)
     now = datetime.now(UTC)
     old = now - timedelta(hours=3)
-    store.write_ledger(
+    write_rows(
+        store,
         [
             ledger_row("t1", "safety", "2", LedgerState.DONE, old),
             ledger_row("t2", "safety", "2", LedgerState.QUEUED, old, attempt=1),
             ledger_row("t3", "safety", "2", LedgerState.DONE, now),
-        ]
+        ],
     )
     payload = {"trace_id": "t1", "tenant": None, "prompt_version": None, "payload": "{}"}
     store.write_batch([], [], [], payloads=[{**payload, "published_at": old}])
@@ -311,12 +313,13 @@ def test_ledger_cli(
     store = sqlite_store
     monkeypatch.setenv("EVALFLEET_DATABASE_URL", sqlite_url)
     now = datetime.now(UTC)
-    store.write_ledger(
+    write_rows(
+        store,
         [
             ledger_row("t1", "groundedness", "3", LedgerState.DONE, now),
             ledger_row("t1", "safety", "2", LedgerState.OVER_BUDGET, now, reason="fleet spent"),
             ledger_row("t2", "groundedness", "3", LedgerState.SAMPLED_OUT, now),
-        ]
+        ],
     )
     runner = CliRunner()
     shown = runner.invoke(app, ["ledger", "--trace", "t1"], env={"COLUMNS": "200"})
@@ -385,3 +388,35 @@ def test_workers_killed_at_random_every_row_ends_terminal(
     judged = states["answer_relevance"]
     assert set(judged) <= {"done", "sampled_out"}, unsettled
     assert judged.get("done", 0) > 0
+
+
+def test_reaper_does_not_count_deferrals_as_dispatches(
+    store: SQLStore, redis_client: redis.Redis, redis_url: str, server: OpenAIServer
+) -> None:
+    # A judge worker killed after deferring an evaluation many times (each deferral bumps the
+    # attempt): the reaper re-dispatches it, because it dispatched it only once so far.
+    settings = judge_settings(server, redis_url, ledger_max_dispatches=2)
+    ctx = context(store, redis_client, settings)
+    decision = SampleDecision(
+        judge=True, rate=1.0, judges=["answer_relevance"], inclusion={"answer_relevance": 1.0}
+    )
+    entry = {"id": f"{int(time.time() * 1000)}-0", "trace": make_trace(1).model_dump_json(),
+             "decision": decision.model_dump()}  # fmt: skip
+    score_batch([entry], ctx)
+    version = JUDGES["answer_relevance"].version
+    now = datetime.now(UTC)
+    deferred = ledger_row(
+        "t-000001", "answer_relevance", version, LedgerState.RETRYING, now,
+        attempt=7, reason="429 from the provider", deadline_at=now,
+    )  # fmt: skip
+    write_rows(store, [deferred])
+    sent: list[tuple[list[dict[str, Any]], str | None]] = []
+    later = now + timedelta(seconds=1)
+    counts = reap(store, JUDGES, settings, lambda e, r: sent.append((e, r)), now=later)
+    assert (counts.redispatched, counts.failed) == (1, 0)
+    row = state_of(store, "t-000001")
+    assert (row.state, row.attempt, row.dispatches) == ("queued", 8, 2)
+    # The next time it is stuck, it has used up its two dispatches.
+    even_later = later + timedelta(seconds=settings.ledger_queued_deadline_s + 1)
+    counts = reap(store, JUDGES, settings, lambda e, r: sent.append((e, r)), now=even_later)
+    assert counts.failed == 1 and "after 2 dispatches" in counts.reasons[0]

@@ -27,7 +27,8 @@ from evaluator.constants import TRACES_STREAM
 from evaluator.embedded import free_port
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
-from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import TraceRecord
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
 KEYS = {"ts", "level", "logger", "message", "process", "pid"}

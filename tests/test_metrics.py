@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from evaluator.embedded import free_port
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
-from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import TraceRecord
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
 

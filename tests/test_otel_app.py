@@ -24,7 +24,8 @@ from evaluator.embedded import free_port
 from evaluator.ingest.receiver import create_receiver_app
 from evaluator.models import Trace
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord, TraceRecord
 
 pytest.importorskip("opentelemetry.instrumentation.openai_v2")
 

@@ -714,3 +714,33 @@ def test_finish_reason_and_response_id() -> None:
     assert "response_id" not in both.metadata
     identified = trace({**messages, "gen_ai.response.id": "chatcmpl-42"})
     assert identified.metadata["response_id"] == "chatcmpl-42"
+
+
+def test_with_a_token_every_route_needs_it_but_the_probes(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """Enumerated from the app's routes, so a route added without the token check fails here;
+    without a token configured the receiver is open (README, the OTLP receiver's section)."""
+    from helpers import http_get
+
+    from evaluator.embedded import free_port
+
+    port = free_port()
+    guarded = settings.model_copy(update={"otlp_token": SecretStr("s3cret"), "metrics_port": port})
+    probes = {"/healthz", "/readyz"}
+    with TestClient(create_receiver_app(redis_client, guarded, flush=False)) as client:
+        paths = set()
+        for route in client.app.routes:  # type: ignore[attr-defined]
+            paths.add(route.path)
+            for method in sorted(route.methods):
+                answer = client.request(method, route.path, content=export([]), headers=PROTOBUF)
+                if route.path in probes:
+                    assert answer.status_code in (200, 503), (method, route.path)
+                else:
+                    assert answer.status_code == 401, (method, route.path, answer.status_code)
+        assert {"/v1/traces", "/v1/logs", "/metrics"} | probes <= paths
+        authorised = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert authorised.status_code == 200 and "evalfleet_otlp_requests_total" in authorised.text
+        status, body = http_get(port, "/metrics")  # Prometheus' port: no token
+        assert status == 200 and "evalfleet_otlp_requests_total" in body
+    assert http_get(port, "/metrics", timeout=1)[0] == 0  # stopped with the app

@@ -42,7 +42,8 @@ from evaluator.constants import DEAD_STREAM, TRACE_FIELD, TRACES_STREAM
 from evaluator.embedded import free_port
 from evaluator.health import Backoff, Readiness, serve
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord, TraceRecord
 
 FleetFactory = Callable[[dict[str, str]], Fleet]
 CHECKS_PER_TRACE = 7  # text RAG trace: every heuristic but JSON validity and forbidden phrases

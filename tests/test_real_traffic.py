@@ -25,7 +25,8 @@ from evaluator.review.routing import republish_unrouted
 from evaluator.sampler import Sampler
 from evaluator.scoring import ScoringContext, run_batch, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import LedgerRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import LedgerRecord, TraceRecord
 from evaluator.streams import group_info
 
 BASE = {"trace_id": "t-1", "output": "fine"}

@@ -30,7 +30,8 @@ from evaluator.models import ReviewLabel, SampleDecision, Verdict
 from evaluator.review import ReviewRouter
 from evaluator.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore, TracePayloadRecord, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord, TracePayloadRecord, TraceRecord
 from evaluator.timeparse import parse_since
 
 JUDGES = dict(load_judges(default_judges_dir()))

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from test_review_queue import review_item, seed
 
 from evaluator.models import ReviewItem
-from evaluator.review.api import COOKIE, MAX_BODY_BYTES, SESSION_S, create_app, session_cookie
+from evaluator.review.api import COOKIE, create_app, session_cookie
 from evaluator.review.queue import ReviewQueue
 from evaluator.settings import ReviewerAccess, Settings
 from evaluator.sinks.sql import SQLStore
@@ -113,12 +113,12 @@ def test_claim_label_flow_and_conflicts(items: tuple[TestClient, list[ReviewItem
     assert client.get("/api/items/nope", headers=ANA).status_code == 404
     bad = client.post(f"/api/items/{claimed['id']}/label", json={"verdict": "maybe"}, headers=ANA)
     assert bad.status_code == 422
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=ANA).json()
     assert {"/api/claim", "/api/items/{item_id}/label", "/api/queues"} <= set(spec["paths"])
     assert client.get("/healthz").text == "ok\n"
     assert (
         'evalfleet_review_labelled_total{evaluator="groundedness",verdict="fail"}'
-        in client.get("/metrics").text
+        in client.get("/metrics", headers=ANA).text
     )
 
 
@@ -141,16 +141,19 @@ def test_the_login_cookie_is_not_the_token_and_signs_the_page_in(
     cookie = client.cookies[COOKIE]
     assert "tok-ana" not in set_cookie and cookie != "tok-ana"
     assert "HttpOnly" in set_cookie and "samesite=strict" in set_cookie.lower()
-    assert f"Max-Age={SESSION_S}" in set_cookie and "Secure" not in set_cookie  # plain http
+    assert (
+        f"Max-Age={Settings().review_session_s}" in set_cookie and "Secure" not in set_cookie
+    )  # plain http
     page = client.get("/review")
     assert page.status_code == 200 and "ana" in page.text
     assert client.get("/api/queues").status_code == 200  # the cookie works for the API too
     # The raw token, an expired session or a tampered one are no cookies.
     settings = client.app.state.settings  # type: ignore[attr-defined]
-    expired = session_cookie(settings, "tok-ana", now=time.time() - SESSION_S - 1)
+    expired = session_cookie(settings, "tok-ana", now=time.time() - settings.review_session_s - 1)
     expires, _, signature = cookie.partition(".")
     later = f"{int(expires) + 3600}.{signature}"
-    for forged in ("tok-ana", expired, later, f"{expires}.{signature[:-1]}0", "."):
+    tampered = f"{expires}.{signature[:-1]}{'1' if signature.endswith('0') else '0'}"
+    for forged in ("tok-ana", expired, later, tampered, "."):
         client.cookies.clear()
         client.cookies.set(COOKIE, forged)
         assert client.get("/review").status_code == 401, forged
@@ -227,7 +230,8 @@ def test_request_bodies_are_capped(items: tuple[TestClient, list[ReviewItem]]) -
     megabyte = b'{"n": 1, "evaluator": "' + b"x" * 1024 * 1024 + b'"}'
     json_type = {"Content-Type": "application/json"}
     answer = client.post("/api/claim", content=megabyte, headers={**ANA, **json_type})
-    assert answer.status_code == 413 and str(MAX_BODY_BYTES) in answer.json()["detail"]
+    limit = Settings().review_max_body_bytes
+    assert answer.status_code == 413 and str(limit) in answer.json()["detail"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes received are counted
         yield megabyte
@@ -237,3 +241,100 @@ def test_request_bodies_are_capped(items: tuple[TestClient, list[ReviewItem]]) -
     login = client.post("/review/login", data={"token": "t" * 100_000})
     assert login.status_code == 413
     assert client.post("/api/claim", json={"n": 1}, headers=ANA).status_code == 200
+
+
+# Open without a token, by decision (README, "Human review"): the probes, which Kubernetes sends
+# without one, and the sign-in form, which is where a token is given.
+OPEN_ROUTES = {"/healthz", "/readyz", "/review/login"}
+
+
+def test_every_route_needs_a_token_but_the_probes_and_the_sign_in(
+    items: tuple[TestClient, list[ReviewItem]],
+) -> None:
+    """Enumerated from the app's routes, so a route added without the token check fails here."""
+    client, seeded = items
+    paths: set[str] = set()
+    for route in client.app.routes:  # type: ignore[attr-defined]
+        path_template: str = route.path
+        path = path_template.replace("{item_id}", seeded[0].id).replace("{action}", "release")
+        assert "{" not in path, f"{path_template}: give its parameter a value in this test"
+        paths.add(path_template)
+        for method in sorted(route.methods):
+            client.app.state.throttle.clear()  # type: ignore[attr-defined]
+            answer = client.request(method, path, follow_redirects=False)
+            if path_template in OPEN_ROUTES:
+                assert answer.status_code != 401, (method, path_template)
+            else:
+                assert answer.status_code == 401, (method, path_template, answer.status_code)
+                assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert {"/docs", "/redoc", "/openapi.json", "/metrics", "/api/claim"} <= paths
+    assert paths >= OPEN_ROUTES
+
+
+def test_the_documentation_opens_with_a_token_or_the_pages_cookie(
+    items: tuple[TestClient, list[ReviewItem]],
+) -> None:
+    client, _ = items
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path, headers=ANA).status_code == 200, path
+    spec = client.get("/openapi.json", headers=ANA).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    client.post("/review/login", data={"token": "tok-ana"}, follow_redirects=False)
+    docs = client.get("/docs")  # Swagger UI fetches /openapi.json with the same cookie
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert client.get("/openapi.json").json()["info"]["title"] == "Evalfleet review"
+
+
+def test_metrics_are_served_without_a_token_on_the_metrics_port_only(
+    sqlite_url: str, redis_client: redis.Redis
+) -> None:
+    from helpers import http_get
+
+    from evaluator.embedded import free_port
+
+    port = free_port()
+    store = SQLStore(sqlite_url)
+    settings = Settings(reviewer_tokens=TOKENS, metrics_port=port)
+    app = create_app(ReviewQueue(redis_client, store, lease_s=60), settings)
+    try:
+        with TestClient(app) as client:
+            assert client.get("/metrics").status_code == 401
+            status, body = http_get(port, "/metrics")
+            assert status == 200 and "evalfleet_dependency_up" in body
+            assert http_get(port, "/healthz") == (200, "ok\n")
+        assert http_get(port, "/metrics", timeout=1)[0] == 0  # stopped with the app
+    finally:
+        store.close()
+
+
+def test_the_limits_come_from_the_settings(sqlite_url: str, redis_client: redis.Redis) -> None:
+    store = SQLStore(sqlite_url)
+    seed(store, redis_client, [review_item(1)])
+    settings = Settings(
+        reviewer_tokens=TOKENS,
+        review_max_body_bytes=2048,
+        review_session_s=120,
+        review_max_failures=2,
+        review_failure_window_s=30,
+    )
+    app = create_app(ReviewQueue(redis_client, store, lease_s=60), settings)
+    try:
+        with TestClient(app) as client:
+            over = {"n": 1, "evaluator": "x" * 2048}
+            assert client.post("/api/claim", json=over, headers=ANA).status_code == 413
+            assert client.post("/api/claim", json={"n": 1}, headers=ANA).status_code == 200
+            signed_in = client.post("/review/login", data={"token": "tok-ana"})
+            assert "Max-Age=120" in signed_in.history[0].headers["set-cookie"]
+            client.cookies.clear()
+            for _ in range(2):
+                assert client.post("/review/login", data={"token": "nope"}).status_code == 401
+            refused = client.post("/review/login", data={"token": "nope"})
+            assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 30
+    finally:
+        store.close()
+
+
+def test_item_ids_in_paths_are_capped(items: tuple[TestClient, list[ReviewItem]]) -> None:
+    client, _ = items
+    assert client.get(f"/api/items/{'a' * 128}", headers=ANA).status_code == 404
+    assert client.get(f"/api/items/{'a' * 129}", headers=ANA).status_code == 422

@@ -25,7 +25,8 @@ from evaluator.models import SampleDecision, Score, ScoreStatus
 from evaluator.review import ReviewRouter
 from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ScoreRecord, SQLStore
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ScoreRecord
 
 CATASTROPHIC = {"type": "string", "pattern": "^(a+)+$"}
 # What the trace carried: Python's re needs ~2**46 steps to reject it.

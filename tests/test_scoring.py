@@ -17,7 +17,8 @@ from evaluator.review import (
 )
 from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
-from evaluator.sinks.sql import ReviewItemRecord, ScoreRecord, SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ReviewItemRecord, ScoreRecord, TraceRecord
 
 
 def entries(traces: list[tuple[str, object]]) -> list[dict[str, object]]:

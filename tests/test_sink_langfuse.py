@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -27,9 +28,11 @@ from evaluator.review import ReviewRouter
 from evaluator.review.queue import ReviewQueue
 from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
+from evaluator.sinks.base import SinkUnavailable
 from evaluator.sinks.langfuse import LangfuseSettings, LangfuseSink
 from evaluator.sinks.outbox import SinkRelay, outbox_rows
-from evaluator.sinks.sql import OutboxRecord, ScoreRecord, SQLStore
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import OutboxRecord, ScoreRecord
 
 
 @pytest.fixture
@@ -336,10 +339,12 @@ def test_a_failed_request_does_not_resend_the_accepted_part_of_the_batch(
     store.write_batch([], [], [], [], outbox_rows([sink], scores, traces, datetime.now(UTC)))
     langfuse.fail_after, langfuse.fail_next = 1, 1  # the batch's second request fails
     relay = SinkRelay(store, [sink], batch_size=20, backoff_base_s=0.01, backoff_max_s=0.05)
-    assert relay.drain_once() == 20 and outbox_statuses(store) == {"pending": 20}
+    assert relay.drain_once() == 20
+    first = {s["id"] for s in langfuse.score_posts()[0].body}
+    # What the server answered is settled at once; the rest of the batch waits for its retry.
+    assert outbox_statuses(store) == {"delivered": len(first), "pending": 20 - len(first)}
     drain_until_idle(relay)
     assert len(langfuse.scores) == 20 and outbox_statuses(store) == {"delivered": 20}
-    first = {s["id"] for s in langfuse.score_posts()[0].body}
     counts = sent_ids(langfuse)
     assert first and all(counts[score_id] == 1 for score_id in first)  # accepted: not re-sent
     sink.close()
@@ -482,4 +487,127 @@ def test_fleet_with_relay_delivers_every_score(
     assert all(
         s["observationId"] == f"obs-{int(s['traceId'][2:])}" for s in langfuse.scores.values()
     )
+    store.close()
+
+
+def outbox_rows_by_status(store: SQLStore, status: str) -> list[OutboxRecord]:
+    with Session(store.engine) as session:
+        return list(session.exec(select(OutboxRecord).where(OutboxRecord.status == status)).all())
+
+
+def write_scores(
+    store: SQLStore, sink: LangfuseSink, n: int, refused_every: int = 0
+) -> list[Score]:
+    """``n`` scores on ``n`` traces; every ``refused_every``-th one is named "refused"."""
+    traces = {f"t-{i}": make_trace(i, trace_id=f"t-{i}") for i in range(n)}
+    scores = [
+        Score.for_trace(
+            f"t-{i}",
+            "refused" if refused_every and i % refused_every == 0 else "judge",
+            "1",
+            "x",
+            value=0.5,
+        )
+        for i in range(n)
+    ]
+    store.write_batch([], [], [], [], outbox_rows([sink], scores, traces, datetime.now(UTC)))
+    return scores
+
+
+def test_refused_scores_cost_no_extra_sends(
+    database_url: str, langfuse: FakeLangfuse, sink: LangfuseSink
+) -> None:
+    """10 % of the scores refused by the server: each score is sent once, the refused ones are
+    rejected with the server's message, and no request is spent finding them."""
+    langfuse.reject_names = {"refused.x"}
+    store = SQLStore(Settings(database_url=database_url).sqlalchemy_url)
+    write_scores(store, sink, 200, refused_every=10)
+    relay = SinkRelay(store, [sink], batch_size=200)
+    drain_until_idle(relay)
+    assert outbox_statuses(store) == {"delivered": 180, "rejected": 20}
+    rejected = outbox_rows_by_status(store, "rejected")
+    assert all((r.last_error or "").startswith("HTTP 400: Invalid request data") for r in rejected)
+    assert all("score refused.x refused (injected)" in (r.last_error or "") for r in rejected)
+    sends = sum(sent_ids(langfuse).values())
+    assert sends / len(langfuse.scores) <= 1.2  # 200 sends for 180 scores
+    assert set(sent_ids(langfuse).values()) == {1} and len(langfuse.score_posts()) == 1
+    store.close()
+
+
+def test_transient_item_errors_are_retried_and_never_rejected(
+    database_url: str, langfuse: FakeLangfuse, sink: LangfuseSink
+) -> None:
+    """A 207 whose entries say 500 for some events (the server's storage blinked): those rows
+    stay pending with the reason and are delivered on a later attempt; the accepted rest of the
+    batch is delivered at once and not sent again; refused ones are rejected."""
+    langfuse.reject_names = {"refused.x"}
+    langfuse.fail_items = 5
+    store = SQLStore(Settings(database_url=database_url).sqlalchemy_url)
+    write_scores(store, sink, 50, refused_every=10)
+    relay = SinkRelay(store, [sink], batch_size=50, backoff_base_s=0.5, backoff_max_s=1.0)
+    transient_before = REGISTRY.get_sample_value(
+        "evalfleet_sink_transient_items_total", {"sink": "langfuse"}
+    )
+    assert relay.drain_once() == 50
+    assert outbox_statuses(store) == {"delivered": 40, "rejected": 5, "pending": 5}
+    waiting = outbox_rows_by_status(store, "pending")
+    assert all(r.attempts == 1 for r in waiting)
+    assert all(r.last_error == "HTTP 500: Internal Server Error" for r in waiting)
+    assert relay.drain_once() == 0  # they wait their backoff, not retried in a hot loop
+    counts = relay.counts["langfuse"]
+    assert (counts.delivered, counts.rejected, counts.transient) == (40, 5, 5)
+    transient_now = REGISTRY.get_sample_value(
+        "evalfleet_sink_transient_items_total", {"sink": "langfuse"}
+    )
+    assert (transient_now or 0) - (transient_before or 0) == 5
+    drain_until_idle(relay)
+    assert outbox_statuses(store) == {"delivered": 45, "rejected": 5}
+    assert len(langfuse.scores) == 45
+    waited = {json.loads(r.payload)["id"] for r in waiting}
+    assert waited <= set(langfuse.scores)  # delivered, never rejected
+    assert all("500" not in (r.last_error or "") for r in outbox_rows_by_status(store, "rejected"))
+    counts_sent = sent_ids(langfuse)
+    assert {counts_sent[i] for i in waited} == {2}  # once failed, once taken
+    assert {n for i, n in counts_sent.items() if i not in waited} == {1}
+    assert sum(counts_sent.values()) == 50 + 5  # only the transient ones went twice
+    store.close()
+
+
+def test_the_sink_protocol_form_retries_only_the_transient_rows(
+    langfuse: FakeLangfuse, sink: LangfuseSink
+) -> None:
+    """``deliver`` (one outcome for the whole call) raises while a row waits; called again with
+    the same rows it sends only that row."""
+    trace = make_trace(1)
+    scores = [Score.for_trace(trace.trace_id, f"e{i}", "1", "x", value=0.5) for i in range(4)]
+    payloads: dict[str, dict[str, Any]] = {}
+    for score in scores:
+        body = sink.payload(score, trace)
+        assert isinstance(body, dict)
+        # As the relay hands them over: with the score's time.
+        payloads[f"langfuse:{score.id}"] = {**body, "timestamp": score.created_at.isoformat()}
+    langfuse.fail_items = 1
+    with pytest.raises(SinkUnavailable, match="did not take 1 of 4: HTTP 500"):
+        sink.deliver(payloads)
+    assert sink.deliver(payloads) == {}
+    assert sorted(sent_ids(langfuse).values()) == [1, 1, 1, 2]
+    assert len(langfuse.scores) == 4
+
+
+def test_a_207_that_names_no_refused_event_falls_back_to_halving(
+    sqlite_url: str, langfuse: FakeLangfuse, sink: LangfuseSink
+) -> None:
+    """Another server's 207 whose errors carry no event id: the named successes are settled,
+    only the unconfirmed rows are sent again (in halves) to find the refused ones."""
+    langfuse.reject_names = {"refused.x"}
+    langfuse.unnamed_errors = True
+    store = SQLStore(sqlite_url)
+    write_scores(store, sink, 40, refused_every=10)  # 4 refused
+    drain_until_idle(SinkRelay(store, [sink], batch_size=40))
+    assert outbox_statuses(store) == {"delivered": 36, "rejected": 4}
+    rejected = outbox_rows_by_status(store, "rejected")
+    assert all("refused (injected)" in (r.last_error or "") for r in rejected)
+    counts = sent_ids(langfuse)
+    assert {n for i, n in counts.items() if i in langfuse.scores} == {1}
+    assert sum(counts.values()) <= 40 + 4 * 2  # the refused ones re-sent at most twice each
     store.close()

@@ -21,8 +21,9 @@ from evaluator.ingest import publish_many
 from evaluator.models import SampleDecision
 from evaluator.scoring import plan_after_loss
 from evaluator.settings import Settings
-from evaluator.sinks.sql import SQLStore, TraceRecord
+from evaluator.sinks.sql import SQLStore
 from evaluator.stats import fleet_stats
+from evaluator.store.tables import TraceRecord
 
 
 def _entry(index: int) -> dict[str, object]:

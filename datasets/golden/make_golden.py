@@ -7,6 +7,8 @@ Every example is hand-written below (the support desk of a fictional SaaS, "Nort
 the script only pairs them up: for each topic a context, a question, a grounded answer, a
 paraphrase of it, an answer that contradicts the context and one that adds unsupported claims.
 Labels are the authors' (reviewer "evalfleet-team"); field scores give the humans' numeric view.
+Each example's ``source`` is ``support_desk#<trace id>``, so calibration can tell these apart from
+the public starter sets beside them (``make_public_golden.py``).
 """
 
 from __future__ import annotations
@@ -246,7 +248,8 @@ def trace(trace_id: str, question: str, answer: str, contexts: list[str] | None 
 
 def example(document: dict[str, object], verdict: str, scores: dict[str, object], note: str) -> dict[str, object]:
     return {"trace": document, "verdict": verdict, "field_scores": scores, "reviewer": "evalfleet-team",
-            "labelled_at": LABELLED_AT, "note": note, "prompt_version": "support-v7"}
+            "labelled_at": LABELLED_AT, "note": note, "prompt_version": "support-v7",
+            "source": f"support_desk#{document['trace_id']}"}
 
 
 def groundedness() -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -64,6 +64,15 @@ def configure_logging(level: str, process: str | None = None) -> None:
     logs.configure(level, get_settings().log_format, process=process)
 
 
+def with_metrics_port(settings: Settings, metrics_port: int | None) -> Settings:
+    """``settings`` with ``--metrics-port`` when given (the HTTP servers start it themselves)."""
+    return (
+        settings
+        if metrics_port is None
+        else settings.model_copy(update={"metrics_port": metrics_port})
+    )
+
+
 def long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, threading.Event]:
     """Logging, /metrics, /healthz and /readyz when a port is given, and an event set by
     SIGTERM/SIGINT."""
@@ -101,6 +110,12 @@ def start_when_available(
 # Files a container runtime leaves in its containers (Docker, Podman); Kubernetes sets
 # KUBERNETES_SERVICE_HOST in every container of a pod.
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+
+# The metrics port of every long-running process: /metrics, /healthz and /readyz, no token
+# (Prometheus and Kubernetes probes); overrides EVALFLEET_METRICS_PORT.
+MetricsPort = Annotated[
+    int | None, typer.Option(help="Serve /metrics, /healthz and /readyz (no token) on this port.")
+]
 
 HOST_HELP = (
     "Address to listen on. Default: 127.0.0.1 (this machine only), so a server started on a "

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
-from rich.table import Table
 
 from evaluator.cli.app import app, dataset_app, judges_app
 from evaluator.cli.common import (
@@ -45,22 +44,35 @@ def dataset_export(
 
 @dataset_app.command("import")
 def dataset_import(
-    file: Annotated[Path, typer.Argument(callback=existing_file, help="JSONL or CSV.")],
+    file: Annotated[Path, typer.Argument(callback=existing_file, help="JSONL, JSON or CSV.")],
     judge: Annotated[str, typer.Option(help="The judge these labels answer.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="golden, csv, halueval-qa, halueval-general, truthfulqa-judge or "
+            "llmbar-pairwise; default: from the file (CSV by suffix, else the record shape).",
+        ),
+    ] = None,
 ) -> None:
-    """Load labels made elsewhere (golden JSONL, or CSV) into the store; then export."""
-    from evaluator.golden import DatasetError, read_any
+    """Load labels made elsewhere (golden JSONL, CSV, or a public human-labelled set) into the
+    store; then export."""
+    from evaluator.golden import DatasetError
+    from evaluator.golden_public import FORMATS, read_labels
 
+    if fmt is not None and fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
     try:
-        examples = read_any(file)
+        examples = read_labels(file, fmt, judge)
     except DatasetError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     with open_store(must_exist=False) as store:  # labels made elsewhere may come before the fleet
         store.add_labels([e.to_label(judge, f"import:{file.name}") for e in examples], replace=True)
+    fails = sum(e.verdict.value == "fail" for e in examples)
     console.print(
-        f"imported {len(examples)} labels for {judge}; `evalfleet dataset export "
-        f"--judge {judge}` writes them to the golden set"
+        f"imported {len(examples)} labels for {judge} ({len(examples) - fails} pass, {fails} "
+        f"fail); `evalfleet dataset export --judge {judge}` writes them to the golden set"
     )
 
 
@@ -74,33 +86,53 @@ def calibrate(
     report: Annotated[
         Path | None, typer.Option(help="JSON report; default calibration-<judge>.json.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Call this model instead of the judge file's (same prompt and schema)."),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=2, help="At most N examples, spread over sources and both verdicts."),
+    ] = None,
 ) -> None:
-    """Run a judge over its golden set and report agreement with the human labels.
+    """Run a judge over its golden sets and report agreement with the human labels, beside
+    trivial baselines fitted on the same labels.
 
+    Default dataset: datasets/golden/<judge>.jsonl and every <judge>.<source>.jsonl beside it.
     Exits 1 when agreement is under the judge file's calibration thresholds."""
     from evaluator.calibrate import calibrate as run_calibration
+    from evaluator.calibrate import subsample
     from evaluator.embedded import redis_or_embedded
     from evaluator.golden import (
         DatasetError,
         default_golden_dir,
-        golden_path,
+        golden_files,
         read_examples,
+        read_golden,
         record_disagreements,
     )
     from evaluator.report import render_calibration
 
     settings = get_settings()
     spec = judge_spec(judge)
+    if model is not None:
+        spec = spec.model_copy(update={"model": model})
     require_judge_endpoint()
-    path = dataset or golden_path(judge, settings.golden_dir or default_golden_dir())
+    directory = settings.golden_dir or default_golden_dir()
     try:
-        examples = read_examples(path)
+        examples = read_examples(dataset) if dataset else read_golden(judge, directory)
     except DatasetError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if not examples:
-        console.print(f"[red]error:[/red] no examples in {path}")
+        where = dataset or f"{directory}/{judge}.jsonl or {judge}.*.jsonl"
+        console.print(f"[red]error:[/red] no examples in {where}")
         raise typer.Exit(2)
+    if dataset is None:
+        names = ", ".join(p.name for p in golden_files(judge, directory))
+        console.print(f"golden sets: {names} ({len(examples)} examples)")
+    if limit is not None:
+        examples = subsample(examples, limit)
     with redis_or_embedded(settings.redis_url) as redis_url, Progress(console=console) as progress:
         task = progress.add_task(f"judging {len(examples)} examples", total=len(examples))
         result = run_calibration(
@@ -110,9 +142,10 @@ def calibrate(
             lambda: progress.advance(task),
         )
     render_calibration(result, console)
-    if dataset is None:  # the judge's own golden set: judges with few_shot use these first
+    # Only a full run of the judge as configured: judges with few_shot show these first.
+    if dataset is None and limit is None and model is None:
         ids = [d.trace_id for d in result.disagreements]
-        record_disagreements(judge, spec.version, ids, path.parent)
+        record_disagreements(judge, spec.version, ids, directory)
     out = report or Path(f"calibration-{judge}.json")
     out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     console.print(f"report: {out}")
@@ -186,6 +219,7 @@ def reeval(
     from evaluator import reeval as re_evaluation
     from evaluator.celery_app import create_app, judge_dispatch
     from evaluator.judges import judge_registry
+    from evaluator.report import render_reeval_plan
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
@@ -206,7 +240,7 @@ def reeval(
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-        render_reeval_plan(planned)
+        render_reeval_plan(planned, console)
         if dry_run or planned.count == 0:
             return
         cap = max_usd if max_usd is not None else (planned.usd * 1.5 if planned.usd else None)
@@ -250,27 +284,6 @@ def _langfuse_candidates(
     return langfuse_candidates(backfill, BackfillQuery(since, until), prompt_version, tenant)
 
 
-def render_reeval_plan(planned: Any) -> None:
-    spec = planned.spec
-    console.print(f"[bold]{spec.name}@{spec.version}[/bold] ({spec.model})")
-    console.print(
-        f"  traces: {planned.count:,} to judge of {planned.considered:,} in the window "
-        f"({planned.already:,} already scored by this version, {planned.filtered:,} outside "
-        "its applies_when)"
-    )
-    console.print(
-        f"  tokens per call: {planned.input_tokens_per_call:,.0f} in + "
-        f"{planned.output_tokens_per_call:,.0f} out, from {planned.tokens_from or 'nothing'}"
-    )
-    total_tokens = planned.count * (planned.input_tokens_per_call + planned.output_tokens_per_call)
-    usd = f"${planned.usd:,.2f}" if planned.usd is not None else "unknown"
-    console.print(f"  estimated: {total_tokens:,.0f} tokens, {usd}")
-    if planned.seconds is not None:
-        console.print(f"  time: ~{planned.seconds / 60:,.1f} min ({planned.pace})")
-    for note in planned.notes:
-        console.print(f"  [yellow]note:[/yellow] {note}")
-
-
 @app.command()
 def compare(
     first: Annotated[str, typer.Argument(help="NAME@VERSION")],
@@ -280,6 +293,7 @@ def compare(
     """Agreement between two versions of a judge on the traces both scored, and with human
     labels where there are some."""
     from evaluator.reeval import compare as compare_versions
+    from evaluator.report import render_comparison
 
     name_a, _, version_a = first.partition("@")
     name_b, _, version_b = second.partition("@")
@@ -290,51 +304,17 @@ def compare(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
-    v = result.verdicts
-    console.print(
-        f"{name_a}: {result.traces_a:,} traces scored by {version_a}, {result.traces_b:,} by "
-        f"{version_b}, {result.both:,} by both"
-    )
-    if not result.both:
-        return
-    kappa = f"{v.kappa:.3f}" if v.kappa is not None else "n/a"
-    console.print(f"verdicts agree on {100 * v.accuracy:.1f} % (Cohen's kappa {kappa})")
-    console.print(
-        f"  {version_a} pass / {version_b} fail: {v.confusion['pass']['fail']:,}; "
-        f"{version_a} fail / {version_b} pass: {v.confusion['fail']['pass']:,}"
-    )
-    for f in result.fields:
-        rho = f"{f.spearman:.3f}" if f.spearman is not None else "n/a"
-        console.print(
-            f"  {f.name}: Spearman {rho} over {f.n:,}; mean {f.mean_a:.3f} -> {f.mean_b:.3f}"
-        )
-    for version, humans in ((version_a, result.humans_a), (version_b, result.humans_b)):
-        if humans is not None:
-            k = f"{humans.kappa:.3f}" if humans.kappa is not None else "n/a"
-            console.print(
-                f"  vs human labels ({humans.n:,}): {version} {100 * humans.accuracy:.1f} % "
-                f"agreement, kappa {k}"
-            )
+    render_comparison(result, name_a, version_a, version_b, console)
 
 
 @judges_app.command("list")
 def judges_list() -> None:
     """Every judge file: version, model, when it applies, its scores and thresholds."""
     from evaluator.judges import judges_dir, load_judges
+    from evaluator.report import render_judges
 
     settings = get_settings()
-    table = Table("judge", "version", "model", "applies when", "scores (review under)", "enabled")
-    for spec in load_judges(judges_dir(settings)).values():
-        when = ", ".join(
-            f"{k}={v}" for k, v in spec.applies_when.model_dump(exclude_none=True).items()
-        )
-        fields = ", ".join(
-            f"{n} (<{spec.review_thresholds[n]:g})" if n in spec.review_thresholds else n
-            for n in spec.score_fields
-        )
-        enabled = "yes" if spec.name in settings.enabled_judges else "no"
-        table.add_row(spec.name, spec.version, spec.model, when or "always", fields, enabled)
-    console.print(table)
+    render_judges(load_judges(judges_dir(settings)).values(), settings.enabled_judges, console)
 
 
 @judges_app.command("show")
@@ -390,13 +370,13 @@ def judges_validate() -> None:
 @judges_app.command("lock")
 def judges_lock() -> None:
     """Record each judge's version and content hash in judges.lock (after bumping versions)."""
-    from evaluator.judges import LOCK_FILE, check_lock, judges_dir, write_lock
+    from evaluator.judges import LOCK_FILE, LockProblemKind, judges_dir, lock_problems, write_lock
 
     directory = judges_dir(get_settings())
-    unbumped = [p for p in check_lock(directory) if "bump it" in p]
+    unbumped = [p for p in lock_problems(directory) if p.kind is LockProblemKind.UNBUMPED]
     if unbumped:
         for problem in unbumped:
-            console.print(f"[red]refused:[/red] {problem}")
+            console.print(f"[red]refused:[/red] {problem.message}")
         raise typer.Exit(1)
     lock = write_lock(directory)
     console.print(f"wrote {directory / LOCK_FILE} ({len(lock)} judges)")

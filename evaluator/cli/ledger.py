@@ -6,7 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from evaluator.cli.app import ledger_app
 from evaluator.cli.common import console, open_store
@@ -27,20 +26,14 @@ def ledger_trace(
         typer.echo(context.get_help())
         raise typer.Exit(2)
     from evaluator.ledger import rows_for_trace
+    from evaluator.report import render_ledger_rows
 
     with open_store() as store:
         rows = rows_for_trace(store, trace)
     if not rows:
         console.print(f"no ledger rows for trace {trace!r}")
         raise typer.Exit(1)
-    table = Table("evaluator", "version", "state", "attempt", "stratum", "P(incl.)", "updated",
-                  "reason")  # fmt: skip
-    for r in rows:
-        p = f"{r.inclusion_probability:g}" if r.inclusion_probability is not None else ""
-        updated = r.updated_at.strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(r.evaluator, r.evaluator_version, r.state, str(r.attempt), r.stratum or "",
-                      p, updated, r.reason)  # fmt: skip
-    console.print(table)
+    render_ledger_rows(rows, console)
 
 
 @ledger_app.command("summary")
@@ -49,7 +42,8 @@ def ledger_summary(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Counts by evaluator and state."""
-    from evaluator.ledger import OPEN_RANK, summary
+    from evaluator.ledger import summary
+    from evaluator.report import render_ledger
     from evaluator.timeparse import parse_since
 
     with open_store() as store:
@@ -57,12 +51,7 @@ def ledger_summary(
     if as_json:
         typer.echo(json.dumps(counts, indent=2, sort_keys=True))
         return
-    states = sorted({state for per in counts.values() for state in per})
-    table = Table("evaluator", *states, "open")
-    for evaluator, per in sorted(counts.items()):
-        still_open = sum(n for state, n in per.items() if state in OPEN_RANK)
-        table.add_row(evaluator, *[str(per.get(s, "")) for s in states], str(still_open))
-    console.print(table)
+    render_ledger(counts, console, title=f"Evaluation ledger since {since}")
 
 
 @ledger_app.command("reap")

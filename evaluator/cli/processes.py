@@ -14,6 +14,7 @@ import typer
 from evaluator.cli.app import app
 from evaluator.cli.common import (
     HOST_HELP,
+    MetricsPort,
     configure_logging,
     console,
     default_host,
@@ -21,6 +22,7 @@ from evaluator.cli.common import (
     multiprocess_metrics_dir,
     open_store,
     start_when_available,
+    with_metrics_port,
 )
 from evaluator.settings import get_settings
 from evaluator.streams import connect
@@ -28,12 +30,17 @@ from evaluator.streams import connect
 
 @app.command()
 def sampler(
-    consumer: Annotated[str | None, typer.Option(help="Consumer name (default host-pid).")] = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            help="Consumer name in the group, held by this sampler alone (a Redis lease): "
+            "EVALFLEET_SAMPLER_CONSUMER, else <hostname>-<slot>, the first slot no live "
+            "sampler holds. Stable, so a restart re-reads its own pending entries at once."
+        ),
+    ] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Stop once the stream is drained.")] = False,
     loglevel: str = "INFO",
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
-    ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
     from evaluator.celery_app import create_app
@@ -62,9 +69,7 @@ def worker(
     ] = "heuristics,judges,judges_backfill",
     loglevel: str = "INFO",
     pool: str = "prefork",
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
-    ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run a Celery worker for the evaluation queues."""
     settings = get_settings()
@@ -105,9 +110,7 @@ def worker(
 def relay(
     exit_when_idle: Annotated[bool, typer.Option(help="Stop once nothing is due.")] = False,
     loglevel: str = "INFO",
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve /metrics, /healthz and /readyz.")
-    ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
     from evaluator.health import DATABASE
@@ -142,6 +145,7 @@ def otlp_receiver(
     flushers: Annotated[
         int, typer.Option(min=0, help="Processes publishing completed traces (0: a thread).")
     ] = 1,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Receive OTLP/HTTP trace exports (POST /v1/traces) and publish completed GenAI traces."""
     import multiprocessing
@@ -152,7 +156,7 @@ def otlp_receiver(
     from evaluator.ingest.receiver import create_receiver_app
     from evaluator.logs import call_configured
 
-    settings = get_settings()
+    settings = with_metrics_port(get_settings(), metrics_port)
     configure_logging(loglevel, "otlp-receiver")  # uvicorn's records too: log_config=None below
     # Publishing is CPU-bound Python; in their own processes the flushers leave the HTTP side
     # alone (bench/otlp_ingest.py: 15,026 -> 24,744 spans/s accepted with one). Spawned, they
@@ -203,13 +207,14 @@ def review_api(
     host: Annotated[str | None, typer.Option(help=HOST_HELP, show_default=False)] = None,
     port: int = 8080,
     loglevel: str = "info",
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Serve the review API (OpenAPI at /docs) and the reviewers' web page (/review)."""
     import uvicorn
 
     from evaluator.review.api import review_app
 
-    settings = get_settings()
+    settings = with_metrics_port(get_settings(), metrics_port)
     configure_logging(loglevel, "review-api")  # uvicorn's records too: log_config=None below
     if not settings.reviewer_tokens:
         logging.getLogger("evaluator.review").warning(

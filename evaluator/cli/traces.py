@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress
-from rich.table import Table
 
 from evaluator.cli.app import app, backfill_app, dlq_app
 from evaluator.cli.common import console, existing_file, open_store, time_option
@@ -167,12 +166,10 @@ def schema(name: Annotated[SchemaName, typer.Argument()] = SchemaName.trace) -> 
 def dlq_list(limit: int = 50) -> None:
     """The oldest dead letters and why they failed."""
     from evaluator.dlq import list_dead
+    from evaluator.report import render_dead_letters
 
     letters = list_dead(connect(get_settings().redis_url), limit)
-    table = Table("id", "failed at", "reason", "bytes")
-    for letter in letters:
-        table.add_row(letter.id, letter.failed_at, letter.reason, f"{letter.payload_bytes:,}")
-    console.print(table)
+    render_dead_letters(letters, console)
     console.print(f"{len(letters)} shown")
 
 

@@ -15,6 +15,7 @@ from evaluator.evaluators.heuristics import (
     UnsupportedURLs,
 )
 from evaluator.evaluators.schema_guard import SchemaLimits
+from evaluator.evaluators.trajectory import TRAJECTORY_HEURISTICS
 from evaluator.models import Score, Trace
 from evaluator.settings import Settings
 
@@ -39,6 +40,7 @@ def heuristic_evaluators(settings: Settings) -> list[Evaluator]:
         PIILeak(),
         ForbiddenPhrases(phrases=settings.forbidden_phrases),
         RAGNoContext(),
+        *(check() for check in TRAJECTORY_HEURISTICS),  # silent on traces without steps
     ]
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace
 from evaluator.settings import get_settings
+
+Subject = TypeVar("Subject")
+SubjectIn = TypeVar("SubjectIn", contravariant=True)
 
 
 class Evaluator(Protocol):
@@ -145,29 +148,57 @@ class _Alarm:
             _Deadline.at = None
 
 
-def _over_budget(evaluator: Evaluator, trace: Trace, budget_s: float, detail: str) -> Score:
-    reason = f"evaluator {evaluator.name} exceeded its {budget_s:.1f} s budget on this trace"
-    return error_score(evaluator, trace, f"{reason} ({detail})")
+class _EvaluatesSubject(Protocol[SubjectIn]):
+    """An evaluator at any level: a trace's, an agent run's or a session's."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+    def evaluate(self, subject: SubjectIn, /) -> list[Score]: ...
 
 
-def _run(evaluator: Evaluator, trace: Trace, alarm: _Alarm) -> list[Score]:
+# Builds the error score of ``evaluator`` on a subject, with a reason.
+ErrorScore = Callable[[_Named, Subject, str], Score]
+
+
+def run_on(
+    evaluators: Iterable[_EvaluatesSubject[Subject]],
+    subject: Subject,
+    error: ErrorScore[Subject],
+    budget_s: float,
+    noun: str,
+) -> list[Score]:
+    """Run evaluators on one subject (a trace, a session; ``noun`` names it in reasons), each
+    within ``budget_s`` seconds: the one mechanism every level shares (see ``run_evaluator``)."""
+    with _Alarm(budget_s) as alarm:
+        return [score for e in evaluators for score in _run(e, subject, error, alarm, noun)]
+
+
+def _run(
+    evaluator: _EvaluatesSubject[Subject],
+    subject: Subject,
+    error: ErrorScore[Subject],
+    alarm: _Alarm,
+    noun: str,
+) -> list[Score]:
     budget_s = alarm.budget_s
     started = time.monotonic()
+    over = f"evaluator {evaluator.name} exceeded its {budget_s:.1f} s budget on this {noun}"
     try:
         alarm.arm(started)
         try:
-            scores = evaluator.evaluate(trace)
+            scores = evaluator.evaluate(subject)
         finally:
             alarm.disarm()
     except OverBudget:
         stopped = f"stopped after {time.monotonic() - started:.1f} s"
-        return [_over_budget(evaluator, trace, budget_s, stopped)]
+        return [error(evaluator, subject, f"{over} ({stopped})")]
     except Exception as exc:
-        return [error_score(evaluator, trace, f"{type(exc).__name__}: {exc}")]
+        return [error(evaluator, subject, f"{type(exc).__name__}: {exc}")]
     elapsed = time.monotonic() - started
     if elapsed > budget_s:
         detail = f"took {elapsed:.1f} s" + ("" if alarm.usable else "; not interruptible here")
-        return [_over_budget(evaluator, trace, budget_s, detail)]
+        return [error(evaluator, subject, f"{over} ({detail})")]
     return scores
 
 
@@ -177,8 +208,7 @@ def run_evaluators(
     """Run evaluators on one trace, each within ``budget_s`` seconds (default
     ``EVALFLEET_EVALUATOR_BUDGET_S``); see ``run_evaluator``."""
     budget = get_settings().evaluator_budget_s if budget_s is None else budget_s
-    with _Alarm(budget) as alarm:
-        return [score for e in evaluators for score in _run(e, trace, alarm)]
+    return run_on(evaluators, trace, error_score, budget, "trace")
 
 
 def run_evaluator(evaluator: Evaluator, trace: Trace, budget_s: float | None = None) -> list[Score]:

@@ -2,10 +2,12 @@
 structured output into Scores.
 
 Failures come back as data, never as an exception loop:
-* 429 / 5xx / timeouts / connection errors: retried with exponential backoff and full jitter,
-  honouring ``Retry-After``, at most ``judge_max_attempts`` calls; then the evaluation is
-  *deferred* (re-queued by the caller), because the endpoint may come back.
-* the fleet-wide circuit is open: deferred at once, without a call.
+* 429 / 5xx / timeouts / connection errors: retried with full jitter (no in-flight slot held
+  while waiting), honouring ``Retry-After`` fleet-wide, at most ``judge_max_attempts`` calls;
+  then the evaluation is *deferred* (re-queued by the caller), because the endpoint may come
+  back.
+* the fleet-wide breaker is open: deferred at once, without a call (half-open: a few probes go
+  out fleet-wide and the rest wait briefly for their answers).
 * output that fails its schema: one repair request; then a ``status=error`` Score with the reason.
 * other 4xx (bad key, unknown model): a ``status=error`` Score.
 
@@ -24,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from evaluator import logs
 from evaluator.evaluators.judge_client import CallOutcome, JudgeClient
 from evaluator.evaluators.ragas import RagasRunner, RagasSpec
 from evaluator.judges import Judge, JudgeSpec, render_messages
@@ -35,7 +38,7 @@ from evaluator.models import (
     Trace,
     stable_id,
 )
-from evaluator.ratelimit import BACKFILL, CircuitBreaker, RateLimiter
+from evaluator.ratelimit import BACKFILL, BreakerPolicy, CircuitBreaker, RateLimiter
 from evaluator.settings import Settings
 
 
@@ -45,6 +48,7 @@ class JudgeResult:
     call: dict[str, Any]
     deferred: bool = False
     defer_s: float = 0.0
+    defer_reason: str = ""
 
 
 @dataclass
@@ -67,17 +71,21 @@ class JudgeRuntime(JudgeClient):
         scores, call = await self._ragas.evaluate(trace)
         return JudgeResult(scores=scores, call=call)
 
-    async def judge(self, spec: JudgeSpec, trace: Trace) -> JudgeResult:
+    async def judge(
+        self, spec: JudgeSpec, trace: Trace, slot: asyncio.Semaphore | None = None
+    ) -> JudgeResult:
+        """``slot``: the in-flight limit, held while a request is out (not while backing off)."""
         messages = render_messages(
             spec, trace, self.settings.judge_redact_pii, self.settings.golden_dir
         )
-        outcome = await self.call(spec, messages)
+        outcome = await self.call(spec, messages, slot)
         call = call_row(spec, trace, outcome, self.settings)
         return JudgeResult(
             scores=[] if outcome.deferred else judge_scores(spec, trace, outcome, call),
             call=call,
             deferred=outcome.deferred,
             defer_s=outcome.defer_s,
+            defer_reason=outcome.defer_reason,
         )
 
 
@@ -158,6 +166,18 @@ def judge_scores(
     return scores
 
 
+def breaker_policy(settings: Settings) -> BreakerPolicy:
+    return BreakerPolicy(
+        window_s=settings.judge_breaker_window_s,
+        min_calls=settings.judge_breaker_min_calls,
+        failure_rate=settings.judge_breaker_failure_rate,
+        open_s=settings.judge_breaker_open_s,
+        probes=settings.judge_breaker_probes,
+        # A probe that has not answered by its time-out (and a little) was lost with its process.
+        probe_lease_s=settings.judge_timeout_s + 5.0,
+    )
+
+
 def _new_runtime(settings: Settings) -> tuple[JudgeRuntime, aioredis.Redis]:
     client = aioredis.Redis.from_url(settings.redis_url)
     runtime = JudgeRuntime(
@@ -168,7 +188,7 @@ def _new_runtime(settings: Settings) -> tuple[JudgeRuntime, aioredis.Redis]:
             settings.judge_tokens_per_minute,
             settings.judge_backfill_rate_share,
         ),
-        CircuitBreaker(client, settings.judge_circuit_failures, settings.judge_circuit_open_s),
+        CircuitBreaker(client, breaker_policy(settings)),
     )
     return runtime, client
 
@@ -180,11 +200,11 @@ async def _judge_all(
     on_done: Callable[[], None] | None = None,
 ) -> list[JudgeResult]:
     async def one(spec: Judge, trace: Trace) -> JudgeResult:
-        async with in_flight:
-            if isinstance(spec, RagasSpec):
+        if isinstance(spec, RagasSpec):
+            async with in_flight:  # RAGAS retries inside the SDK: its slot is held throughout
                 result = await runtime.judge_ragas(spec, trace)
-            else:
-                result = await runtime.judge(spec, trace)
+        else:
+            result = await runtime.judge(spec, trace, in_flight)
         if on_done is not None:
             on_done()
         return result
@@ -220,6 +240,8 @@ class JudgeLoop:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The judge worker's HTTP clients log a line per request at INFO: thousands a minute.
+        logs.quiet_http_clients()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="judges", daemon=True)
         self._thread.start()

@@ -28,7 +28,7 @@ from evaluator.constants import (
     TRACE_FIELD,
     TRACES_STREAM,
 )
-from evaluator.ingest.otel import spans_to_trace
+from evaluator.ingest.otel import spans_to_trace, trace_payload
 from evaluator.ingest.otlp_proto import decode_trace, encode_json
 from evaluator.ingest.spans import Span
 from evaluator.settings import Settings
@@ -170,12 +170,19 @@ class SpanAssembler:
         args.append(TRACE_FIELD)
         outcomes = []
         for trace_id, (root, *raw_spans) in zip(trace_ids, held, strict=True):
-            trace = spans_to_trace(decode_trace(raw_spans)) if raw_spans else None
-            payload = ""
-            if trace is not None:
-                if not root:
-                    trace.metadata["partial"] = True
-                payload = trace.model_dump_json(exclude_none=True, exclude_defaults=True)
+            try:
+                trace = spans_to_trace(decode_trace(raw_spans)) if raw_spans else None
+                payload = ""
+                if trace is not None:
+                    if not root:
+                        trace.metadata["partial"] = True
+                    # An agent's steps can make a trace too big for the stream: fit them in.
+                    payload = trace_payload(trace, self.settings.max_trace_bytes)
+            except Exception:
+                # Spans the mapping cannot make a Trace of would fail every flush and stop the
+                # flusher (and so every other trace): dropped, with the reason in the log.
+                log.exception("trace %s dropped: its spans could not be mapped", trace_id)
+                trace, payload = None, ""
             args += [trace_id, len(raw_spans), payload]
             outcomes.append((trace is None, not root))
         finished: Any = self._finish(keys=[OTLP_PENDING, TRACES_STREAM], args=args)

@@ -6,11 +6,15 @@ Protobuf and JSON encodings; ``Content-Encoding`` gzip, deflate (zlib-wrapped or
 (with the ``zstandard`` package); an optional bearer token; a body size limit that also bounds
 decompression (a compressed body is never inflated past the limit + 1 byte). Answers follow the
 OTLP/HTTP spec: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` counts spans
-refused for invalid ids or full traces). Every 4xx/5xx carries a ``google.rpc.Status`` (code,
-message; a ``BadRequest`` detail on 400) in the request's encoding, protobuf or JSON: 400 for a
-body that cannot be decoded, 401 bad token, 413 too large, 415 unknown content type or encoding
-— none of which senders retry — and 503 with ``Retry-After`` while the fleet is behind (too many
-unread stream entries or pending traces) or Redis is down, which exporters retry. Hex ids in
+refused for invalid ids or full traces). With a token set, every route needs it (401) except
+the health probes /healthz and /readyz (Kubernetes probes carry none): /metrics too, which
+Prometheus scrapes without a token on ``EVALFLEET_METRICS_PORT``, a port of its own. There is
+no OpenAPI document or /docs (OTLP is specified elsewhere). Every 4xx/5xx of the export routes
+carries a ``google.rpc.Status`` (code, message; a ``BadRequest`` detail on 400) in the
+request's encoding, protobuf or JSON: 400 for a body that cannot be decoded, 401 bad token,
+413 too large, 415 unknown content type or encoding — none of which senders retry — and 503
+with ``Retry-After`` while the fleet is behind (too many unread stream entries or pending
+traces) or Redis is down, which exporters retry. Hex ids in
 OTLP/JSON are case-insensitive and kept lowercase, as the protobuf path gives them, so one trace
 may arrive in both encodings. A Redis outage never stops the receiver: ``/readyz`` answers 503
 (naming it) until Redis is back, one log line says it went and one that it returned
@@ -51,7 +55,7 @@ from starlette.routing import Route
 
 from evaluator import metrics
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
-from evaluator.health import REDIS, Backoff, Prober, Readiness, outage_of, probing
+from evaluator.health import REDIS, Backoff, Prober, Readiness, outage_of, probing, serve
 from evaluator.ingest.assembly import Held, SpanAssembler
 from evaluator.ingest.otel import json_any_value, json_attributes, parse_otlp_spans
 from evaluator.ingest.otlp_proto import encode_event, pb_attributes, pb_value, resource_prefix
@@ -534,7 +538,15 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         status, body = receiver.readiness.response()
         return Response(body, status_code=status, media_type="application/json")
 
-    async def prometheus(_: Request) -> Response:
+    async def prometheus(request: Request) -> Response:
+        """Behind the OTLP token when one is set; Prometheus scrapes the metrics port."""
+        if not receiver.authorised(request):
+            return Response(
+                "a valid bearer token is required\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
@@ -544,11 +556,20 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         if flush:
             thread.start()
         prober = Prober(receiver.readiness, {REDIS: client.ping}, settings.health_probe_interval_s)
-        with probing(prober):
-            yield
-        stop.set()
-        if flush:
-            thread.join(10)
+        # /metrics without a token, for Prometheus, on a port of its own (evaluator.health).
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = serve(settings.metrics_port, receiver.readiness)
+        try:
+            with probing(prober):
+                yield
+        finally:
+            stop.set()
+            if flush:
+                thread.join(10)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
 
     app = Starlette(
         routes=[

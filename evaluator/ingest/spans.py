@@ -7,6 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _GENERATION_OPERATIONS = {"chat", "text_completion", "generate_content", "completion"}
+_AGENT_OPERATIONS = {"invoke_agent", "create_agent", "invoke_workflow"}
+# OpenInference span kinds as step kinds (a reranker reorders retrieved documents).
+_OPENINFERENCE_KINDS = {
+    "LLM": "llm",
+    "TOOL": "tool",
+    "RETRIEVER": "retrieval",
+    "RERANKER": "retrieval",
+    "EMBEDDING": "embedding",
+    "AGENT": "agent",
+    "CHAIN": "chain",
+    "GUARDRAIL": "guardrail",
+    "EVALUATOR": "other",
+}
 
 
 @dataclass
@@ -29,11 +42,36 @@ class Span:
     @property
     def is_generation(self) -> bool:
         a = self.attributes
-        return self.operation in _GENERATION_OPERATIONS or (
-            self.operation == "" and ("gen_ai.request.model" in a or "gen_ai.response.model" in a)
+        return (
+            self.operation in _GENERATION_OPERATIONS
+            or (
+                self.operation == ""
+                and ("gen_ai.request.model" in a or "gen_ai.response.model" in a)
+            )
+            or a.get("openinference.span.kind") == "LLM"
         )
 
     @property
     def is_retrieval(self) -> bool:
         kind = self.attributes.get("openinference.span.kind")
         return self.operation == "retrieval" or kind == "RETRIEVER"
+
+    @property
+    def step_kind(self) -> str | None:
+        """The kind of agent step the span is (see ``evaluator.models.Step``), or None for a span
+        that is no step (an HTTP call, a database query)."""
+        kind = self.attributes.get("openinference.span.kind")
+        if isinstance(kind, str) and kind.upper() in _OPENINFERENCE_KINDS:
+            return _OPENINFERENCE_KINDS[kind.upper()]
+        operation = self.operation
+        if operation == "execute_tool":
+            return "tool"
+        if self.is_generation:
+            return "llm"
+        if operation == "retrieval":
+            return "retrieval"
+        if operation == "embeddings":
+            return "embedding"
+        if operation in _AGENT_OPERATIONS:
+            return "agent"
+        return None

@@ -4,15 +4,21 @@ Every endpoint needs a reviewer token (``EVALFLEET_REVIEWER_TOKENS``): ``Authori
 (scheme in any case) for the API, or the session cookie the login form sets for the page. The
 cookie is not the token: it is ``<expiry>.<HMAC-SHA256(key, expiry.token)>`` with the key derived
 from the configured tokens, so it maps back to its token without a session store, every replica
-with the same tokens accepts it, it expires after ``SESSION_S`` (12 h) server-side too, and
+with the same tokens accepts it, it expires after ``EVALFLEET_REVIEW_SESSION_S`` (12 h)
+server-side too, and
 changing the token list signs everyone out. It is HttpOnly, SameSite=Strict (other sites cannot
 post forms with it) and Secure when the request came over https (or ``X-Forwarded-Proto: https``).
-Missing or wrong token: 401; items of a tenant the token does not cover: 403. After
-``MAX_FAILURES`` wrong tokens (bearer, cookie or login form) from one client address within
-``FAILURE_WINDOW_S``, that address gets 429 with ``Retry-After`` until the window has passed
-(in-process, per replica). Every request body is capped at ``MAX_BODY_BYTES`` (413, checked on
-``Content-Length`` and on the bytes streamed); label fields are capped too (422). Trace text is
-escaped everywhere (Jinja2 autoescape).
+Missing or wrong token: 401 on every route, the OpenAPI document (/openapi.json, /docs, /redoc)
+and /metrics included, except the health probes (/healthz, /readyz: Kubernetes probes carry no
+token) and the sign-in form; Prometheus scrapes ``EVALFLEET_METRICS_PORT`` instead, a port of
+its own that is not exposed with the API. Items of a tenant the token does not cover: 403.
+After ``EVALFLEET_REVIEW_MAX_FAILURES`` wrong tokens (bearer, cookie or login form) from one
+client address within ``EVALFLEET_REVIEW_FAILURE_WINDOW_S``, that address gets 429 with
+``Retry-After`` until the window has passed (in-process, per replica). Every request body is
+capped at ``EVALFLEET_REVIEW_MAX_BODY_BYTES`` (413, checked on ``Content-Length`` and on the
+bytes streamed); label fields are capped too (422). Every status code a route answers is in
+its OpenAPI ``responses`` (tests/test_review_api_schema.py checks with schemathesis). Trace
+text is escaped everywhere (Jinja2 autoescape).
 
 While Redis or the database is down, requests that need it get 503 with ``Retry-After`` (not a
 500 and a traceback each), ``/readyz`` answers 503 naming what is down, and the server keeps
@@ -32,11 +38,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi
 import redis
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StringConstraints
@@ -53,6 +62,7 @@ from evaluator.health import (
     database_check,
     outage_of,
     probing,
+    serve,
     until_available,
 )
 from evaluator.models import ReviewItem, ReviewLabel, Verdict
@@ -68,16 +78,14 @@ from evaluator.review.queue import (
 from evaluator.settings import ReviewerAccess, Settings
 
 COOKIE = "evalfleet_review"
-SESSION_S = 12 * 3600  # the page's session: the cookie's Max-Age and its signed expiry
-MAX_FAILURES = 10  # wrong tokens per client address within FAILURE_WINDOW_S before 429
-FAILURE_WINDOW_S = 60.0
-MAX_BODY_BYTES = 64 * 1024  # any request body; larger: 413
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
 
 
+# Item ids are 32 hex digits (``models.stable_id``); the cap keeps any other path short.
+ItemId = Annotated[str, fastapi.Path(max_length=128)]
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 FieldScore = (
     Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, Field(max_length=256)] | bool
@@ -143,7 +151,7 @@ def _signature(key: bytes, expires: int, token: str) -> str:
 
 def session_cookie(settings: Settings, token: str, now: float | None = None) -> str:
     """The page's cookie for ``token``: its expiry and an HMAC binding the expiry to the token."""
-    expires = int(now if now is not None else time.time()) + SESSION_S
+    expires = int(now if now is not None else time.time()) + settings.review_session_s
     return f"{expires}.{_signature(_session_key(settings), expires, token)}"
 
 
@@ -165,12 +173,7 @@ class Throttle:
     refused (429) until the oldest of them is ``window_s`` old. In-process and bounded: at most
     ``max_clients`` addresses are tracked (the stalest are forgotten first)."""
 
-    def __init__(
-        self,
-        limit: int = MAX_FAILURES,
-        window_s: float = FAILURE_WINDOW_S,
-        max_clients: int = 10_000,
-    ) -> None:
+    def __init__(self, limit: int, window_s: float, max_clients: int = 10_000) -> None:
         self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
@@ -212,7 +215,14 @@ def throttled(request: Request) -> None:
         raise HTTPException(429, "too many wrong tokens; retry later", {"Retry-After": str(wait)})
 
 
-def reviewer(request: Request) -> ReviewerAccess:
+# Declares the bearer scheme in the OpenAPI document (Swagger's "Authorize"); ``reviewer``
+# reads the header itself, as it also accepts the page's cookie.
+_BEARER = HTTPBearer(auto_error=False, description="A token of EVALFLEET_REVIEWER_TOKENS.")
+
+
+def reviewer(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+) -> ReviewerAccess:
     """The caller's access, from the bearer token or the page's cookie; 401 without one."""
     throttled(request)
     settings: Settings = request.app.state.settings
@@ -241,7 +251,7 @@ class BodyLimit:
     ``Content-Length`` before reading, else on the bytes received (at most one chunk past the
     limit is read; the body, at most ``limit`` bytes, is then replayed to the app)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -279,6 +289,36 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
         await answer(scope, receive, send)
+
+
+class Problem(BaseModel):
+    """The body of an error answer."""
+
+    detail: str
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "The body cannot be parsed (not UTF-8 JSON), or the action cannot be done.",
+    401: "No token, or a wrong one (bearer or the page's cookie).",
+    403: "The item belongs to a tenant the token does not cover.",
+    404: "No such review item.",
+    409: "The caller does not hold the item's lease, or it is labelled already.",
+    413: "The request body is over EVALFLEET_REVIEW_MAX_BODY_BYTES.",
+    429: "Too many wrong tokens from this address; see Retry-After.",
+    503: "Redis or the database is unavailable; see Retry-After.",
+}
+# Every route can answer these: the token check, the body limit (a middleware, before any
+# route) and a dependency outage.
+_ALWAYS = (401, 413, 429, 503)
+_ITEM = (403, 404, 409)  # routes on one item: another tenant's, an unknown one, not held
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (422 FastAPI adds by itself)."""
+    return {
+        status: {"model": Problem, "description": _ERROR_DESCRIPTIONS[status]}
+        for status in sorted(statuses)
+    }
 
 
 def _status(exc: ReviewError) -> int:
@@ -324,14 +364,31 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        with probing(prober):
-            yield
+        # /metrics without a token, for Prometheus, on a port of its own (evaluator.health).
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = serve(settings.metrics_port, readiness)
+        try:
+            with probing(prober):
+                yield
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
 
-    app = FastAPI(title="Evalfleet review", version="1", docs_url="/docs", lifespan=lifespan)
+    # The documentation routes are added below, behind the token like everything else.
+    app = FastAPI(
+        title="Evalfleet review",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.readiness = readiness
-    app.state.throttle = Throttle()
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.state.throttle = Throttle(settings.review_max_failures, settings.review_failure_window_s)
+    app.add_middleware(BodyLimit, limit=settings.review_max_body_bytes)
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         """Redis or the database is away: 503, retry shortly (logged once per outage)."""
@@ -396,41 +453,45 @@ def create_app(
 
     # -- JSON API ------------------------------------------------------------------------------
 
-    @app.get("/api/queues", response_model=list[QueueCount])
+    @app.get("/api/queues", response_model=list[QueueCount], responses=errors(*_ALWAYS))
     def api_queues(access: Reviewer) -> list[QueueCount]:
         return counts(access)
 
-    @app.post("/api/claim", response_model=list[ReviewItem])
+    @app.post("/api/claim", response_model=list[ReviewItem], responses=errors(400, *_ALWAYS))
     def api_claim(body: ClaimRequest, access: Reviewer) -> list[ReviewItem]:
         claimed: list[Claimed] = act(
             queue.claim, access.reviewer, body.n, scope(access, body.evaluator)
         )
         return [c.item for c in claimed]
 
-    @app.get("/api/items/{item_id}", response_model=ItemView)
-    def api_item(item_id: str, access: Reviewer) -> ItemView:
+    @app.get("/api/items/{item_id}", response_model=ItemView, responses=errors(*_ALWAYS, 403, 404))
+    def api_item(item_id: ItemId, access: Reviewer) -> ItemView:
         return item_view(visible_item(item_id, access))
 
-    @app.post("/api/items/{item_id}/label", response_model=ReviewLabel)
-    def api_label(item_id: str, body: LabelRequest, access: Reviewer) -> ReviewLabel:
+    @app.post(
+        "/api/items/{item_id}/label",
+        response_model=ReviewLabel,
+        responses=errors(400, *_ALWAYS, *_ITEM),
+    )
+    def api_label(item_id: ItemId, body: LabelRequest, access: Reviewer) -> ReviewLabel:
         visible_item(item_id, access)
         label = act(
             queue.label, item_id, access.reviewer, body.verdict, body.field_scores, body.note
         )
         return record_label(label)
 
-    @app.post("/api/items/{item_id}/release", status_code=204)
-    def api_release(item_id: str, access: Reviewer) -> None:
+    @app.post("/api/items/{item_id}/release", status_code=204, responses=errors(*_ALWAYS, *_ITEM))
+    def api_release(item_id: ItemId, access: Reviewer) -> None:
         visible_item(item_id, access)
         act(queue.release, item_id, access.reviewer)
 
-    @app.post("/api/items/{item_id}/skip", status_code=204)
-    def api_skip(item_id: str, access: Reviewer) -> None:
+    @app.post("/api/items/{item_id}/skip", status_code=204, responses=errors(*_ALWAYS, *_ITEM))
+    def api_skip(item_id: ItemId, access: Reviewer) -> None:
         visible_item(item_id, access)
         act(queue.skip, item_id, access.reviewer)
 
-    @app.post("/api/items/{item_id}/renew", status_code=204)
-    def api_renew(item_id: str, access: Reviewer) -> None:
+    @app.post("/api/items/{item_id}/renew", status_code=204, responses=errors(*_ALWAYS, *_ITEM))
+    def api_renew(item_id: ItemId, access: Reviewer) -> None:
         visible_item(item_id, access)
         act(queue.renew, item_id, access.reviewer)
 
@@ -460,7 +521,7 @@ def create_app(
         response.set_cookie(
             COOKIE,
             session_cookie(settings, token),
-            max_age=SESSION_S,
+            max_age=settings.review_session_s,
             secure=_https(request),
             httponly=True,
             samesite="strict",
@@ -479,13 +540,13 @@ def create_app(
         return see_other(f"/review/items/{claimed[0].item.id}" if claimed else "/review?empty=1")
 
     @app.get("/review/items/{item_id}", response_class=HTMLResponse, include_in_schema=False)
-    def item_page(item_id: str, access: Reviewer) -> HTMLResponse:
+    def item_page(item_id: ItemId, access: Reviewer) -> HTMLResponse:
         view = item_view(visible_item(item_id, access))
         return page("item.html", access=access, view=view)
 
     @app.post("/review/items/{item_id}/label", include_in_schema=False)
     def label_form(
-        item_id: str,
+        item_id: ItemId,
         access: Reviewer,
         verdict: Annotated[Verdict, Form()],
         note: Annotated[str, Form(max_length=4000)] = "",
@@ -495,7 +556,7 @@ def create_app(
         return next_item(access)
 
     @app.post("/review/items/{item_id}/{action}", include_in_schema=False)
-    def release_form(item_id: str, action: str, access: Reviewer) -> Response:
+    def release_form(item_id: ItemId, action: str, access: Reviewer) -> Response:
         visible_item(item_id, access)
         if action not in ("release", "skip"):
             raise HTTPException(404, f"unknown action {action!r}")
@@ -516,7 +577,22 @@ def create_app(
         return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics() -> Response:
+    def prometheus_metrics(_: Reviewer) -> Response:
+        """With a token here; Prometheus scrapes the metrics port (EVALFLEET_METRICS_PORT)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # -- documentation, behind the token (the page's cookie works: Swagger UI is same-origin) -
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document(_: Reviewer) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(_: Reviewer) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(_: Reviewer) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     return app

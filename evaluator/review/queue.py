@@ -22,7 +22,7 @@ import redis
 
 from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES, SKIPPED_PREFIX
 from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Verdict
-from evaluator.review.routing import parse_queue_key
+from evaluator.review.routing import parse_entry_location, parse_queue_key
 from evaluator.sinks.outbox import label_outbox_rows
 from evaluator.sinks.sql import SQLStore
 from evaluator.streams import text
@@ -64,7 +64,10 @@ class QueueFilter:
     def allows(self, tenant: str | None, evaluator: str) -> bool:
         if self.evaluator is not None and evaluator != self.evaluator:
             return False
-        return self.tenants is None or (tenant is not None and tenant in self.tenants)
+        # An empty tenant is no tenant, as its queue key says (``routing.NO_TENANT``).
+        return self.tenants is None or (
+            tenant is not None and tenant != "" and tenant in self.tenants
+        )
 
 
 class ReviewQueue:
@@ -88,16 +91,30 @@ class ReviewQueue:
     # -- reading -------------------------------------------------------------------------------
 
     def queues(self, scope: QueueFilter = QueueFilter()) -> list[str]:
-        """The queues in scope, most urgent first."""
+        """The queues in scope, most urgent first. A key that does not parse (written before
+        tenant names were encoded, with a ":" in one) is in the scope of all-tenant reviewers
+        only; ``claim`` checks each item's own tenant anyway."""
         keys = sorted((text(k) for k in self.client.smembers(REVIEW_QUEUES)), reverse=True)
-        return [k for k in keys if scope.allows(*parse_queue_key(k)[1:])]
+        in_scope = []
+        for key in keys:
+            try:
+                _, tenant, evaluator = parse_queue_key(key)
+            except ValueError:
+                if scope.tenants is None:
+                    in_scope.append(key)
+                continue
+            if scope.allows(tenant, evaluator):
+                in_scope.append(key)
+        return in_scope
 
     def locate(self, item_id: str) -> tuple[str, str]:
         where = self.client.hget(REVIEW_ENTRIES, item_id)
         if where is None:
             raise NotFound(f"no review item {item_id!r}")
-        queue, entry_id = text(where).split(" ")
-        return queue, entry_id
+        try:
+            return parse_entry_location(text(where))
+        except ValueError:
+            raise NotFound(f"review item {item_id!r} has no valid location") from None
 
     def holder(self, item_id: str) -> str | None:
         """The reviewer holding the item's lease right now (None: nobody, or it expired)."""
@@ -131,7 +148,8 @@ class ReviewQueue:
                 item = ReviewItem.model_validate_json(fields[b"item"])
                 if self.store.label(item.id) is not None:
                     self.client.xack(queue, REVIEW_GROUP, entry_id)  # labelled before a crash
-                elif item.id in skipped:
+                elif item.id in skipped or not scope.allows(item.tenant, item.evaluator):
+                    # Out of scope despite its queue: a key from before tenant encoding.
                     self._release(queue, entry_id)
                 else:
                     claimed.append(Claimed(item, queue, entry_id))

@@ -13,6 +13,7 @@ group), which ``evaluator.review.queue`` serves.
 
 from __future__ import annotations
 
+import string
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,8 @@ from evaluator.constants import (
     REVIEW_STREAM,
 )
 from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
-from evaluator.sinks.sql import SQLStore, as_utc
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import as_utc
 
 CRITICAL_PRIORITY = 20  # e.g. a safety judge's "unsafe": reviewed before anything else
 HIGH_SEVERITY_PRIORITY = 10
@@ -78,14 +80,69 @@ def republish_unrouted(
     return len(published)
 
 
+# Redis keys are built from untrusted names (a trace's tenant is whatever the app sent) and split
+# again on ":" (queue keys) and " " (``REVIEW_ENTRIES`` values). Each name is therefore
+# percent-encoded (UTF-8) outside these characters, "%" included, so an encoded name never
+# holds a separator, "*" or the "{}" of Redis Cluster hash tags. Names made only of them encode
+# to themselves: the keys of ordinary tenants ("acme", "globex-eu", "t_1") are byte-identical to
+# those written before the encoding, and a running fleet's queues keep working across it.
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+NO_TENANT = "-"  # the tenant part of an item without a tenant (or with an empty one, as before)
+
+
+def encode_key_part(name: str) -> str:
+    """``name`` as one component of a Redis key: reversible, with no ":", " " or "%" left."""
+    if name == NO_TENANT:
+        return "%2D"  # a tenant literally named "-" is not "no tenant"
+    return "".join(
+        char
+        if char in _KEY_SAFE
+        else "".join(f"%{byte:02X}" for byte in char.encode(errors="surrogatepass"))
+        for char in name
+    )
+
+
+def decode_key_part(part: str) -> str:
+    """The name ``encode_key_part`` encoded (strict: a "%" not followed by two hex digits, or
+    bytes that are not UTF-8, raise ValueError)."""
+    if "%" not in part:
+        return part
+    pieces = part.split("%")
+    raw = bytearray(pieces[0].encode())
+    for piece in pieces[1:]:
+        if len(piece) < 2 or not all(c in string.hexdigits for c in piece[:2]):
+            raise ValueError(f"not a percent-encoded key part: {part!r}")
+        raw.append(int(piece[:2], 16))
+        raw += piece[2:].encode()
+    return raw.decode(errors="surrogatepass")  # total, as encoding is: lone surrogates too
+
+
 def queue_key(priority: int, tenant: str | None, evaluator: str) -> str:
     """The claimable queue of a review item; the zero-padded priority sorts urgent first."""
-    return f"{REVIEW_QUEUE_PREFIX}{priority:03d}:{tenant or '-'}:{evaluator}"
+    tenant_part = encode_key_part(tenant) if tenant else NO_TENANT
+    return f"{REVIEW_QUEUE_PREFIX}{priority:03d}:{tenant_part}:{encode_key_part(evaluator)}"
 
 
 def parse_queue_key(key: str) -> tuple[int, str | None, str]:
-    priority, tenant, evaluator = key.removeprefix(REVIEW_QUEUE_PREFIX).split(":", 2)
-    return int(priority), None if tenant == "-" else tenant, evaluator
+    """(priority, tenant, evaluator) of a ``queue_key``; ValueError for anything else, such as
+    a key written before the encoding with a ":" in its tenant (``ReviewQueue.queues`` serves
+    those to all-tenant reviewers only, never to a tenant it might be mistaken for)."""
+    parts = key.removeprefix(REVIEW_QUEUE_PREFIX).split(":")
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise ValueError(f"not a review queue key: {key!r}")
+    priority, tenant, evaluator = parts
+    tenant_name = None if tenant == NO_TENANT else decode_key_part(tenant)
+    return int(priority), tenant_name, decode_key_part(evaluator)
+
+
+def parse_entry_location(location: str) -> tuple[str, str]:
+    """(queue, entry id) of a ``REVIEW_ENTRIES`` value, "<queue key> <entry id>" as
+    ``_ROUTE_ONCE`` writes it. Split at the last space: stream entry ids never hold one and
+    encoded queue keys neither, but keys written before the encoding may."""
+    queue, _, entry_id = location.rpartition(" ")
+    if not queue or not entry_id:
+        raise ValueError(f"not a review entry location: {location!r}")
+    return queue, entry_id
 
 
 @dataclass

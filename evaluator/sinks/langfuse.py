@@ -39,6 +39,15 @@ id) (packages/shared/src/server/ingestion/processEventBatch.ts), so a changed sc
 its file instead of adding a second one with the same time, whose merge order would be
 undefined.
 
+Each event's outcome is read from the 207 by the event id sent (the score id): a success is
+delivered; an error entry with a 4xx status is a permanent rejection, kept with the server's
+message; one with a 5xx or 429 (the real server's 500 "Internal Server Error" entry for any
+failure on its side, aggregateBatchResult in processEventBatch.ts) or with no readable status
+leaves the row pending for a retry with backoff (``deliver_each`` tells the relay which), so a
+transient failure never becomes a rejection and no accepted score is sent again. Only a 207
+whose errors name no event (not the real server) makes the sink re-send the unconfirmed rows,
+in halves, to find the refused ones.
+
 A server that answers the whole request 400, 401, 403, 404 or 405 is misconfigured (wrong keys,
 wrong host path, a server without this endpoint): nothing is rejected, every row stays pending,
 the sink logs it once, sets ``evalfleet_sink_config_error{sink="langfuse"}`` to 1 and only
@@ -368,38 +377,80 @@ class LangfuseSink:
             return "not JSON (NaN or Infinity)"
 
     def deliver(self, payloads: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """The Sink protocol's form of ``deliver_each``: a row Langfuse could not take now makes
+        the whole call SinkUnavailable. The others' outcomes are kept, so they are not sent
+        again when the relay hands the rows over again unchanged."""
+        outcomes, retry = self._deliver(payloads)
+        if retry:
+            self._remember(payloads, outcomes)
+            why = next(iter(retry.values()))
+            raise SinkUnavailable(f"Langfuse did not take {len(retry)} of {len(payloads)}: {why}")
+        return {row_id: why for row_id, why in outcomes.items() if why is not None}
+
+    def deliver_each(
+        self, payloads: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Send the payloads (keyed by outbox row id). Returns (rejected, retry): the rows
+        Langfuse refused for good (a 4xx entry of its 207 answer) and those it could not take
+        now (a 5xx or 429 entry, or a later request of the batch that failed as a whole), each
+        with the reason; every other row was accepted. Raises SinkUnavailable when the first
+        request fails as a whole (nothing was answered), SinkMisconfigured when the server
+        refuses the request itself."""
+        outcomes, retry = self._deliver(payloads)
+        return {row_id: why for row_id, why in outcomes.items() if why is not None}, retry
+
+    def _deliver(
+        self, payloads: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, str | None], dict[str, str]]:
+        """(outcomes, retry): row id -> None (accepted) or the rejection, and row id -> why it
+        waits for another attempt."""
         if self.config_error is not None and time.monotonic() < self._next_probe:
             raise SinkMisconfigured(f"{self.config_error} (next check in a while)")
         self.api  # noqa: B018 - the client (and the config-error gauge) before the first send
-        rejected: dict[str, str] = {}
+        outcomes: dict[str, str | None] = {}
         events: list[tuple[str, dict[str, Any]]] = []  # (row id, event)
         for row_id, payload in payloads.items():
             event = self._event(payload)
             settled = self._settled.pop(row_id, None) if self._settled else None
             if settled is not None and settled[0] == hash(self._encode(event)):
-                if settled[1] is not None:
-                    rejected[row_id] = settled[1]
+                outcomes[row_id] = settled[1]
                 continue  # its outcome was confirmed before: not sent twice
             events.append((row_id, event))
-        done: dict[str, str | None] = {}  # row id -> None (accepted) or the rejection
-        requests = self._requests(events, rejected)
+        retry: dict[str, str] = {}
+        requests = self._requests(events, outcomes)
         try:
-            for chunk, body in requests:
-                self._post(chunk, body, done)
+            for index, (chunk, body) in enumerate(requests):
+                try:
+                    self._post(chunk, body, outcomes, retry)
+                except SinkMisconfigured:
+                    raise
+                except SinkUnavailable as exc:
+                    if index == 0:
+                        raise  # nothing was answered: the server is down, the batch waits
+                    # The server answered the earlier requests: their outcomes stand, the
+                    # rest of the batch waits for its retry (the server just went away).
+                    for rest, _ in requests[index:]:
+                        retry |= {row_id: str(exc) for row_id, _ in rest}
+                    break
         except SinkUnavailable:
-            sent = dict(events)
-            for row_id, outcome in done.items():
-                self._settled[row_id] = (hash(self._encode(sent[row_id])), outcome)
-            while len(self._settled) > 100_000:  # rows another relay took over
-                self._settled.pop(next(iter(self._settled)))
+            self._remember(payloads, outcomes)
             raise
         if requests:  # the server answered: whatever was wrong with its configuration is not
             self._configured()
-        rejected |= {row_id: why for row_id, why in done.items() if why is not None}
-        return rejected
+        return outcomes, retry
+
+    def _remember(
+        self, payloads: dict[str, dict[str, Any]], outcomes: dict[str, str | None]
+    ) -> None:
+        """Keep the confirmed outcomes of a delivery that failed as a whole (see __init__)."""
+        for row_id, outcome in outcomes.items():
+            sent = hash(self._encode(self._event(payloads[row_id])))
+            self._settled[row_id] = (sent, outcome)
+        while len(self._settled) > 100_000:  # rows another relay took over
+            self._settled.pop(next(iter(self._settled)))
 
     def _requests(
-        self, events: list[tuple[str, dict[str, Any]]], rejected: dict[str, str]
+        self, events: list[tuple[str, dict[str, Any]]], rejected: dict[str, str | None]
     ) -> list[tuple[list[tuple[str, dict[str, Any]]], bytes]]:
         """The requests to send: (events, body), each body within the byte limit. One
         serialisation of the whole batch when it fits (the usual case); else event by event."""
@@ -435,9 +486,14 @@ class LangfuseSink:
         return requests
 
     def _post(
-        self, chunk: list[tuple[str, dict[str, Any]]], body: bytes, done: dict[str, str | None]
+        self,
+        chunk: list[tuple[str, dict[str, Any]]],
+        body: bytes,
+        outcomes: dict[str, str | None],
+        retry: dict[str, str],
     ) -> None:
-        """Send one request; record each row's outcome in ``done``. Raises SinkUnavailable
+        """Send one request; record each row's outcome in ``outcomes`` (None: accepted, else the
+        rejection) or, when Langfuse could not take it now, in ``retry``. Raises SinkUnavailable
         (SinkMisconfigured) when the request as a whole was not taken."""
         wrapper = self.api._client_wrapper
         url = wrapper.get_base_url().rstrip("/") + "/api/public/ingestion"
@@ -449,10 +505,10 @@ class LangfuseSink:
         status = response.status_code
         if status == 413:  # a proxy with a lower limit than Langfuse's
             if len(chunk) == 1:
-                done[chunk[0][0]] = f"HTTP 413: {response.text[:200]}"
+                outcomes[chunk[0][0]] = f"HTTP 413: {response.text[:200]}"
                 return
-            for half in (chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]):
-                self._post(half, _ENCODER.encode({"batch": [e for _, e in half]}).encode(), done)
+            for half in _halves(chunk):
+                self._post(half, _encode_batch(half), outcomes, retry)
             return
         if status in (408, 429) or status >= 500:
             raise SinkUnavailable(f"Langfuse answered HTTP {status}")
@@ -473,42 +529,77 @@ class LangfuseSink:
             )
         try:
             answer = response.json()
-            successes, errors = answer["successes"], answer["errors"]
+            successes, errors = list(answer["successes"]), list(answer["errors"])
         except (ValueError, KeyError, TypeError):
             raise self._misconfigured(
                 f"{url} answered HTTP {status} without the ingestion API's result "
                 f"({response.text[:200]!r}); check LANGFUSE_HOST"
             ) from None
         rows = {str(event["id"]): row_id for row_id, event in chunk}
-        unconfirmed = set(rows)
-        transient = []
-        for error in errors:
-            event_id = str(error.get("id"))
-            row_id = rows.get(event_id)
-            if row_id is None:
-                continue
-            code = int(error.get("status") or 500)
-            if code in (401, 403):
-                raise self._misconfigured(
-                    f"Langfuse refused scores for this key ({error.get('error')}); give the "
-                    "key access to scores"
-                )
-            unconfirmed.discard(event_id)
-            if code in (408, 429) or code >= 500:
-                transient.append(row_id)
-                continue
-            reason = "; ".join(str(e) for e in (error.get("message"), error.get("error")) if e)
-            done[row_id] = f"HTTP {code}: {reason}"[:1000]
+        named: set[str] = set()
         for success in successes:
-            event_id = str(success.get("id"))
+            event_id = str(success.get("id")) if isinstance(success, dict) else ""
             if event_id in rows:
-                unconfirmed.discard(event_id)
-                done[rows[event_id]] = None
-        if transient or unconfirmed:
-            raise SinkUnavailable(
-                f"Langfuse did not confirm {len(transient) + len(unconfirmed)} of {len(chunk)} "
-                "scores; retrying those"
+                named.add(event_id)
+                outcomes[rows[event_id]] = None
+        unnamed_errors: list[tuple[int, str]] = []
+        for error in errors:
+            if not isinstance(error, dict):
+                continue
+            code, reason = _item_status(error), _item_reason(error)
+            event_id = str(error.get("id"))
+            if event_id not in rows:  # "unknown": the server could not read the event's id
+                unnamed_errors.append((code, reason))
+                continue
+            named.add(event_id)
+            self._item_error(rows[event_id], code, reason, outcomes, retry)
+        unconfirmed = [(row_id, event) for row_id, event in chunk if str(event["id"]) not in named]
+        if unconfirmed:
+            self._unnamed(unconfirmed, unnamed_errors, outcomes, retry)
+
+    def _item_error(
+        self,
+        row_id: str,
+        code: int,
+        reason: str,
+        outcomes: dict[str, str | None],
+        retry: dict[str, str],
+    ) -> None:
+        """One event's entry in ``errors`` (packages/shared/src/server/ingestion/
+        processEventBatch.ts, aggregateBatchResult: 400 invalid, 401 scope, 404 not found, 500
+        anything else, such as a database that blinked in a v2 server's synchronous path)."""
+        if code in (401, 403):
+            raise self._misconfigured(
+                f"Langfuse refused scores for this key ({reason}); give the key access to scores"
             )
+        outcomes.pop(row_id, None)  # an error entry outweighs a success entry of the same id
+        if code in (408, 429) or code >= 500:
+            retry[row_id] = f"HTTP {code}: {reason}"[:1000]
+        else:
+            outcomes[row_id] = f"HTTP {code}: {reason}"[:1000]
+
+    def _unnamed(
+        self,
+        unconfirmed: list[tuple[str, dict[str, Any]]],
+        unnamed_errors: list[tuple[int, str]],
+        outcomes: dict[str, str | None],
+        retry: dict[str, str],
+    ) -> None:
+        """Rows a 207 did not name. Without a 4xx error that names no event, nothing says any
+        of them was refused: they wait for a retry. With one, the answer cannot be mapped (the
+        real server names every event by the id it was sent, so this is another server): one
+        row takes it, more are sent again in halves to find the refused ones."""
+        if not any(400 <= code < 500 for code, _ in unnamed_errors):
+            why = f"HTTP {unnamed_errors[0][0]}: {unnamed_errors[0][1]}" if unnamed_errors else ""
+            for row_id, _ in unconfirmed:
+                retry[row_id] = (why or "Langfuse did not confirm it")[:1000]
+            return
+        if len(unconfirmed) == 1:
+            code, reason = next(e for e in unnamed_errors if 400 <= e[0] < 500)
+            self._item_error(unconfirmed[0][0], code, reason, outcomes, retry)
+            return
+        for half in _halves(unconfirmed):
+            self._post(half, _encode_batch(half), outcomes, retry)
 
     def _misconfigured(self, reason: str) -> SinkMisconfigured:
         if self.config_error is None:
@@ -540,6 +631,31 @@ class LangfuseSink:
 
 def _batch(events: list[bytes]) -> bytes:
     return b'{"batch":[' + b",".join(events) + b"]}"
+
+
+def _encode_batch(chunk: list[tuple[str, dict[str, Any]]]) -> bytes:
+    return _ENCODER.encode({"batch": [event for _, event in chunk]}).encode()
+
+
+def _halves(
+    chunk: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+    return chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]
+
+
+def _item_status(error: dict[str, Any]) -> int:
+    """An error entry's status; one without a readable status counts as a server error (500):
+    retried, never taken for a refusal."""
+    try:
+        return int(error.get("status"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 500
+
+
+def _item_reason(error: dict[str, Any]) -> str:
+    # The real entries: {"message": "Invalid request data", "error": <zod's message>} for a
+    # 400, {"error": "Internal Server Error"} for a 500 (processEventBatch.ts).
+    return "; ".join(str(e) for e in (error.get("message"), error.get("error")) if e)
 
 
 def label_sinks() -> list[LangfuseSink]:

@@ -30,7 +30,8 @@ from evaluator.health import DATABASE, PROCESS, Backoff, Readiness, outage_of
 from evaluator.models import ReviewLabel, Score, Trace, stable_id
 from evaluator.settings import Settings
 from evaluator.sinks.base import Sink, SinkUnavailable
-from evaluator.sinks.sql import OutboxRecord, SQLStore, as_utc
+from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import OutboxRecord, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def label_outbox_rows(
 class RelayCounts:
     delivered: int = 0
     rejected: int = 0
-    retried: int = 0
+    retried: int = 0  # rows left pending for another attempt (the sink down, or transient)
+    transient: int = 0  # of those, rows the sink answered with a transient per-item error
 
 
 def _otel_signals(settings: Settings) -> list[str]:
@@ -129,6 +131,20 @@ def build_sinks(settings: Settings) -> list[Sink]:
 
             sinks.append(OTelSink.otlp(_otel_signals(settings)))
     return sinks
+
+
+def _deliver(
+    sink: Sink, payloads: dict[str, dict[str, Any]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(rejected, transient) rows of one delivery. A sink that can tell the rows it could not
+    take now from the others (Langfuse's 207 names each event's outcome) has
+    ``deliver_each(payloads) -> (rejected, retry)``: only those rows wait for a retry, the
+    rest is settled at once. Any other sink takes or leaves the batch as a whole."""
+    deliver_each = getattr(sink, "deliver_each", None)
+    if deliver_each is None:
+        return sink.deliver(payloads), {}
+    rejected, transient = deliver_each(payloads)
+    return dict(rejected), dict(transient)
 
 
 class SinkRelay:
@@ -239,8 +255,9 @@ class SinkRelay:
         if not rows:
             return 0
         counts = self.counts[name]
+        payloads = {row_id: payload for row_id, _, payload in rows}
         try:
-            rejected = self.sinks[name].deliver({row_id: payload for row_id, _, payload in rows})
+            rejected, transient = _deliver(self.sinks[name], payloads)
         except SinkUnavailable as exc:
             attempts = max(a for _, a, _ in rows) + 1
             log.debug("sink %s down (%d rows, attempt %d): %s", name, len(rows), attempts, exc)
@@ -256,7 +273,7 @@ class SinkRelay:
             )
             return len(rows)
         self.readiness.up(f"sink:{name}")
-        delivered = [r[0] for r in rows if r[0] not in rejected]
+        delivered = [r[0] for r in rows if r[0] not in rejected and r[0] not in transient]
         counts.delivered += len(delivered)
         counts.rejected += len(rejected)
         metrics.SINK_DELIVERIES.labels(name, "delivered").inc(len(delivered))
@@ -266,8 +283,40 @@ class SinkRelay:
             self._unsettled.append(
                 ([row_id], now, {"status": REJECTED, "last_error": reason[:1000]})
             )
+        if transient:
+            self._retry_transient(name, rows, transient, now)
         self._settle(delivered, now, status=DELIVERED, last_error=None)
         return len(rows)
+
+    def _retry_transient(
+        self,
+        name: str,
+        rows: list[tuple[str, int, dict[str, Any]]],
+        transient: dict[str, str],
+        now: datetime,
+    ) -> None:
+        """Rows the sink could not take now while it took the rest of the batch: each waits
+        its own backoff (by its own attempts) and stays pending, with the reason."""
+        counts = self.counts[name]
+        counts.retried += len(transient)
+        counts.transient += len(transient)
+        metrics.SINK_DELIVERIES.labels(name, "retried").inc(len(transient))
+        metrics.SINK_TRANSIENT_ITEMS.labels(name).inc(len(transient))
+        log.debug("sink %s could not take %d rows now; retrying them", name, len(transient))
+        answered = datetime.now(UTC)  # backoff from the answer, as for a sink that is down
+        for row_id, attempts, _ in rows:
+            if row_id in transient:
+                self._unsettled.append(
+                    (
+                        [row_id],
+                        now,
+                        {
+                            "attempts": OutboxRecord.attempts + 1,
+                            "next_attempt_at": answered + self._backoff(attempts + 1),
+                            "last_error": transient[row_id][:1000],
+                        },
+                    )
+                )
 
     def drain_once(self) -> int:
         """One batch per sink: a slow or failing sink never starves the others."""

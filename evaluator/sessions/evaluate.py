@@ -1,0 +1,118 @@
+"""Evaluating completed sessions: their turns read back from the store, the session evaluators
+run on the whole conversation, scores and ledger rows written in one transaction.
+
+A session is handed over when the tracker decides it is complete; its turns reach the store
+through their heuristics batches, which may still be on their way (a turn published a moment
+before the quiet period ended). A session with turns missing waits, up to ``patience_s`` after
+its last turn; then it is evaluated with the turns there are, and says which were missing.
+Writes are upserts keyed on (session, version, evaluator), so a repeated hand-off changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlmodel import col, select
+
+from evaluator.evaluators.base import run_on
+from evaluator.ledger import LedgerState, ledger_row
+from evaluator.models import ScoreStatus, Trace, parse_trace
+from evaluator.sessions.heuristics import (
+    Session,
+    SessionEvaluator,
+    in_conversation_order,
+    session_error,
+)
+from evaluator.sessions.tracker import CompletedSession
+from evaluator.sinks.sql import SQLStore, score_row
+from evaluator.store.tables import TracePayloadRecord
+
+
+@dataclass
+class SessionOutcome:
+    evaluated: int = 0
+    scores: int = 0
+    waiting: list[CompletedSession] = field(default_factory=list)  # turns still on their way
+
+
+def stored_turns(store: SQLStore, trace_ids: Sequence[str], max_bytes: int) -> dict[str, Trace]:
+    """The stored payloads of these traces, parsed (each was valid when it was published)."""
+    found: dict[str, Trace] = {}
+    with store.session() as session:
+        for start in range(0, len(trace_ids), 500):
+            query = select(TracePayloadRecord.trace_id, TracePayloadRecord.payload).where(
+                col(TracePayloadRecord.trace_id).in_(trace_ids[start : start + 500])
+            )
+            for trace_id, payload in session.exec(query):
+                parsed = parse_trace(payload, max_bytes)
+                if isinstance(parsed, Trace):
+                    found[trace_id] = parsed
+    return found
+
+
+def evaluate_sessions(
+    completed: Sequence[CompletedSession],
+    store: SQLStore,
+    evaluators: Sequence[SessionEvaluator],
+    *,
+    max_trace_bytes: int,
+    budget_s: float,
+    patience_s: float,
+    now_ms: int | None = None,
+) -> SessionOutcome:
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    outcome = SessionOutcome()
+    turns = stored_turns(store, [t for s in completed for t in s.turn_ids], max_trace_bytes)
+    score_rows, ledger = [], []
+    written_at = datetime.fromtimestamp(now / 1000, UTC)
+    for done in completed:
+        missing = tuple(t for t in done.turn_ids if t not in turns)
+        if missing and now - done.last_ms < patience_s * 1000:
+            outcome.waiting.append(done)
+            continue
+        session = Session(
+            digest=done.digest,
+            tenant=done.tenant,
+            session_id=done.session_id,
+            version=done.version,
+            turns=in_conversation_order([turns[t] for t in done.turn_ids if t in turns]),
+            missing=missing,
+            outcome=done.outcome,
+            overflow=done.overflow,
+        )
+        scores = run_on(evaluators, session, session_error, budget_s, "session")
+        for score in scores:
+            if missing:
+                score.metadata["missing_turns"] = len(missing)
+            score_rows.append(score_row(score, session.tenant, None, None))
+        for evaluator in evaluators:
+            # One ledger row per session x evaluator x version; the session's version (which
+            # turns it held) is part of the evaluation's version.
+            version = f"{evaluator.version}/{session.version}"
+            failed = [
+                s for s in scores
+                if s.evaluator == evaluator.name and s.status is ScoreStatus.ERROR
+            ]  # fmt: skip
+            state = LedgerState.FAILED if failed else LedgerState.DONE
+            reason = failed[0].reason if failed else ""
+            ledger.append(
+                ledger_row(
+                    session.subject,
+                    evaluator.name,
+                    version,
+                    state,
+                    written_at,
+                    reason=reason,
+                    stratum="outcome" if session.outcome else None,
+                    inclusion=1.0,
+                )
+            )
+        outcome.evaluated += 1
+        outcome.scores += len(scores)
+    if score_rows or ledger:
+        store.write_batch([], score_rows, [], ledger=ledger)
+    return outcome

@@ -1,0 +1,35 @@
+"""Creating and upgrading the database schema: the one place that does it.
+
+Upgrades so far only add nullable columns (``scores.inclusion_probability``,
+``evaluation_ledger.dispatches``), which ``create_schema`` applies to a database an older
+version created, so a running fleet upgrades by restarting its processes. The first change that
+is not additive (a rename, a type change, a new constraint on existing rows) is the point to
+introduce Alembic migrations; until then they would be ceremony without a job.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, inspect
+from sqlmodel import SQLModel
+
+from evaluator.store import tables as _tables  # noqa: F401 - registers every table's metadata
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables and indexes, and add nullable columns a newer version declares."""
+    SQLModel.metadata.create_all(engine)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    existing = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not existing.has_table(table.name):
+            continue
+        present = {c["name"] for c in existing.get_columns(table.name)}
+        for missing in [c for c in table.columns if c.name not in present and c.nullable]:
+            kind = missing.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.exec_driver_sql(
+                    f'ALTER TABLE {table.name} ADD COLUMN "{missing.name}" {kind}'
+                )
