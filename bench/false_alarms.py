@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluator.evaluators import heuristic_evaluators, run_evaluator
+from evaluator.evaluators.pii import find_pii, redact_pii
 from evaluator.models import Severity, Trace
-from evaluator.pii import find_pii, redact_pii
 from evaluator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

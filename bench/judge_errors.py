@@ -48,10 +48,10 @@ from openai_server import FakeOpenAI, OpenAIServer  # noqa: E402
 from sqlmodel import Session, col, func, select  # noqa: E402
 
 from evaluator.constants import CIRCUIT_PREFIX, RATE_LIMIT_PREFIX, RATE_PAUSE_PREFIX  # noqa: E402
-from evaluator.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.ingest import publish_many  # noqa: E402
-from evaluator.judges import JudgeSpec, default_judges_dir, load_judges, render_messages  # noqa: E402
+from evaluator.judging.files import JudgeSpec, default_judges_dir, load_judges, render_messages  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
+from evaluator.ops.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
 from evaluator.sinks.sql import SQLStore  # noqa: E402
 from evaluator.store.tables import JudgeCallRecord, LedgerRecord  # noqa: E402

@@ -24,9 +24,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from openai_server import OpenAIServer  # noqa: E402
 
-from evaluator.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.ingest import publish_many  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
+from evaluator.ops.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
 from evaluator.sinks.sql import SQLStore  # noqa: E402
 from evaluator.store.tables import JudgeCallRecord  # noqa: E402

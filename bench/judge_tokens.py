@@ -23,13 +23,13 @@ os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
 from openai_server import OpenAIServer  # noqa: E402
 
-from evaluator.embedded import EmbeddedRedis  # noqa: E402
-from evaluator.evaluators.judge import run_judgements  # noqa: E402
-from evaluator.evaluators.ragas import RagasRunner, RagasSpec, ragas_installed  # noqa: E402
 from evaluator.ingest import read_lines  # noqa: E402
-from evaluator.judges import default_judges_dir, load_judges  # noqa: E402
+from evaluator.judging.files import default_judges_dir, load_judges  # noqa: E402
+from evaluator.judging.limits import RateLimiter  # noqa: E402
+from evaluator.judging.ragas import RagasRunner, RagasSpec, ragas_installed  # noqa: E402
+from evaluator.judging.runtime import run_judgements  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
-from evaluator.ratelimit import RateLimiter  # noqa: E402
+from evaluator.ops.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
 
 

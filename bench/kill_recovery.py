@@ -25,13 +25,13 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluator import inflight  # noqa: E402
+from evaluator.console.stats import unacked_tasks  # noqa: E402
 from evaluator.constants import HEURISTICS_QUEUE, UNACKED_PREFIX  # noqa: E402
 from evaluator.ingest import publish_many  # noqa: E402
 from evaluator.models import Trace  # noqa: E402
+from evaluator.sampling import inflight  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
 from evaluator.sinks.sql import SQLStore  # noqa: E402
-from evaluator.stats import unacked_tasks  # noqa: E402
 from evaluator.store.tables import TraceRecord  # noqa: E402
 from evaluator.streams import connect  # noqa: E402
 

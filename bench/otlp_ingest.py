@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from evaluator.embedded import EmbeddedRedis, free_port
+from evaluator.ops.embedded import EmbeddedRedis, free_port
 from evaluator.streams import connect
 
 QUESTION = "How do I rotate my API key without downtime for the services that use it?"

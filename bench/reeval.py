@@ -28,16 +28,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from openai_server import OpenAIServer  # noqa: E402
 from sqlmodel import Session, col, select  # noqa: E402
 
-from evaluator import reeval  # noqa: E402
 from evaluator.celery_app import create_app, judge_dispatch  # noqa: E402
-from evaluator.embedded import EmbeddedRedis  # noqa: E402
+from evaluator.evaluation import reeval  # noqa: E402
+from evaluator.evaluation.scoring import ScoringContext, score_batch  # noqa: E402
 from evaluator.evaluators import heuristic_evaluators  # noqa: E402
 from evaluator.ingest import publish  # noqa: E402
-from evaluator.judges import judge_registry  # noqa: E402
+from evaluator.judging.files import judge_registry  # noqa: E402
 from evaluator.ledger import open_count  # noqa: E402
 from evaluator.models import SampleDecision, Trace  # noqa: E402
+from evaluator.ops.embedded import EmbeddedRedis  # noqa: E402
 from evaluator.review import ReviewRouter  # noqa: E402
-from evaluator.scoring import ScoringContext, score_batch  # noqa: E402
 from evaluator.settings import Settings  # noqa: E402
 from evaluator.sinks.sql import SQLStore  # noqa: E402
 from evaluator.store.tables import LedgerRecord, ScoreRecord, TraceRecord  # noqa: E402

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
 
-from evaluator.embedded import EmbeddedRedis
+from evaluator.ops.embedded import EmbeddedRedis
 from evaluator.sessions.tracker import CompletedSession, SessionPolicy, SessionTracker, TurnSeen
 
 

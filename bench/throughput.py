@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlmodel import SQLModel
 
-from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.celery_app import celery_dispatch, create_app
-from evaluator.embedded import EmbeddedRedis
 from evaluator.ingest import publish_many
 from evaluator.models import Trace
-from evaluator.sampler import Sampler
+from evaluator.ops.embedded import EmbeddedRedis
+from evaluator.sampling.budget import BudgetPlanner, SpendMeter
+from evaluator.sampling.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import TraceRecord

@@ -44,7 +44,7 @@ from urllib.parse import urlparse
 from celery import Celery, bootsteps
 from kombu.transport import redis as kombu_redis
 
-from evaluator.health import BROKER, DATABASE, PROCESS, REDIS, Prober, database_check
+from evaluator.ops.health import BROKER, DATABASE, PROCESS, REDIS, Prober, database_check
 from evaluator.settings import Settings
 
 log = logging.getLogger(__name__)

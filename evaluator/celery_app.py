@@ -25,7 +25,7 @@ from evaluator.constants import (
     WORK_QUEUES,
 )
 from evaluator.ledger import DispatchJudges
-from evaluator.sampler import Dispatch, DispatchError
+from evaluator.sampling.sampler import Dispatch, DispatchError
 from evaluator.settings import Settings
 
 # Judge entries to send again after ``delay_s`` (deferred by rate limits or an outage).

@@ -34,7 +34,7 @@ WORK_QUEUES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE, JUDGES_BACKFILL_QUEUE)
 UNACKED_PREFIX: Final = "evalfleet:unacked:"
 WORKER_ROLES: Final = (HEURISTICS_QUEUE, JUDGES_QUEUE)
 
-# Heuristics batches dispatched and not finished (evaluator.inflight): id -> entries, and
+# Heuristics batches dispatched and not finished (evaluator.sampling.inflight): id -> entries, and
 # id -> when it is overdue.
 HEURISTICS_INFLIGHT: Final = "evalfleet:inflight:heuristics"
 HEURISTICS_INFLIGHT_DUE: Final = "evalfleet:inflight:heuristics:due"

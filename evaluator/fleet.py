@@ -11,18 +11,19 @@ import contextlib
 import redis
 from celery import Celery
 
-from evaluator import inflight, metrics
-from evaluator.budget import BudgetPlanner, SpendMeter
 from evaluator.celery_app import celery_dispatch, judge_dispatch, requeue_judges
 from evaluator.constants import HEURISTICS_QUEUE
+from evaluator.evaluation.scoring import ScoringContext
 from evaluator.evaluators import heuristic_evaluators
-from evaluator.evaluators.judge import JudgeLoop
-from evaluator.judges import enabled_judges, judge_registry
+from evaluator.judging.files import enabled_judges, judge_registry
+from evaluator.judging.runtime import JudgeLoop
 from evaluator.ledger import reap
+from evaluator.ops import metrics
 from evaluator.review import ReviewRouter
 from evaluator.review.routing import republish_unrouted
-from evaluator.sampler import FleetChore, Sampler
-from evaluator.scoring import ScoringContext
+from evaluator.sampling import inflight
+from evaluator.sampling.budget import BudgetPlanner, SpendMeter
+from evaluator.sampling.sampler import FleetChore, Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import build_sinks
 from evaluator.sinks.sql import SQLStore
@@ -59,7 +60,7 @@ def build_sampler(settings: Settings, app: Celery, consumer: str | None = None) 
 def _production_sampler(
     settings: Settings, app: Celery, client: redis.Redis, lease: ConsumerLease
 ) -> Sampler:
-    from evaluator.stats import refresh_estimate_gauges
+    from evaluator.console.stats import refresh_estimate_gauges
 
     prune_idle_ms = settings.sampler_consumer_prune_idle_ms or 10 * settings.claim_idle_ms
     store = SQLStore(settings.sqlalchemy_url)

@@ -308,7 +308,7 @@ class Settings(BaseSettings):
         default=None, description="prometheus-client multiprocess files of a prefork worker."
     )
 
-    # Outages of Redis, the database or the broker: processes wait them out (evaluator.health).
+    # Outages of Redis, the database or the broker: processes wait them out (evaluator.ops.health).
     outage_backoff_max_s: float = Field(
         default=10.0, gt=0, description="Longest wait between retries while a dependency is down."
     )

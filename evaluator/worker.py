@@ -28,11 +28,9 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from evaluator import inflight, logs, metrics
 from evaluator.celery_app import FleetApp, create_app, judges_queue
 from evaluator.constants import HEURISTICS_QUEUE, HEURISTICS_TASK, JUDGES_TASK, TASK_STARTS_PREFIX
-from evaluator.fleet import build_scoring_context
-from evaluator.scoring import (
+from evaluator.evaluation.scoring import (
     INFRASTRUCTURE_ERRORS,
     ScoringContext,
     StallPlan,
@@ -42,6 +40,9 @@ from evaluator.scoring import (
     run_batch,
     run_heuristics,
 )
+from evaluator.fleet import build_scoring_context
+from evaluator.ops import logs, metrics
+from evaluator.sampling import inflight
 from evaluator.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from helpers import Fleet
 from langfuse_server import FakeLangfuse
 from openai_server import OpenAIServer
 
-from evaluator.embedded import EmbeddedRedis, redis_answers
+from evaluator.ops.embedded import EmbeddedRedis, redis_answers
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
 

@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from evaluator.embedded import free_port
 from evaluator.models import Trace
+from evaluator.ops.embedded import free_port
 from evaluator.settings import Settings
 
 
@@ -183,7 +183,7 @@ class RedisServer:
     acknowledged (NOSAVE only skips the RDB snapshot); ``persist=False`` comes back empty."""
 
     def __init__(self, directory: Path, persist: bool = True) -> None:
-        from evaluator.embedded import INSTALL_HINT, find_redis_server
+        from evaluator.ops.embedded import INSTALL_HINT, find_redis_server
 
         binary = find_redis_server()
         if binary is None:

@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from evaluator.embedded import free_port
+from evaluator.ops.embedded import free_port
 
 # What the extra brings: llama_cpp with its server's dependencies, and gguf for the model file.
 _EXTRA_MODULES = ("llama_cpp", "sse_starlette", "starlette_context", "gguf", "numpy")

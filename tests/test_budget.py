@@ -11,16 +11,16 @@ import pytest
 import redis
 from helpers import make_trace
 
-from evaluator.budget import (
+from evaluator.ingest import publish_many
+from evaluator.sampling.budget import (
     BudgetPlanner,
     SpendMeter,
     plan_rates,
     recent_traffic,
     record_traffic,
 )
-from evaluator.ingest import publish_many
-from evaluator.sampler import Sampler
-from evaluator.sampling import DEFAULT_STRATUM_RATES
+from evaluator.sampling.sampler import Sampler
+from evaluator.sampling.strata import DEFAULT_STRATUM_RATES
 from evaluator.settings import Settings
 
 DESIRED = {**DEFAULT_STRATUM_RATES, "control": 0.1}

@@ -17,7 +17,11 @@ from helpers import fleet_env
 from openai_server import OpenAIServer
 from rich.console import Console
 
-from evaluator.calibrate import (
+from evaluator.console.report import render_calibration
+from evaluator.judging.files import default_judges_dir, load_judge
+from evaluator.models import Score, ScoreStatus, Trace, Verdict
+from evaluator.settings import Settings
+from evaluator.trust.calibrate import (
     agreement,
     auc,
     baselines,
@@ -28,11 +32,7 @@ from evaluator.calibrate import (
     spearman,
     subsample,
 )
-from evaluator.golden import GoldenExample, golden_path, read_examples, read_golden
-from evaluator.judges import default_judges_dir, load_judge
-from evaluator.models import Score, ScoreStatus, Trace, Verdict
-from evaluator.report import render_calibration
-from evaluator.settings import Settings
+from evaluator.trust.golden import GoldenExample, golden_path, read_examples, read_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "datasets" / "golden"

@@ -26,7 +26,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from evaluator.cli import app
-from evaluator.embedded import free_port
+from evaluator.ops.embedded import free_port
 from evaluator.settings import OTHER_VARIABLES, Settings, get_settings, settings_variables
 from evaluator.sinks.sql import SQLStore
 
@@ -586,7 +586,7 @@ def test_every_variable_read_anywhere_is_known() -> None:
 def test_a_setting_error_names_the_variable(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
 ) -> None:
-    from evaluator.errors import describe
+    from evaluator.ops.errors import describe
     from evaluator.sinks.langfuse import LangfuseSettings
 
     for name, value in env.items():
@@ -603,7 +603,7 @@ def test_redis_errors_name_the_url_they_concern(monkeypatch: pytest.MonkeyPatch)
     import kombu.exceptions
     import redis
 
-    from evaluator.errors import describe
+    from evaluator.ops.errors import describe
     from evaluator.settings import get_settings
 
     monkeypatch.setenv("EVALFLEET_REDIS_URL", "redis://:pw@10.0.0.1:6379/0")
@@ -631,7 +631,7 @@ def test_redis_errors_name_the_url_they_concern(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_passwords_are_masked() -> None:
-    from evaluator.errors import mask_url
+    from evaluator.ops.errors import mask_url
 
     assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert mask_url("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"

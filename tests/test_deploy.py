@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import evaluator.metrics  # noqa: F401 - registers the metrics
+import evaluator.ops.metrics  # noqa: F401 - registers the metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 _SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}

@@ -279,9 +279,9 @@ def test_wheel_builds_from_exactly_the_files_the_dockerfile_copies(tmp_path: Pat
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
         "import evaluator, json\n"
-        "from evaluator.judges import default_judges_dir, load_judges\n"
-        "from evaluator.golden import default_golden_dir\n"
-        "from evaluator.demo import _PACKAGED_SAMPLES\n"
+        "from evaluator.judging.files import default_judges_dir, load_judges\n"
+        "from evaluator.trust.golden import default_golden_dir\n"
+        "from evaluator.console.demo import _PACKAGED_SAMPLES\n"
         "print(json.dumps({'file': evaluator.__file__, 'judges': sorted(dict(load_judges("
         "default_judges_dir()))), 'golden': default_golden_dir().is_dir(), "
         "'samples': _PACKAGED_SAMPLES.is_file()}))\n"
@@ -332,7 +332,7 @@ def test_image_healthcheck_asks_healthz_on_the_metrics_port(tmp_path: Path) -> N
     import os
     import socket
 
-    from evaluator.health import Readiness, serve
+    from evaluator.ops.health import Readiness, serve
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

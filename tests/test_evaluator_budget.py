@@ -19,11 +19,11 @@ import redis
 from helpers import make_trace
 from sqlmodel import Session, select
 
+from evaluator.evaluation.scoring import ScoringContext, score_batch
 from evaluator.evaluators import evaluate_all, heuristic_evaluators, run_evaluator
 from evaluator.evaluators.base import Evaluator, run_evaluators
 from evaluator.models import SampleDecision, Score, ScoreStatus, Trace
 from evaluator.review import ReviewRouter
-from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings, get_settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ScoreRecord

@@ -18,8 +18,8 @@ from types import ModuleType
 import pytest
 
 from evaluator.evaluators import heuristic_evaluators, run_evaluator
+from evaluator.evaluators.pii import redact_pii
 from evaluator.models import Severity, Trace
-from evaluator.pii import redact_pii
 from evaluator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

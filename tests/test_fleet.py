@@ -17,6 +17,7 @@ from helpers import Fleet, fleet_env, make_trace, wait_for
 from typer.testing import CliRunner
 
 from evaluator.cli import app
+from evaluator.console.stats import fleet_stats
 from evaluator.constants import (
     HEURISTICS_QUEUE,
     REVIEW_STREAM,
@@ -27,7 +28,6 @@ from evaluator.constants import (
 from evaluator.ingest import publish_many
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
-from evaluator.stats import fleet_stats
 from evaluator.store.tables import ScoreRecord, TraceRecord
 from evaluator.streams import group_info
 

@@ -25,14 +25,14 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import delete
 from sqlmodel import Session, SQLModel, select
 
-from evaluator import inflight
 from evaluator.constants import DEAD_STREAM, HEURISTICS_QUEUE, SAMPLER_GROUP, TRACES_STREAM
+from evaluator.evaluation.scoring import ScoringContext, run_heuristics
 from evaluator.evaluators import evaluate_all, heuristic_evaluators
 from evaluator.ledger import HEURISTICS
 from evaluator.models import Trace, parse_trace
 from evaluator.review import ReviewRouter
-from evaluator.sampler import Sampler
-from evaluator.scoring import ScoringContext, run_heuristics
+from evaluator.sampling import inflight
+from evaluator.sampling.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import LedgerRecord, ScoreRecord, TraceRecord

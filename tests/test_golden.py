@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import fleet_env, make_trace
 
-from evaluator.golden import DatasetError, GoldenExample, export, read_any, read_examples
 from evaluator.ledger import LedgerState, inclusion_probabilities, ledger_row, write_rows
 from evaluator.models import ReviewLabel, Verdict
 from evaluator.sinks.sql import SQLStore
+from evaluator.trust.golden import DatasetError, GoldenExample, export, read_any, read_examples
 
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)
 
@@ -132,8 +132,13 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_few_shot_examples_come_fenced_disagreements_first(tmp_path: Path) -> None:
-    from evaluator.golden import record_disagreements, write_examples
-    from evaluator.judges import default_judges_dir, load_judge, render_messages, validate_judge
+    from evaluator.judging.files import (
+        default_judges_dir,
+        load_judge,
+        render_messages,
+        validate_judge,
+    )
+    from evaluator.trust.golden import record_disagreements, write_examples
 
     golden = tmp_path / "golden"
     examples = [
@@ -188,7 +193,7 @@ def test_an_examples_source_follows_it_through_the_store() -> None:
 
 
 def test_golden_files_are_the_judges_own_and_the_sets_beside_it(tmp_path: Path) -> None:
-    from evaluator.golden import golden_files, read_golden, write_examples
+    from evaluator.trust.golden import golden_files, read_golden, write_examples
 
     first = GoldenExample.from_label(label(1, Verdict.PASS, T0))
     newer = GoldenExample.from_label(label(1, Verdict.FAIL, T0 + timedelta(days=1)))

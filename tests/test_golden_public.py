@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from helpers import fleet_env
 
-from evaluator.golden import (
+from evaluator.models import Verdict
+from evaluator.sinks.sql import SQLStore
+from evaluator.trust.golden import (
     DatasetError,
     export,
     golden_files,
     read_examples,
     read_golden,
 )
-from evaluator.golden_public import (
+from evaluator.trust.golden_public import (
     HALUEVAL_QA,
     SWAPPED,
     balanced,
@@ -27,8 +29,6 @@ from evaluator.golden_public import (
     read_labels,
     with_sibling_references,
 )
-from evaluator.models import Verdict
-from evaluator.sinks.sql import SQLStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).resolve().parent / "data" / "public_samples"

@@ -19,8 +19,8 @@ from evaluator.evaluators.heuristics import (
     Refusal,
     UnsupportedURLs,
 )
+from evaluator.evaluators.pii import detect_pii, find_pii, luhn_valid, redact_pii
 from evaluator.models import Score, ScoreStatus, Severity, Trace
-from evaluator.pii import detect_pii, find_pii, luhn_valid, redact_pii
 from evaluator.review.routing import ReviewRouter
 from evaluator.settings import Settings
 

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from helpers import make_trace
 from openai_server import OpenAIServer
 
-from evaluator.evaluators.judge import JudgeRuntime, breaker_policy
-from evaluator.judges import default_judges_dir, load_judges
-from evaluator.ratelimit import Admission, BreakerPolicy, CircuitBreaker, RateLimiter
+from evaluator.judging.files import default_judges_dir, load_judges
+from evaluator.judging.limits import Admission, BreakerPolicy, CircuitBreaker, RateLimiter
+from evaluator.judging.runtime import JudgeRuntime, breaker_policy
 from evaluator.settings import Settings
 
 ENDPOINT = "e-test"

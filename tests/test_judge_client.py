@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from evaluator.evaluators.judge_client import (
+from evaluator.judging.client import (
     Permanent,
     RetryAfter,
     SchemaUnsupported,

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluator.cli import app
-from evaluator.judges import LockProblemKind, default_judges_dir, lock_problems
+from evaluator.judging.files import LockProblemKind, default_judges_dir, lock_problems
 from evaluator.settings import get_settings
 
 

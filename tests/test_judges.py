@@ -13,9 +13,8 @@ import redis
 from helpers import make_trace
 from openai_server import OpenAIServer
 
-from evaluator.evaluators.judge import JudgeLoop, JudgeResult, run_judgements
-from evaluator.evaluators.judge_client import DEFER_ATTEMPTS_USED_UP, DEFER_OPEN
-from evaluator.judges import (
+from evaluator.judging.client import DEFER_ATTEMPTS_USED_UP, DEFER_OPEN
+from evaluator.judging.files import (
     FENCE_CLOSE,
     JudgeFileError,
     JudgeSpec,
@@ -27,6 +26,7 @@ from evaluator.judges import (
     validate_judge,
     write_lock,
 )
+from evaluator.judging.runtime import JudgeLoop, JudgeResult, run_judgements
 from evaluator.models import ScoreStatus, ScoreType, Trace
 from evaluator.settings import Settings, get_settings
 
@@ -308,7 +308,7 @@ def test_token_limit_and_request_limit_are_enforced_together(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from evaluator.ratelimit import RateLimiter
+    from evaluator.judging.limits import RateLimiter
 
     async def acquire_all() -> list[float]:
         client = aioredis.Redis.from_url(redis_url)
@@ -331,7 +331,7 @@ def test_backfill_calls_keep_to_their_share_of_the_rate_limit(
     calls get 10 at once and then 10/s, while 30 live calls beside them go through at once."""
     import redis.asyncio as aioredis
 
-    from evaluator.ratelimit import BACKFILL, RateLimiter
+    from evaluator.judging.limits import BACKFILL, RateLimiter
 
     async def calls(limiter: RateLimiter, n: int, backfill: bool) -> float:
         BACKFILL.set(backfill)

@@ -365,7 +365,7 @@ def test_probes_liveness_on_healthz_readiness_on_readyz() -> None:
 def process_server() -> Iterator[int]:
     import socket
 
-    from evaluator.health import Readiness, serve
+    from evaluator.ops.health import Readiness, serve
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -388,7 +388,7 @@ def test_the_probed_paths_are_served(
     process_server: int, redis_client: redis.Redis, redis_url: str, sqlite_url: str
 ) -> None:
     """Each path a probe asks, on the server that answers it: the metrics server of sampler,
-    workers and relay (evaluator.health), the review API and the OTLP receiver."""
+    workers and relay (evaluator.ops.health), the review API and the OTLP receiver."""
     from evaluator.ingest.receiver import create_receiver_app
     from evaluator.review.api import create_app
     from evaluator.review.queue import ReviewQueue

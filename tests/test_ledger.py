@@ -17,11 +17,11 @@ from openai_server import OpenAIServer
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from evaluator.budget import SpendMeter
 from evaluator.cli import app
+from evaluator.evaluation.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.ingest import publish_many
-from evaluator.judges import default_judges_dir, load_judges
+from evaluator.judging.files import default_judges_dir, load_judges
 from evaluator.ledger import (
     HEURISTICS,
     LedgerState,
@@ -36,7 +36,7 @@ from evaluator.ledger import (
 )
 from evaluator.models import SampleDecision
 from evaluator.review import ReviewRouter
-from evaluator.scoring import ScoringContext, judge_batch, score_batch
+from evaluator.sampling.budget import SpendMeter
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import LedgerRecord, ScoreRecord

@@ -38,9 +38,15 @@ from local_model import (
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
-from evaluator.evaluators.judge import JudgeResult, run_judgements
 from evaluator.ingest import publish_many
-from evaluator.judges import Judge, JudgeSpec, default_judges_dir, load_judges, render_messages
+from evaluator.judging.files import (
+    Judge,
+    JudgeSpec,
+    default_judges_dir,
+    load_judges,
+    render_messages,
+)
+from evaluator.judging.runtime import JudgeResult, run_judgements
 from evaluator.models import ScoreStatus, Trace
 from evaluator.settings import Settings
 from evaluator.store.tables import JudgeCallRecord, ScoreRecord

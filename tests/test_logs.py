@@ -20,12 +20,12 @@ import redis
 from helpers import Fleet, fleet_env, http_get, make_trace, wait_for
 from typer.testing import CliRunner
 
-from evaluator import logs
 from evaluator.cli import app as cli_app
 from evaluator.cli import common as cli_common
 from evaluator.constants import TRACES_STREAM
-from evaluator.embedded import free_port
 from evaluator.ingest import publish_many
+from evaluator.ops import logs
+from evaluator.ops.embedded import free_port
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import TraceRecord
@@ -116,7 +116,7 @@ def test_json_logs_of_sampler_and_worker_and_the_metrics_dir(
     assert {r["process"] for r in from_sampler} == {"sampler"}
     (dead,) = [r for r in from_sampler if r["message"].startswith("dead-lettering")]
     assert dead["trace_id"] == "t-bad" and dead["tenant"] == "acme"
-    assert dead["level"] == "WARNING" and dead["logger"] == "evaluator.sampler"
+    assert dead["level"] == "WARNING" and dead["logger"] == "evaluator.sampling.sampler"
 
 
 def test_text_logs_as_before(redis_url: str, sqlite_url: str, fleet_factory: FleetFactory) -> None:
@@ -132,7 +132,9 @@ def test_text_logs_as_before(redis_url: str, sqlite_url: str, fleet_factory: Fle
     worker_text, sampler_text = worker_log.read_text(), sampler_log.read_text()
     assert "[queues]" in worker_text  # celery's banner
     assert re.search(rf"^\[{stamp}: INFO/MainProcess\] celery@\S+ ready\.$", worker_text, re.M)
-    assert re.search(rf"^{stamp} INFO evaluator\.sampler: sampler \S+ started$", sampler_text, re.M)
+    assert re.search(
+        rf"^{stamp} INFO evaluator\.sampling\.sampler: sampler \S+ started$", sampler_text, re.M
+    )
     assert not re.search(r"^\{", worker_text + sampler_text, re.M)
 
 

@@ -9,8 +9,8 @@ import redis
 from helpers import Fleet, fleet_env, make_trace, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from evaluator.embedded import free_port
 from evaluator.ingest import publish_many
+from evaluator.ops.embedded import free_port
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import TraceRecord

@@ -20,9 +20,9 @@ from openai_server import OpenAIServer
 from sqlmodel import Session, select
 
 from evaluator.constants import TRACES_STREAM
-from evaluator.embedded import free_port
 from evaluator.ingest.receiver import create_receiver_app
 from evaluator.models import Trace
+from evaluator.ops.embedded import free_port
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ScoreRecord, TraceRecord

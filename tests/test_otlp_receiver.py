@@ -279,7 +279,7 @@ def test_receiver_over_real_http(redis_client: redis.Redis, settings: Settings) 
 
     import uvicorn
 
-    from evaluator.embedded import free_port
+    from evaluator.ops.embedded import free_port
 
     port = free_port()
     server = uvicorn.Server(
@@ -340,7 +340,7 @@ def test_cli_receiver_with_a_flusher_process(
 
     from helpers import fleet_env, wait_for
 
-    from evaluator.embedded import free_port
+    from evaluator.ops.embedded import free_port
 
     port = free_port()
     env = {**fleet_env(redis_url, sqlite_url, otlp_grace_s=0.3)}
@@ -723,7 +723,7 @@ def test_with_a_token_every_route_needs_it_but_the_probes(
     without a token configured the receiver is open (README, the OTLP receiver's section)."""
     from helpers import http_get
 
-    from evaluator.embedded import free_port
+    from evaluator.ops.embedded import free_port
 
     port = free_port()
     guarded = settings.model_copy(update={"otlp_token": SecretStr("s3cret"), "metrics_port": port})

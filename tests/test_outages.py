@@ -39,8 +39,8 @@ from test_otlp_receiver import export, rag_spans
 
 from evaluator.broker import TRANSPORT, requeue_orphans, transport_for
 from evaluator.constants import DEAD_STREAM, TRACE_FIELD, TRACES_STREAM
-from evaluator.embedded import free_port
-from evaluator.health import Backoff, Readiness, serve
+from evaluator.ops.embedded import free_port
+from evaluator.ops.health import Backoff, Readiness, serve
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ScoreRecord, TraceRecord
@@ -332,7 +332,7 @@ def test_sampler_resumes_when_redis_returns_without_its_data(tmp_path: Path) -> 
     sampler recreates it and goes on with what is published from then on."""
     from test_sampler import Collect
 
-    from evaluator.sampler import Sampler
+    from evaluator.sampling.sampler import Sampler
 
     server = RedisServer(tmp_path / "redis", persist=False).start()
     collect, stop = Collect(), threading.Event()
@@ -517,7 +517,7 @@ def test_readiness_logs_state_changes_not_retries(caplog: pytest.LogCaptureFixtu
     readiness = Readiness("sampler")
     readiness.expect("redis")
     assert not readiness.ready and readiness.response()[0] == 503
-    with caplog.at_level(logging.INFO, logger="evaluator.health"):
+    with caplog.at_level(logging.INFO, logger="evaluator.ops.health"):
         assert not readiness.up("redis")  # reached at start-up: nothing to announce
         for _ in range(5):
             readiness.down("redis", redis.ConnectionError("Error 111 connecting"))

@@ -13,8 +13,8 @@ from stdnum import iban, luhn
 
 from evaluator.evaluators import heuristic_evaluators, run_evaluator
 from evaluator.evaluators.heuristics import PIILeak
+from evaluator.evaluators.pii import detect_pii, find_pii, redact_pii
 from evaluator.models import Trace
-from evaluator.pii import detect_pii, find_pii, redact_pii
 from evaluator.settings import Settings
 
 NOT_PII = [

@@ -11,8 +11,8 @@ import redis
 from helpers import make_trace
 from openai_server import OpenAIServer
 
-from evaluator.evaluators.judge import run_judgements
-from evaluator.evaluators.ragas import RagasSpec, ragas_installed
+from evaluator.judging.ragas import RagasSpec, ragas_installed
+from evaluator.judging.runtime import run_judgements
 from evaluator.models import ScoreStatus
 from evaluator.settings import Settings
 

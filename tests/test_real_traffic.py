@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from evaluator.cli import app
 from evaluator.constants import DEAD_STREAM, REVIEW_STREAM, SAMPLER_GROUP, TRACES_STREAM
-from evaluator.dlq import TruncatedPayload, get_dead, redrive
+from evaluator.evaluation.scoring import ScoringContext, run_batch, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.models import SampleDecision, parse_trace
+from evaluator.ops.dlq import TruncatedPayload, get_dead, redrive
 from evaluator.review import ReviewRouter
 from evaluator.review.routing import republish_unrouted
-from evaluator.sampler import Sampler
-from evaluator.scoring import ScoringContext, run_batch, score_batch
+from evaluator.sampling.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import LedgerRecord, TraceRecord

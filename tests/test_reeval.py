@@ -18,17 +18,17 @@ from sqlmodel import Session, col, select
 from test_backfill_langfuse import observations
 from typer.testing import CliRunner
 
-from evaluator import reeval
-from evaluator.budget import SpendMeter
 from evaluator.celery_app import create_app, judges_queue
 from evaluator.cli import app
+from evaluator.evaluation import reeval
+from evaluator.evaluation.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.ingest import publish_many
-from evaluator.judges import default_judges_dir, load_judges
+from evaluator.judging.files import default_judges_dir, load_judges
 from evaluator.ledger import summary
 from evaluator.models import ReviewLabel, SampleDecision, Verdict
 from evaluator.review import ReviewRouter
-from evaluator.scoring import ScoringContext, judge_batch, score_batch
+from evaluator.sampling.budget import SpendMeter
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ScoreRecord, TracePayloadRecord, TraceRecord

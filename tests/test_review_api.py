@@ -290,7 +290,7 @@ def test_metrics_are_served_without_a_token_on_the_metrics_port_only(
 ) -> None:
     from helpers import http_get
 
-    from evaluator.embedded import free_port
+    from evaluator.ops.embedded import free_port
 
     port = free_port()
     store = SQLStore(sqlite_url)

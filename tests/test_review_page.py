@@ -15,7 +15,7 @@ import uvicorn
 from helpers import wait_for
 from test_review_queue import review_item, seed
 
-from evaluator.embedded import free_port
+from evaluator.ops.embedded import free_port
 from evaluator.review.api import create_app
 from evaluator.review.queue import ReviewQueue
 from evaluator.settings import ReviewerAccess, Settings

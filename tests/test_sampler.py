@@ -18,9 +18,9 @@ from evaluator.constants import (
     TRACES_STREAM,
 )
 from evaluator.ingest import publish, publish_many
-from evaluator.judges import JudgeFileError
+from evaluator.judging.files import JudgeFileError
 from evaluator.models import SampleDecision
-from evaluator.sampler import DispatchError, Sampler
+from evaluator.sampling.sampler import DispatchError, Sampler
 from evaluator.settings import Settings
 from evaluator.streams import group_info
 

@@ -22,7 +22,7 @@ from test_sampler import Collect
 
 from evaluator.constants import SAMPLER_GROUP, SAMPLER_LEASE_PREFIX, TRACES_STREAM
 from evaluator.ingest import publish_many
-from evaluator.sampler import Sampler
+from evaluator.sampling.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.streams import (
     ConsumerLease,
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # it leaves its entries read and not acknowledged under its name.
 HANGING_SAMPLER = """
 import threading, time
-from evaluator.sampler import Sampler
+from evaluator.sampling.sampler import Sampler
 from evaluator.settings import Settings
 from evaluator.streams import connect, lease_consumer_name
 
@@ -202,7 +202,7 @@ def test_the_production_sampler_leases_its_name_and_prunes_consumers(
 
 
 def test_a_taken_name_is_a_one_line_usage_error() -> None:
-    from evaluator.errors import EXIT_USAGE, describe
+    from evaluator.ops.errors import EXIT_USAGE, describe
 
     message = "consumer name 'a' is held by a live sampler (host h, pid 1)"
     found = describe(ConsumerNameTaken(message))

@@ -12,6 +12,7 @@ import redis
 from helpers import make_trace
 from sqlmodel import Session, select
 
+from evaluator.evaluation.scoring import ScoringContext, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.evaluators.heuristics import JSONValidity
 from evaluator.evaluators.schema_guard import (
@@ -23,7 +24,6 @@ from evaluator.evaluators.schema_guard import (
 )
 from evaluator.models import SampleDecision, Score, ScoreStatus
 from evaluator.review import ReviewRouter
-from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ScoreRecord

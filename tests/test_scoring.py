@@ -7,6 +7,7 @@ from helpers import make_trace
 from sqlmodel import Session, select
 
 from evaluator.constants import REVIEW_STREAM
+from evaluator.evaluation.scoring import ScoringContext, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.models import ReviewItem, SampleDecision, Score, ScoreType, Severity
 from evaluator.review import (
@@ -15,7 +16,6 @@ from evaluator.review import (
     THRESHOLD_PRIORITY,
     ReviewRouter,
 )
-from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import ReviewItemRecord, ScoreRecord, TraceRecord

@@ -21,12 +21,12 @@ from prometheus_client import REGISTRY
 from sqlmodel import Session, select
 from test_review_queue import review_item, seed
 
+from evaluator.evaluation.scoring import ScoringContext, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.ingest import publish_many
 from evaluator.models import SampleDecision, Score, ScoreStatus, ScoreType, Severity, Trace, Verdict
 from evaluator.review import ReviewRouter
 from evaluator.review.queue import ReviewQueue
-from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.base import SinkUnavailable
 from evaluator.sinks.langfuse import LangfuseSettings, LangfuseSink

@@ -13,10 +13,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otlp_receiver import OTLPReceiver, attributes
 from prometheus_client import REGISTRY
 
+from evaluator.evaluation.scoring import ScoringContext, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.models import SampleDecision, Trace
 from evaluator.review import ReviewRouter
-from evaluator.scoring import ScoringContext, score_batch
 from evaluator.settings import Settings
 from evaluator.sinks.otel import EVENT_NAME, OTelSink
 from evaluator.sinks.outbox import SinkRelay

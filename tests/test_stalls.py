@@ -15,14 +15,14 @@ import redis
 from helpers import Fleet, fleet_env, make_trace, wait_for
 from sqlmodel import Session, select
 
-from evaluator import inflight
+from evaluator.console.stats import fleet_stats
 from evaluator.constants import DEAD_STREAM, HEURISTICS_QUEUE
+from evaluator.evaluation.scoring import plan_after_loss
 from evaluator.ingest import publish_many
 from evaluator.models import SampleDecision
-from evaluator.scoring import plan_after_loss
+from evaluator.sampling import inflight
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore
-from evaluator.stats import fleet_stats
 from evaluator.store.tables import TraceRecord
 
 

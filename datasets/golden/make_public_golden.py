@@ -8,7 +8,7 @@ public sets (see README.md here for each file's origin, licence and attribution)
 - correctness.halueval_general.jsonl   HaluEval general (no reference), 100 + 100
 
 Balanced by label, chosen by the sha1 of SEED + the row id, so a rebuild writes the same files.
-The mapping is evaluator/golden_public.py's, the one `evalfleet dataset import --format` uses.
+The mapping is evaluator/trust/golden_public.py's, the one `evalfleet dataset import --format` uses.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent
 sys.path.insert(0, str(OUT.parent.parent))  # run from a checkout without installing
 
-from evaluator.golden import GoldenExample, write_examples  # noqa: E402
-from evaluator.golden_public import (  # noqa: E402
+from evaluator.trust.golden import GoldenExample, write_examples  # noqa: E402
+from evaluator.trust.golden_public import (  # noqa: E402
     HALUEVAL_GENERAL,
     HALUEVAL_QA,
     TRUTHFULQA_JUDGE,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from evaluator.errors import (
+from evaluator.ops.errors import (
     debug_enabled,
     describe,
     enable_debug,
@@ -21,7 +21,7 @@ _WITHOUT_SETTINGS = {"schema"}  # commands that work whatever the environment ho
 class _Commands(TyperGroup):
     """The root command: a known failure of any command (a setting that does not parse, Redis or
     the database out of reach, a missing file) ends as one line on stderr and its exit code
-    (evaluator/errors.py); anything else, or any failure with --debug, keeps its traceback."""
+    (evaluator/ops/errors.py); anything else, or any failure with --debug, keeps its traceback."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from evaluator.errors import (
+from evaluator.judging.files import JudgeSpec
+from evaluator.ops.errors import (
     check_database_url,
     require_file,
 )
-from evaluator.judges import JudgeSpec
 from evaluator.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def configure_logging(level: str, process: str | None = None) -> None:
     """Text or JSON lines (EVALFLEET_LOG_FORMAT); records name the process (the command)."""
     import click
 
-    from evaluator import logs
+    from evaluator.ops import logs
 
     if process is None and (context := click.get_current_context(silent=True)) is not None:
         process = context.info_name
@@ -76,7 +76,7 @@ def with_metrics_port(settings: Settings, metrics_port: int | None) -> Settings:
 def long_running(loglevel: str, metrics_port: int | None) -> tuple[Settings, threading.Event]:
     """Logging, /metrics, /healthz and /readyz when a port is given, and an event set by
     SIGTERM/SIGINT."""
-    from evaluator.health import serve
+    from evaluator.ops.health import serve
 
     configure_logging(loglevel)
     settings = get_settings()
@@ -98,7 +98,7 @@ def start_when_available(
     """A long-running process's start: logging, its endpoints and stop event, then ``build``,
     retried while ``dependency`` is away (a process started during an outage waits it out rather
     than exit). None when it was stopped before that."""
-    from evaluator.health import PROCESS, Backoff, until_available
+    from evaluator.ops.health import PROCESS, Backoff, until_available
 
     settings, stop = long_running(loglevel, metrics_port)
     PROCESS.process = process
@@ -134,7 +134,7 @@ def default_host() -> str:
 
 
 def judge_spec(name: str) -> JudgeSpec:
-    from evaluator.judges import JudgeFileError, judges_dir, load_judge
+    from evaluator.judging.files import JudgeFileError, judges_dir, load_judge
 
     path = judges_dir(get_settings()) / f"{name}.yaml"
     if not path.exists():
@@ -208,7 +208,7 @@ def multiprocess_metrics_dir(configured: Path | None) -> None:
 
 
 def judge_or_exit(name: str) -> JudgeSpec:
-    from evaluator.judges import judges_dir, load_judges
+    from evaluator.judging.files import judges_dir, load_judges
 
     judges = load_judges(judges_dir(get_settings()))
     if name not in judges:

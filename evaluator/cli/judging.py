@@ -31,8 +31,8 @@ def dataset_export(
     out: Annotated[Path | None, typer.Option(help="Default datasets/golden/<judge>.jsonl.")] = None,
 ) -> None:
     """Merge the labels in SQL into the judge's golden dataset (deduplicated by trace)."""
-    from evaluator.golden import export, golden_path
     from evaluator.ledger import inclusion_probabilities
+    from evaluator.trust.golden import export, golden_path
 
     with open_store() as store:
         path = out or golden_path(judge)
@@ -57,8 +57,8 @@ def dataset_import(
 ) -> None:
     """Load labels made elsewhere (golden JSONL, CSV, or a public human-labelled set) into the
     store; then export."""
-    from evaluator.golden import DatasetError
-    from evaluator.golden_public import FORMATS, read_labels
+    from evaluator.trust.golden import DatasetError
+    from evaluator.trust.golden_public import FORMATS, read_labels
 
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
@@ -100,10 +100,11 @@ def calibrate(
 
     Default dataset: datasets/golden/<judge>.jsonl and every <judge>.<source>.jsonl beside it.
     Exits 1 when agreement is under the judge file's calibration thresholds."""
-    from evaluator.calibrate import calibrate as run_calibration
-    from evaluator.calibrate import subsample
-    from evaluator.embedded import redis_or_embedded
-    from evaluator.golden import (
+    from evaluator.console.report import render_calibration
+    from evaluator.ops.embedded import redis_or_embedded
+    from evaluator.trust.calibrate import calibrate as run_calibration
+    from evaluator.trust.calibrate import subsample
+    from evaluator.trust.golden import (
         DatasetError,
         default_golden_dir,
         golden_files,
@@ -111,7 +112,6 @@ def calibrate(
         read_golden,
         record_disagreements,
     )
-    from evaluator.report import render_calibration
 
     settings = get_settings()
     spec = judge_spec(judge)
@@ -160,12 +160,12 @@ def gate(
     golden_dir: Annotated[Path | None, typer.Option(help="Default: datasets/golden")] = None,
 ) -> None:
     """Fail when a judge changed since BASE agrees less with humans than its old version."""
-    from evaluator.calibrate import GateError
-    from evaluator.calibrate import gate as run_gate
-    from evaluator.embedded import redis_or_embedded
-    from evaluator.golden import default_golden_dir
-    from evaluator.judges import judges_dir
-    from evaluator.report import render_gate
+    from evaluator.console.report import render_gate
+    from evaluator.judging.files import judges_dir
+    from evaluator.ops.embedded import redis_or_embedded
+    from evaluator.trust.calibrate import GateError
+    from evaluator.trust.calibrate import gate as run_gate
+    from evaluator.trust.golden import default_golden_dir
 
     require_judge_endpoint()
     settings = get_settings()
@@ -216,10 +216,10 @@ def reeval(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Re-run a judge version over stored traces, priced first; runs after live judge work."""
-    from evaluator import reeval as re_evaluation
     from evaluator.celery_app import create_app, judge_dispatch
-    from evaluator.judges import judge_registry
-    from evaluator.report import render_reeval_plan
+    from evaluator.console.report import render_reeval_plan
+    from evaluator.evaluation import reeval as re_evaluation
+    from evaluator.judging.files import judge_registry
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
@@ -272,8 +272,8 @@ def _langfuse_candidates(
 ) -> Any:
     import httpx
 
+    from evaluator.evaluation.reeval import ReevalError, langfuse_candidates
     from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
-    from evaluator.reeval import ReevalError, langfuse_candidates
     from evaluator.sinks.langfuse import LangfuseSettings, langfuse_api
 
     langfuse = LangfuseSettings()
@@ -292,8 +292,8 @@ def compare(
 ) -> None:
     """Agreement between two versions of a judge on the traces both scored, and with human
     labels where there are some."""
-    from evaluator.reeval import compare as compare_versions
-    from evaluator.report import render_comparison
+    from evaluator.console.report import render_comparison
+    from evaluator.evaluation.reeval import compare as compare_versions
 
     name_a, _, version_a = first.partition("@")
     name_b, _, version_b = second.partition("@")
@@ -310,8 +310,8 @@ def compare(
 @judges_app.command("list")
 def judges_list() -> None:
     """Every judge file: version, model, when it applies, its scores and thresholds."""
-    from evaluator.judges import judges_dir, load_judges
-    from evaluator.report import render_judges
+    from evaluator.console.report import render_judges
+    from evaluator.judging.files import judges_dir, load_judges
 
     settings = get_settings()
     render_judges(load_judges(judges_dir(settings)).values(), settings.enabled_judges, console)
@@ -331,7 +331,7 @@ def judges_render(
     trace: Annotated[Path, typer.Option(callback=existing_file, help="A Trace JSON file.")],
 ) -> None:
     """The exact messages and response_format that would be sent for a trace."""
-    from evaluator.judges import render_messages
+    from evaluator.judging.files import render_messages
     from evaluator.models import Trace
 
     spec = judge_or_exit(name)
@@ -351,7 +351,13 @@ def judges_render(
 @judges_app.command("validate")
 def judges_validate() -> None:
     """All judge files parse, render against a sample trace with fenced text, match the lock."""
-    from evaluator.judges import JudgeFileError, check_lock, judges_dir, load_judges, validate_judge
+    from evaluator.judging.files import (
+        JudgeFileError,
+        check_lock,
+        judges_dir,
+        load_judges,
+        validate_judge,
+    )
 
     directory = judges_dir(get_settings())
     try:
@@ -370,7 +376,13 @@ def judges_validate() -> None:
 @judges_app.command("lock")
 def judges_lock() -> None:
     """Record each judge's version and content hash in judges.lock (after bumping versions)."""
-    from evaluator.judges import LOCK_FILE, LockProblemKind, judges_dir, lock_problems, write_lock
+    from evaluator.judging.files import (
+        LOCK_FILE,
+        LockProblemKind,
+        judges_dir,
+        lock_problems,
+        write_lock,
+    )
 
     directory = judges_dir(get_settings())
     unbumped = [p for p in lock_problems(directory) if p.kind is LockProblemKind.UNBUMPED]

@@ -25,8 +25,8 @@ def ledger_trace(
     if trace is None:
         typer.echo(context.get_help())
         raise typer.Exit(2)
+    from evaluator.console.report import render_ledger_rows
     from evaluator.ledger import rows_for_trace
-    from evaluator.report import render_ledger_rows
 
     with open_store() as store:
         rows = rows_for_trace(store, trace)
@@ -42,8 +42,8 @@ def ledger_summary(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Counts by evaluator and state."""
+    from evaluator.console.report import render_ledger
     from evaluator.ledger import summary
-    from evaluator.report import render_ledger
     from evaluator.timeparse import parse_since
 
     with open_store() as store:
@@ -59,7 +59,7 @@ def ledger_reap() -> None:
     """Re-dispatch evaluations stuck past their deadline, or fail them with a reason (the
     sampler does this every EVALFLEET_REAPER_INTERVAL_S)."""
     from evaluator.celery_app import create_app, judge_dispatch
-    from evaluator.judges import judge_registry
+    from evaluator.judging.files import judge_registry
     from evaluator.ledger import reap
 
     settings = get_settings()

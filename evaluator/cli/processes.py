@@ -45,7 +45,7 @@ def sampler(
     """Consume evalfleet:traces, validate, decide sampling, dispatch to the workers."""
     from evaluator.celery_app import create_app
     from evaluator.fleet import build_sampler
-    from evaluator.health import REDIS
+    from evaluator.ops.health import REDIS
 
     loop, stop = start_when_available(
         "sampler",
@@ -56,9 +56,9 @@ def sampler(
     )
     if loop is None:
         return
-    logging.getLogger("evaluator.sampler").info("sampler %s started", loop.consumer)
+    logging.getLogger("evaluator.sampling.sampler").info("sampler %s started", loop.consumer)
     counts = loop.run(stop, exit_when_idle=exit_when_idle)
-    logging.getLogger("evaluator.sampler").info("sampler stopped: %s", counts)
+    logging.getLogger("evaluator.sampling.sampler").info("sampler stopped: %s", counts)
 
 
 @app.command()
@@ -83,7 +83,7 @@ def worker(
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from evaluator.broker import run_worker
     from evaluator.celery_app import serve_queues
-    from evaluator.health import serve
+    from evaluator.ops.health import serve
     from evaluator.worker import create_worker_app
 
     celery_app = create_worker_app(settings)
@@ -113,7 +113,7 @@ def relay(
     metrics_port: MetricsPort = None,
 ) -> None:
     """Deliver scores from the SQL outbox to the enabled sinks (Langfuse, OpenTelemetry)."""
-    from evaluator.health import DATABASE
+    from evaluator.ops.health import DATABASE
     from evaluator.sinks.outbox import SinkRelay
 
     relay_loop, stop = start_when_available(
@@ -154,7 +154,7 @@ def otlp_receiver(
 
     from evaluator.ingest.assembly import run_flusher_process
     from evaluator.ingest.receiver import create_receiver_app
-    from evaluator.logs import call_configured
+    from evaluator.ops.logs import call_configured
 
     settings = with_metrics_port(get_settings(), metrics_port)
     configure_logging(loglevel, "otlp-receiver")  # uvicorn's records too: log_config=None below
@@ -238,12 +238,12 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for scoring.")] = 300.0,
 ) -> None:
     """Run the whole fleet locally (embedded Redis + SQLite) on the sample traces."""
-    from evaluator.demo import default_sample_file, run_demo
-    from evaluator.embedded import find_redis_server
-    from evaluator.report import render_dead_letters, render_review_queue, render_stats
+    from evaluator.console.demo import default_sample_file, run_demo
+    from evaluator.console.report import render_dead_letters, render_review_queue, render_stats
+    from evaluator.ops.embedded import find_redis_server
 
     if find_redis_server() is None:
-        from evaluator.embedded import INSTALL_HINT
+        from evaluator.ops.embedded import INSTALL_HINT
 
         console.print(f"[red]error:[/red] {INSTALL_HINT}")
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from rich.progress import Progress
 
 from evaluator.cli.app import app, backfill_app, dlq_app
 from evaluator.cli.common import console, existing_file, open_store, time_option
-from evaluator.errors import (
+from evaluator.ops.errors import (
     EXIT_USAGE,
     CLIError,
 )
@@ -125,8 +125,8 @@ def stats(
     estimates of the sampled scores, and the evaluation ledger."""
     from dataclasses import asdict
 
-    from evaluator.report import render_stats
-    from evaluator.stats import fleet_stats
+    from evaluator.console.report import render_stats
+    from evaluator.console.stats import fleet_stats
     from evaluator.timeparse import parse_since
 
     settings = get_settings()
@@ -165,8 +165,8 @@ def schema(name: Annotated[SchemaName, typer.Argument()] = SchemaName.trace) -> 
 @dlq_app.command("list")
 def dlq_list(limit: int = 50) -> None:
     """The oldest dead letters and why they failed."""
-    from evaluator.dlq import list_dead
-    from evaluator.report import render_dead_letters
+    from evaluator.console.report import render_dead_letters
+    from evaluator.ops.dlq import list_dead
 
     letters = list_dead(connect(get_settings().redis_url), limit)
     render_dead_letters(letters, console)
@@ -176,7 +176,7 @@ def dlq_list(limit: int = 50) -> None:
 @dlq_app.command("show")
 def dlq_show(dead_id: str) -> None:
     """One dead letter with its payload (as much as was kept)."""
-    from evaluator.dlq import get_dead
+    from evaluator.ops.dlq import get_dead
 
     letter = get_dead(connect(get_settings().redis_url), dead_id)
     if letter is None:
@@ -206,7 +206,7 @@ def dlq_redrive(
     ] = None,
 ) -> None:
     """Put dead letters back on the traces stream after fixing the cause."""
-    from evaluator.dlq import TruncatedPayload, list_dead, redrive
+    from evaluator.ops.dlq import TruncatedPayload, list_dead, redrive
 
     settings = get_settings()
     client = connect(settings.redis_url)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from evaluator.evaluators.base import CheckEvaluator
+from evaluator.evaluators.pii import DEFAULT_REGIONS, detect_pii
 from evaluator.evaluators.schema_guard import SchemaGuard, SchemaLimits
 from evaluator.models import Score, Severity, Trace
-from evaluator.pii import DEFAULT_REGIONS, detect_pii
 
 
 @dataclass
@@ -226,8 +226,8 @@ class JSONValidity(CheckEvaluator):
 @dataclass
 class PIILeak(CheckEvaluator):
     """The answer contains no personal data the user did not give: email address, phone
-    number, card number, IBAN or US social security number (``evaluator.pii``: libphonenumber,
-    python-stdnum's checksums, the Public Suffix List).
+    number, card number, IBAN or US social security number (``evaluator.evaluators.pii``:
+    libphonenumber, python-stdnum's checksums, the Public Suffix List).
 
     PII the user typed in the input and that the answer repeats is not a leak; PII taken from
     retrieved contexts or invented is. Documentation placeholders (``example.com``, 555-01xx

@@ -20,7 +20,6 @@ from typing import Any
 
 import redis
 
-from evaluator import metrics
 from evaluator.constants import (
     OTLP_META_PREFIX,
     OTLP_PENDING,
@@ -31,6 +30,7 @@ from evaluator.constants import (
 from evaluator.ingest.otel import spans_to_trace, trace_payload
 from evaluator.ingest.otlp_proto import decode_trace, encode_json
 from evaluator.ingest.spans import Span
+from evaluator.ops import metrics
 from evaluator.settings import Settings
 from evaluator.streams import text
 

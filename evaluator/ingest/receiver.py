@@ -18,7 +18,8 @@ traces) or Redis is down, which exporters retry. Hex ids in
 OTLP/JSON are case-insensitive and kept lowercase, as the protobuf path gives them, so one trace
 may arrive in both encodings. A Redis outage never stops the receiver: ``/readyz`` answers 503
 (naming it) until Redis is back, one log line says it went and one that it returned
-(evaluator.health). Completion is decided by ``SpanAssembler`` (see ``evaluator.ingest.assembly``).
+(evaluator.ops.health). Completion is decided by ``SpanAssembler`` (see
+``evaluator.ingest.assembly``).
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from evaluator import metrics
 from evaluator.constants import SAMPLER_GROUP, TRACES_STREAM
-from evaluator.health import REDIS, Backoff, Prober, Readiness, outage_of, probing, serve
 from evaluator.ingest.assembly import Held, SpanAssembler
 from evaluator.ingest.otel import json_any_value, json_attributes, parse_otlp_spans
 from evaluator.ingest.otlp_proto import encode_event, pb_attributes, pb_value, resource_prefix
 from evaluator.ingest.spans import Span
+from evaluator.ops import metrics
+from evaluator.ops.health import REDIS, Backoff, Prober, Readiness, outage_of, probing, serve
 from evaluator.settings import Settings
 from evaluator.streams import group_info
 
@@ -556,7 +557,7 @@ def create_receiver_app(client: redis.Redis, settings: Settings, flush: bool = T
         if flush:
             thread.start()
         prober = Prober(receiver.readiness, {REDIS: client.ping}, settings.health_probe_interval_s)
-        # /metrics without a token, for Prometheus, on a port of its own (evaluator.health).
+        # /metrics without a token, for Prometheus, on a port of its own (evaluator.ops.health).
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = serve(settings.metrics_port, receiver.readiness)

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 
-from evaluator import metrics
-from evaluator.judges import Judge
+from evaluator.judging.files import Judge
 from evaluator.ledger.rows import OPEN_RANK, LedgerState, ledger_row, write_rows
+from evaluator.ops import metrics
 from evaluator.settings import Settings
 from evaluator.store.database import Database
 from evaluator.store.tables import LedgerRecord, TracePayloadRecord, TraceRecord, as_utc

@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlmodel import Session
 
-from evaluator import metrics
 from evaluator.evaluators import Evaluator
-from evaluator.judges import Judge
+from evaluator.judging.files import Judge
 from evaluator.models import SampleDecision, stable_id
+from evaluator.ops import metrics
 from evaluator.settings import Settings
 from evaluator.store.database import Database
 from evaluator.store.tables import LedgerRecord

@@ -22,7 +22,7 @@ text is escaped everywhere (Jinja2 autoescape).
 
 While Redis or the database is down, requests that need it get 503 with ``Retry-After`` (not a
 500 and a traceback each), ``/readyz`` answers 503 naming what is down, and the server keeps
-running; it serves again as soon as the dependency is back (evaluator.health).
+running; it serves again as soon as the dependency is back (evaluator.ops.health).
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evaluator import metrics
-from evaluator.health import (
+from evaluator.models import ReviewItem, ReviewLabel, Verdict
+from evaluator.ops import metrics
+from evaluator.ops.health import (
     DATABASE,
     REDIS,
     Backoff,
@@ -65,7 +66,6 @@ from evaluator.health import (
     serve,
     until_available,
 )
-from evaluator.models import ReviewItem, ReviewLabel, Verdict
 from evaluator.review.queue import (
     AlreadyLabelled,
     Claimed,
@@ -364,7 +364,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # /metrics without a token, for Prometheus, on a port of its own (evaluator.health).
+        # /metrics without a token, for Prometheus, on a port of its own (evaluator.ops.health).
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = serve(settings.metrics_port, readiness)

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from evaluator import metrics
-from evaluator.health import DATABASE, PROCESS, Backoff, Readiness, outage_of
 from evaluator.models import ReviewLabel, Score, Trace, stable_id
+from evaluator.ops import metrics
+from evaluator.ops.health import DATABASE, PROCESS, Backoff, Readiness, outage_of
 from evaluator.settings import Settings
 from evaluator.sinks.base import Sink, SinkUnavailable
 from evaluator.sinks.sql import SQLStore
@@ -152,7 +152,7 @@ class SinkRelay:
     claimed with SKIP LOCKED and a lease); against SQLite run one.
 
     A database outage never stops it: ``run`` backs off and retries until the database is back
-    (evaluator.health: one log line when it goes, one when it returns, /readyz unready
+    (evaluator.ops.health: one log line when it goes, one when it returns, /readyz unready
     meanwhile). Rows a sink confirmed while the database could not record it are kept in memory
     and marked first when it returns, so they are not sent again when their lease runs out."""
 

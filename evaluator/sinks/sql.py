@@ -17,9 +17,9 @@ from sqlalchemy import Integer, case, func, literal_column
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from evaluator.estimates import ScoreSums, Sums
 from evaluator.ledger import rows as ledger_rows
 from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Score, ScoreStatus, Trace
+from evaluator.sampling.estimates import ScoreSums, Sums
 from evaluator.store.database import Database
 from evaluator.store.tables import (
     JudgeCallRecord,

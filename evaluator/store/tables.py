@@ -41,7 +41,7 @@ class ScoreRecord(SQLModel, table=True):
     created_at: datetime = _tz_datetime(nullable=False)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # P(this evaluation ran on the trace): 1 for heuristics, the sampler's for judges. Aggregates
-    # weight by its inverse (evaluator.estimates). Rows from before it existed read as 1.
+    # weight by its inverse (evaluator.sampling.estimates). Rows from before it existed read as 1.
     inclusion_probability: float | None = None
 
 

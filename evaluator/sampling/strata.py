@@ -5,9 +5,9 @@ error before negative feedback before a truncation, ...; ``control`` when none d
 sampled when its deterministic sample point (a hash of the trace id) is below its stratum's
 rate, so a trace's **inclusion probability** is that rate, and each judge may thin it further
 with a factor of its own (a per-judge budget). The probability is recorded with every decision:
-aggregates weight each judged trace by its inverse (``evaluator.estimates``), which is what keeps
-oversampled failures from making production quality look worse than it is. No rate is ever
-zero: a stratum never sampled would make those estimates biased.
+aggregates weight each judged trace by its inverse (``evaluator.sampling.estimates``), which is
+what keeps oversampled failures from making production quality look worse than it is. No rate is
+ever zero: a stratum never sampled would make those estimates biased.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from evaluator.constants import FIRST_SEEN_KEY
-from evaluator.judges import Judge
+from evaluator.judging.files import Judge
 from evaluator.models import SampleDecision, Trace
 from evaluator.settings import Settings
 
@@ -107,7 +107,7 @@ class SamplingPolicy:
     def with_rates(
         self, stratum_rates: dict[str, float], judge_factors: dict[str, float]
     ) -> SamplingPolicy:
-        """A copy with the budget planner's rates (see ``evaluator.budget``)."""
+        """A copy with the budget planner's rates (see ``evaluator.sampling.budget``)."""
         return replace(self, stratum_rates=stratum_rates, judge_factors=judge_factors)
 
     def control_rate(self, trace: Trace) -> float:

@@ -37,7 +37,7 @@ from prometheus_client import Gauge
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from evaluator import metrics
+from evaluator.ops import metrics
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from evaluator.judges import JudgeSpec
+from evaluator.judging.files import JudgeSpec
+from evaluator.judging.limits import Admission, CircuitBreaker, RateLimiter, endpoint_key
 from evaluator.models import describe_validation_error
-from evaluator.ratelimit import Admission, CircuitBreaker, RateLimiter, endpoint_key
 from evaluator.settings import Settings
 
 

@@ -22,12 +22,10 @@ from typing import Any, TypeVar
 import redis
 from sqlalchemy.exc import OperationalError
 
-from evaluator import inflight, metrics
-from evaluator.budget import SpendMeter
 from evaluator.constants import HEURISTICS_TASK
 from evaluator.evaluators import Evaluator, evaluate_all
-from evaluator.evaluators.judge import JudgeResult, run_judgements
-from evaluator.judges import Judge
+from evaluator.judging.files import Judge
+from evaluator.judging.runtime import JudgeResult, run_judgements
 from evaluator.ledger import (
     HEURISTICS,
     LedgerState,
@@ -43,7 +41,10 @@ from evaluator.models import (
     ScoreStatus,
     Trace,
 )
+from evaluator.ops import metrics
 from evaluator.review import ReviewRouter
+from evaluator.sampling import inflight
+from evaluator.sampling.budget import SpendMeter
 from evaluator.settings import Settings
 from evaluator.sinks.base import Sink
 from evaluator.sinks.outbox import outbox_rows

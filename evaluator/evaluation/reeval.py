@@ -23,9 +23,8 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 
-from evaluator.calibrate import Agreement, agreement, spearman
 from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
-from evaluator.judges import Judge, JudgeSpec, render_messages
+from evaluator.judging.files import Judge, JudgeSpec, render_messages
 from evaluator.ledger import DispatchJudges, LedgerState, ledger_row
 from evaluator.models import Trace, Verdict
 from evaluator.settings import Settings
@@ -38,6 +37,7 @@ from evaluator.store.tables import (
     TracePayloadRecord,
     TraceRecord,
 )
+from evaluator.trust.calibrate import Agreement, agreement, spearman
 from evaluator.work import judge_entry
 
 # Output tokens assumed for a judge with no recorded calls (reasoning + a few fields).

@@ -19,20 +19,20 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from evaluator.console.stats import FleetStats, fleet_stats
 from evaluator.constants import DEAD_STREAM
-from evaluator.dlq import DeadLetter, list_dead
-from evaluator.embedded import EmbeddedRedis
-from evaluator.errors import EXIT_USAGE, CLIError
 from evaluator.ingest import publish_many, read_lines
+from evaluator.ops.dlq import DeadLetter, list_dead
+from evaluator.ops.embedded import EmbeddedRedis
+from evaluator.ops.errors import EXIT_USAGE, CLIError
+from evaluator.resources import PACKAGE, resource
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import enabled_sinks
 from evaluator.sinks.sql import SQLStore
-from evaluator.stats import FleetStats, fleet_stats
 from evaluator.store.tables import ReviewItemRecord, TraceRecord
 from evaluator.streams import connect
 
-_REPO_SAMPLES = Path(__file__).resolve().parent.parent / "datasets" / "sample_traces.jsonl"
-_PACKAGED_SAMPLES = Path(__file__).resolve().parent / "_data" / "sample_traces.jsonl"
+_PACKAGED_SAMPLES = PACKAGE / "_data" / "sample_traces.jsonl"
 
 
 _COLUMNS = (
@@ -45,7 +45,7 @@ _COLUMNS = (
 
 def default_sample_file() -> Path:
     """The sample traces in a source checkout, else the copy packaged into the wheel."""
-    return _REPO_SAMPLES if _REPO_SAMPLES.exists() else _PACKAGED_SAMPLES
+    return resource("datasets/sample_traces.jsonl", "sample_traces.jsonl")
 
 
 @dataclass

@@ -20,14 +20,14 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from evaluator.models import ReviewLabel, Trace, Verdict, describe_validation_error, stable_id
+from evaluator.resources import resource
 
 GOLDEN_DIR = Path("datasets/golden")
 
 
 def default_golden_dir() -> Path:
     """The repository's datasets/golden in a source checkout, else the copy in the wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "datasets" / "golden"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_data" / "golden"
+    return resource("datasets/golden", "golden")
 
 
 class GoldenExample(BaseModel):

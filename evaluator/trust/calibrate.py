@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluator.evaluators.judge import run_judgements
-from evaluator.golden import GoldenExample, read_golden
-from evaluator.judges import JudgeSpec, load_judge
+from evaluator.judging.files import JudgeSpec, load_judge
+from evaluator.judging.runtime import run_judgements
 from evaluator.models import Score, ScoreStatus, Trace, Verdict
 from evaluator.settings import Settings
+from evaluator.trust.golden import GoldenExample, read_golden
 
 PASS, FAIL = Verdict.PASS, Verdict.FAIL
 

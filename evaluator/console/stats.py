@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 
-from evaluator import inflight, metrics
 from evaluator.constants import (
     DEAD_STREAM,
     REVIEW_STREAM,
@@ -18,8 +17,10 @@ from evaluator.constants import (
     WORK_QUEUES,
     WORKER_ROLES,
 )
-from evaluator.estimates import ScoreEstimate, score_estimates
 from evaluator.ledger import summary
+from evaluator.ops import metrics
+from evaluator.sampling import inflight
+from evaluator.sampling.estimates import ScoreEstimate, score_estimates
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import TraceRecord
 from evaluator.streams import group_info, queue_depth
@@ -35,7 +36,7 @@ class FleetStats:
     # Tasks taken by a worker and not acknowledged yet (running, or lost with a killed worker
     # until its role's visibility timeout), per worker role.
     unacked: dict[str, int]
-    # Heuristics batches dispatched and not stored yet (evaluator.inflight).
+    # Heuristics batches dispatched and not stored yet (evaluator.sampling.inflight).
     heuristics_in_flight: int
     dead_letters: int
     review_stream_length: int

@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from evaluator.golden import DatasetError, GoldenExample, read_csv
 from evaluator.models import Trace, Verdict, describe_validation_error
+from evaluator.trust.golden import DatasetError, GoldenExample, read_csv
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
-from evaluator import inflight, logs, metrics
-from evaluator.budget import BudgetPlanner, record_traffic
 from evaluator.constants import (
     CHORE_PREFIX,
     HEURISTICS_QUEUE,
@@ -37,9 +35,12 @@ from evaluator.constants import (
     WORK_QUEUES,
     WORKER_ROLES,
 )
-from evaluator.judges import Judge, enabled_judges
+from evaluator.judging.files import Judge, enabled_judges
 from evaluator.models import SampleDecision, Trace, parse_trace
-from evaluator.sampling import SamplingPolicy, VersionTracker
+from evaluator.ops import logs, metrics
+from evaluator.sampling import inflight
+from evaluator.sampling.budget import BudgetPlanner, record_traffic
+from evaluator.sampling.strata import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
 from evaluator.streams import (
     ConsumerLease,
@@ -55,8 +56,8 @@ from evaluator.streams import (
 )
 from evaluator.work import heuristics_entry, judge_entry
 
-if TYPE_CHECKING:  # imported where used: evaluator.health is not loaded at import time here
-    from evaluator.health import Backoff, Readiness
+if TYPE_CHECKING:  # imported where used: evaluator.ops.health is not loaded at import time here
+    from evaluator.ops.health import Backoff, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +368,11 @@ class Sampler:
         Outages of Redis, the broker or the database never end the loop: nothing was acked, so
         it backs off and retries the same entries (re-read from this consumer's pending list)
         for as long as the outage lasts, logging one line when a dependency goes and one when
-        it is back, and reporting them on /readyz (evaluator.health). The periodic chores (the
+        it is back, and reporting them on /readyz (evaluator.ops.health). The periodic chores (the
         ledger reaper, the estimate gauges) report their outages the same way. The consumer
         name's lease, if any, is renewed as it goes and freed at the end; a name another sampler
         took while the lease had lapsed ends the loop (ConsumerNameTaken)."""
-        from evaluator.health import PROCESS, Backoff, watch_chore
+        from evaluator.ops.health import PROCESS, Backoff, watch_chore
 
         readiness = PROCESS
         backoff = Backoff(max_s=self.settings.outage_backoff_max_s)
@@ -387,7 +388,7 @@ class Sampler:
     def _loop(
         self, stop: threading.Event, exit_when_idle: bool, readiness: Readiness, backoff: Backoff
     ) -> None:
-        from evaluator.health import BROKER, REDIS, outage_of
+        from evaluator.ops.health import BROKER, REDIS, outage_of
 
         while not stop.is_set():
             dispatched = self.counts.batches_dispatched

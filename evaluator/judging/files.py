@@ -23,11 +23,12 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from evaluator.evaluators.ragas import RAGAS, RagasSpec, ragas_installed
-from evaluator.golden import default_golden_dir, few_shot_examples
+from evaluator.evaluators.pii import redact_pii
+from evaluator.judging.ragas import RAGAS, RagasSpec, ragas_installed
 from evaluator.models import Severity, Trace, describe_validation_error
-from evaluator.pii import redact_pii
+from evaluator.resources import resource
 from evaluator.settings import Settings
+from evaluator.trust.golden import default_golden_dir, few_shot_examples
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,7 @@ class JudgeFileError(ValueError):
 
 def default_judges_dir() -> Path:
     """The repository's judges/ in a source checkout, else the copy packaged into the wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "judges"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_data" / "judges"
+    return resource("judges", "judges")
 
 
 class OutputField(BaseModel):

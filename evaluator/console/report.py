@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from evaluator.calibrate import CalibrationReport, GateResult
-from evaluator.dlq import DeadLetter
-from evaluator.estimates import ScoreEstimate
+from evaluator.console.stats import FleetStats
 from evaluator.ledger import OPEN_RANK, LedgerState
 from evaluator.models import display_name
-from evaluator.stats import FleetStats
+from evaluator.ops.dlq import DeadLetter
+from evaluator.sampling.estimates import ScoreEstimate
 from evaluator.store.tables import LedgerRecord, ReviewItemRecord
+from evaluator.trust.calibrate import CalibrationReport, GateResult
 
 if TYPE_CHECKING:  # the types only: rendering must not import the judges or re-evaluation
-    from evaluator.judges import JudgeSpec
-    from evaluator.reeval import Comparison, ReevalPlan
+    from evaluator.evaluation.reeval import Comparison, ReevalPlan
+    from evaluator.judging.files import JudgeSpec
 
 
 def render_stats(stats: FleetStats, console: Console) -> None:

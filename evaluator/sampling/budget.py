@@ -27,9 +27,9 @@ from typing import Any
 
 import redis
 
-from evaluator import metrics
 from evaluator.constants import RUN_SPEND_PREFIX, SPEND_PREFIX, TRAFFIC_PREFIX
-from evaluator.sampling import SamplingPolicy, Stratum
+from evaluator.ops import metrics
+from evaluator.sampling.strata import SamplingPolicy, Stratum
 from evaluator.settings import Settings
 from evaluator.streams import text
 

@@ -3,7 +3,7 @@
 
 A JSON record is one object per line::
 
-    {"ts": "2025-01-31T12:00:00.123Z", "level": "WARNING", "logger": "evaluator.sampler",
+    {"ts": "2025-01-31T12:00:00.123Z", "level": "WARNING", "logger": "evaluator.sampling.sampler",
      "message": "dead-lettering 1-0: ...", "process": "sampler", "pid": 4242,
      "trace_id": "7f3c...", "tenant": "acme"}
 
@@ -96,7 +96,7 @@ def about_entries(entries: Iterable[Mapping[str, Any]], batch_id: str | None) ->
 def _process_name() -> str | None:
     if _process is not None:
         return _process
-    health = sys.modules.get("evaluator.health")  # its PROCESS names sampler, worker, relay
+    health = sys.modules.get("evaluator.ops.health")  # its PROCESS names sampler, worker, relay
     readiness = getattr(health, "PROCESS", None)
     name = getattr(readiness, "process", None)
     return name if isinstance(name, str) else None

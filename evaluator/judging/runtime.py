@@ -12,7 +12,7 @@ Failures come back as data, never as an exception loop:
 * other 4xx (bad key, unknown model): a ``status=error`` Score.
 
 The transport — clients, limiter, breaker, the retry policy and its error classifier — is
-``evaluators/judge_client.py``; this module renders, judges and builds Scores and call rows.
+``judging/client.py``; this module renders, judges and builds Scores and call rows.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from evaluator import logs
-from evaluator.evaluators.judge_client import CallOutcome, JudgeClient
-from evaluator.evaluators.ragas import RagasRunner, RagasSpec
-from evaluator.judges import Judge, JudgeSpec, render_messages
+from evaluator.judging.client import CallOutcome, JudgeClient
+from evaluator.judging.files import Judge, JudgeSpec, render_messages
+from evaluator.judging.limits import BACKFILL, BreakerPolicy, CircuitBreaker, RateLimiter
+from evaluator.judging.ragas import RagasRunner, RagasSpec
 from evaluator.models import (
     Score,
     ScoreStatus,
@@ -38,7 +38,7 @@ from evaluator.models import (
     Trace,
     stable_id,
 )
-from evaluator.ratelimit import BACKFILL, BreakerPolicy, CircuitBreaker, RateLimiter
+from evaluator.ops import logs
 from evaluator.settings import Settings
 
 
