@@ -3,6 +3,7 @@ open session.
 
     python bench/sessions.py                      # 100,000 open sessions, 200,000 more turns
     python bench/sessions.py --sessions 10000 --turns 50000 --redis-url redis://127.0.0.1:6379/9
+    python bench/sessions.py --through-sampler   # the sampler's rate with and without tracking
 
 Uses a throwaway Redis unless --redis-url is given (that database is flushed). Turns are observed
 in batches the size of a sampler batch, as the sampler does; trace ids look like real ones
@@ -32,7 +33,13 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--redis-url")
+    parser.add_argument("--through-sampler", action="store_true")
     args = parser.parse_args()
+    if args.through_sampler:
+        with ExitStack() as stack:
+            url = args.redis_url or stack.enter_context(EmbeddedRedis()).url
+            through_sampler(url, args.sessions)
+        return
     with ExitStack() as stack:
         url = args.redis_url or stack.enter_context(EmbeddedRedis()).url
         client = redis.Redis.from_url(url)
@@ -94,6 +101,46 @@ def main() -> None:
           f"{(used_after - used_before) / 2**20:,.1f} MiB")  # fmt: skip
     print(f"completion: {finished:,} sessions finished ({handed:,} handed over) in "
           f"{completed_s:.2f} s ({finished / completed_s:,.0f} sessions/s)")  # fmt: skip
+
+
+def through_sampler(url: str, open_sessions: int, n: int = 10_000) -> None:
+    """Sampler alone (Celery dispatch, as ``throughput.bench_sampler``) on 10,000 chat turns,
+    with ``open_sessions`` sessions already open in the tracker, against the same run without
+    tracking; alternated twice."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from throughput import traces  # type: ignore[import-not-found]
+
+    from evaluator.celery_app import celery_dispatch, create_app
+    from evaluator.ingest import publish_many
+    from evaluator.sampling.sampler import Sampler
+    from evaluator.settings import Settings
+
+    settings = Settings(redis_url=url, max_heuristics_queue_depth=10**9)
+    client = redis.Redis.from_url(url)
+    rng = random.Random(3)
+    turns = [
+        t.model_copy(update={"session_id": f"session-{rng.randrange(open_sessions):08d}"})
+        for t in traces(n, "turn")
+    ]
+    for tracked in (True, False, True, False):
+        client.flushdb()
+        tracker = SessionTracker.from_settings(client, settings)
+        if tracked:
+            for start in range(0, open_sessions, 500):
+                tracker.observe(
+                    [TurnSeen(None, f"session-{k:08d}", f"open-{k}", False)
+                     for k in range(start, min(start + 500, open_sessions))]
+                )  # fmt: skip
+        publish_many(client, turns, settings)
+        loop = Sampler(client, settings, celery_dispatch(create_app(settings)), consumer="bench",
+                       sessions=tracker if tracked else None)  # fmt: skip
+        started = time.perf_counter()
+        while loop.step(block_ms=1):
+            pass
+        rate = n / (time.perf_counter() - started)
+        label = f"tracking, {tracker.open_count():,} sessions open" if tracked else "no tracking"
+        print(f"sampler, {n:,} chat turns: {rate:,.0f} traces/s ({label})")
+    client.flushdb()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from evaluator.constants import (
     JUDGES_BACKFILL_QUEUE,
     JUDGES_QUEUE,
     JUDGES_TASK,
+    SESSIONS_TASK,
     UNACKED_PREFIX,
     WORK_QUEUES,
 )
@@ -83,11 +84,13 @@ def create_app(settings: Settings) -> FleetApp:
         task_routes={
             HEURISTICS_TASK: {"queue": HEURISTICS_QUEUE},
             JUDGES_TASK: {"queue": JUDGES_QUEUE},
+            SESSIONS_TASK: {"queue": HEURISTICS_QUEUE},
         },
         # Enforced by the worker's parent process, which kills the child (see worker._StallAware).
         task_annotations={
             HEURISTICS_TASK: {"time_limit": settings.heuristics_time_limit_s},
             JUDGES_TASK: {"time_limit": settings.judges_time_limit_s},
+            SESSIONS_TASK: {"time_limit": settings.heuristics_time_limit_s},
         },
         broker_transport_options=_transport_options(JUDGES_QUEUE, settings),
         broker_connection_retry_on_startup=True,
@@ -143,3 +146,14 @@ def requeue_judges(app: Celery) -> RequeueJudges:
             app.send_task(JUDGES_TASK, args=[batch], queue=judges_queue(run), countdown=delay_s)
 
     return requeue
+
+
+def session_dispatch(app: Celery, delay_s: float = 0.0) -> Callable[[list[dict[str, Any]]], None]:
+    """The hand-off of completed sessions (their wire form) to the heuristics workers."""
+
+    def dispatch(entries: list[dict[str, Any]]) -> None:
+        if entries:
+            app.send_task(SESSIONS_TASK, args=[entries], queue=HEURISTICS_QUEUE,
+                          countdown=delay_s or None)  # fmt: skip
+
+    return dispatch

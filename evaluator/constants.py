@@ -44,6 +44,7 @@ TASK_STARTS_PREFIX: Final = "evalfleet:task-starts:"
 
 HEURISTICS_TASK: Final = "evalfleet.heuristics_batch"
 JUDGES_TASK: Final = "evalfleet.judge_batch"
+SESSIONS_TASK: Final = "evalfleet.session_batch"  # completed sessions, on the heuristics queue
 
 # Owned by one room each (the module named), kept here so every key is in one list.
 FIRST_SEEN_KEY: Final = "evalfleet:first-seen"  # sampling.py

@@ -11,7 +11,7 @@ import contextlib
 import redis
 from celery import Celery
 
-from evaluator.celery_app import celery_dispatch, judge_dispatch, requeue_judges
+from evaluator.celery_app import celery_dispatch, judge_dispatch, requeue_judges, session_dispatch
 from evaluator.constants import HEURISTICS_QUEUE
 from evaluator.evaluation.scoring import ScoringContext
 from evaluator.evaluators import heuristic_evaluators
@@ -24,6 +24,7 @@ from evaluator.review.routing import republish_unrouted
 from evaluator.sampling import inflight
 from evaluator.sampling.budget import BudgetPlanner, SpendMeter
 from evaluator.sampling.sampler import FleetChore, Sampler
+from evaluator.sessions.tracker import SessionTracker
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import build_sinks
 from evaluator.sinks.sql import SQLStore
@@ -103,6 +104,18 @@ def _production_sampler(
             ),
         ),
     ]
+    sessions = SessionTracker.from_settings(client, settings)
+    dispatch_sessions = session_dispatch(app)
+
+    def complete_sessions() -> None:
+        metrics.SESSIONS_COMPLETED.inc(
+            sessions.complete_all_due(lambda done: dispatch_sessions([s.wire() for s in done]))
+        )
+        metrics.SESSIONS_OPEN.set(sessions.open_count())
+
+    chores.append(
+        FleetChore(client, "sessions", settings.session_check_interval_s, complete_sessions)
+    )
     broker = connect(settings.celery_broker_url)
     return Sampler(
         client,
@@ -113,6 +126,7 @@ def _production_sampler(
         chores=chores,
         broker=broker,
         lease=lease,
+        sessions=sessions,
     )
 
 

@@ -436,6 +436,27 @@ class Settings(BaseSettings):
         default=3, ge=1, description="Probe calls let through fleet-wide when half-open."
     )
 
+    # sessions (issue 15): a conversation is evaluated as a whole once it goes quiet
+    session_quiet_s: float = Field(
+        default=1800.0, gt=0, description="A session is complete after this long without a turn."
+    )
+    session_max_age_s: float = Field(
+        default=86_400.0, gt=0, description="Or this long after its window opened, whatever."
+    )
+    session_retention_s: float = Field(
+        default=86_400.0, gt=0, description="A completed session is remembered for late turns."
+    )
+    session_max_turns: int = Field(default=1000, ge=1, description="Turns kept per session.")
+    session_patience_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A completed session waits this long after its last turn for turns not yet "
+        "stored (their heuristics batch still on its way), then is evaluated without them.",
+    )
+    session_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the sampler looks for completed sessions."
+    )
+
 
 @cache
 def get_settings() -> Settings:

@@ -28,8 +28,14 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from evaluator.celery_app import FleetApp, create_app, judges_queue
-from evaluator.constants import HEURISTICS_QUEUE, HEURISTICS_TASK, JUDGES_TASK, TASK_STARTS_PREFIX
+from evaluator.celery_app import FleetApp, create_app, judges_queue, session_dispatch
+from evaluator.constants import (
+    HEURISTICS_QUEUE,
+    HEURISTICS_TASK,
+    JUDGES_TASK,
+    SESSIONS_TASK,
+    TASK_STARTS_PREFIX,
+)
 from evaluator.evaluation.scoring import (
     INFRASTRUCTURE_ERRORS,
     ScoringContext,
@@ -43,6 +49,7 @@ from evaluator.evaluation.scoring import (
 from evaluator.fleet import build_scoring_context
 from evaluator.ops import logs, metrics
 from evaluator.sampling import inflight
+from evaluator.sessions.evaluate import session_batch
 from evaluator.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -251,6 +258,17 @@ def judge_batch_task(task: Task, entries: list[dict[str, Any]], stalls: int = 0)
     return run_batch(JUDGES_TASK, judge_batch, entries, ctx)
 
 
+def session_batch_task(task: Task, entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Completed sessions (evaluator.sessions): evaluated from their stored turns; sessions
+    still waiting for a turn come back after a short delay."""
+    ctx = scoring_context(task.app)
+
+    def requeue(waiting: list[dict[str, Any]], delay_s: float) -> None:
+        session_dispatch(task.app, delay_s)(waiting)
+
+    return session_batch(entries, ctx.store, ctx.settings, requeue)
+
+
 _worker_app: FleetApp | None = None
 
 
@@ -262,6 +280,9 @@ def create_worker_app(settings: Settings) -> FleetApp:
     options = {"base": _StallAware, "bind": True, **_TASK_OPTIONS}
     app.task(name=HEURISTICS_TASK, **options)(heuristics_batch)
     app.task(name=JUDGES_TASK, **options)(judge_batch_task)
+    # No stall splitting for sessions: their checks run within the evaluator budget, and a
+    # redelivered batch rewrites the same rows.
+    app.task(name=SESSIONS_TASK, bind=True, **_TASK_OPTIONS)(session_batch_task)
     if settings.log_format == "json":
         _connect_json_logging()
     _worker_app = app

@@ -246,3 +246,20 @@ def process_exited(pid: int) -> None:
     """Drop a dead prefork child's live gauges (its counters keep counting in the sum)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         prometheus_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# Sessions (issue 15)
+SESSIONS_OBSERVED = Counter(
+    "evalfleet_session_turns_total", "Turns of sessions the sampler recorded (redeliveries too)."
+)
+SESSIONS_COMPLETED = Counter(
+    "evalfleet_sessions_completed_total", "Sessions found complete (quiet or at their maximum age)."
+)
+SESSIONS_EVALUATED = Counter(
+    "evalfleet_sessions_evaluated_total", "Completed sessions evaluated by a worker."
+)
+SESSIONS_OPEN = Gauge(
+    "evalfleet_sessions_open",
+    "Sessions waiting for their quiet period to end.",
+    multiprocess_mode="mostrecent",
+)

@@ -40,7 +40,8 @@ from evaluator.models import SampleDecision, Trace, parse_trace
 from evaluator.ops import logs, metrics
 from evaluator.sampling import inflight
 from evaluator.sampling.budget import BudgetPlanner, record_traffic
-from evaluator.sampling.strata import SamplingPolicy, VersionTracker
+from evaluator.sampling.strata import SESSION_OUTCOME_STRATA, SamplingPolicy, VersionTracker
+from evaluator.sessions.tracker import SessionTracker, TurnSeen
 from evaluator.settings import Settings
 from evaluator.streams import (
     ConsumerLease,
@@ -111,8 +112,12 @@ class Sampler:
         chores: Sequence[Callable[[], object]] = (),
         broker: redis.Redis | None = None,
         lease: ConsumerLease | None = None,
+        sessions: SessionTracker | None = None,
     ) -> None:
         self.client = client
+        # Records each turn of a conversation (a trace with a session_id) so the session is
+        # evaluated once it goes quiet (evaluator.sessions.tracker). None: not tracked.
+        self.sessions = sessions
         # The hold on the consumer name (evaluator.streams.lease_consumer_name): renewed by the
         # loop, freed when it stops. None: the caller keeps names apart (tests, one-offs).
         self.lease = lease
@@ -280,6 +285,7 @@ class Sampler:
         policy = self.budget.policy(self.policy) if self.budget else self.policy
         outcomes: Counter[tuple[str, bool]] = Counter()  # (stratum, sampled) -> traces
         eligible: Counter[str] = Counter()
+        session_turns: list[tuple[Trace, str, str]] = []
         for entry_id, trace, payload in valid:
             decision = self._decide(policy, trace, recent)
             if isinstance(decision, str):
@@ -289,6 +295,8 @@ class Sampler:
             if decision.judge:  # judges that applied, thinned out by their budget or not
                 eligible.update(decision.judges + decision.sampled_out)
             tasks.append(heuristics_entry(entry_id, payload, decision))
+            if trace.session_id is not None:
+                session_turns.append((trace, trace.session_id, decision.stratum))
             if decision.judges:
                 judge_tasks.append(
                     judge_entry(entry_id, payload, decision.judges, decision.inclusion, time.time())
@@ -312,6 +320,15 @@ class Sampler:
         except DispatchError:
             inflight.remove(self.client, list(heuristics))  # the entries stay pending instead
             raise
+        if self.sessions is not None:
+            # After the dispatch, before the XACK: a failure leaves the entries pending and
+            # they are observed again (observing a turn twice changes nothing).
+            turns = [
+                TurnSeen(trace.tenant, session, trace.trace_id, stratum in SESSION_OUTCOME_STRATA)
+                for trace, session, stratum in session_turns
+            ]
+            self.sessions.observe(turns)
+            metrics.SESSIONS_OBSERVED.inc(len(turns))
         sampled = sum(n for (_, judged), n in outcomes.items() if judged)
         self.counts.judge_sampled += sampled
         for (stratum, judged), n in outcomes.items():

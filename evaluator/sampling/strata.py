@@ -41,6 +41,8 @@ class Stratum(StrEnum):
 
 
 STRATA = list(Stratum)  # first match wins
+# A session with a turn in one of these is an outcome session (evaluator.sessions).
+SESSION_OUTCOME_STRATA = frozenset({Stratum.ERROR.value, Stratum.NEGATIVE_FEEDBACK.value})
 # Outcome strata are judged in full by default; control at EVALFLEET_JUDGE_SAMPLE_RATE.
 DEFAULT_STRATUM_RATES: dict[str, float] = {
     Stratum.ERROR: 1.0,

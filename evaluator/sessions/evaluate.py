@@ -12,22 +12,26 @@ nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlmodel import col, select
 
 from evaluator.evaluators.base import run_on
 from evaluator.ledger import LedgerState, ledger_row
 from evaluator.models import ScoreStatus, Trace, parse_trace
+from evaluator.ops import metrics
 from evaluator.sessions.heuristics import (
     Session,
     SessionEvaluator,
     in_conversation_order,
     session_error,
+    session_evaluators,
 )
 from evaluator.sessions.tracker import CompletedSession
+from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.store.tables import TracePayloadRecord
 
@@ -116,3 +120,36 @@ def evaluate_sessions(
     if score_rows or ledger:
         store.write_batch([], score_rows, [], ledger=ledger)
     return outcome
+
+
+# Hands sessions whose turns are still on their way back to the queue, after a delay (seconds).
+RequeueSessions = Callable[[list[dict[str, Any]], float], None]
+
+
+def session_batch(
+    entries: Sequence[dict[str, Any]],
+    store: SQLStore,
+    settings: Settings,
+    requeue: RequeueSessions,
+    evaluators: Sequence[SessionEvaluator] | None = None,
+) -> dict[str, int]:
+    """What the session task does: evaluate the completed sessions of ``entries`` (their wire
+    form), and send the ones still waiting for a turn back after a short delay."""
+    completed = [CompletedSession.from_wire(entry) for entry in entries]
+    outcome = evaluate_sessions(
+        completed,
+        store,
+        session_evaluators() if evaluators is None else evaluators,
+        max_trace_bytes=settings.max_trace_bytes,
+        budget_s=settings.evaluator_budget_s,
+        patience_s=settings.session_patience_s,
+    )
+    if outcome.waiting:
+        delay = min(30.0, max(1.0, settings.session_patience_s / 10))
+        requeue([session.wire() for session in outcome.waiting], delay)
+    metrics.SESSIONS_EVALUATED.inc(outcome.evaluated)
+    return {
+        "sessions": outcome.evaluated,
+        "scores": outcome.scores,
+        "waiting": len(outcome.waiting),
+    }

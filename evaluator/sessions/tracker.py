@@ -29,12 +29,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
 from evaluator.constants import SESSION_PREFIX, SESSION_TURNS_PREFIX, SESSIONS_DUE
+from evaluator.settings import Settings
 from evaluator.streams import text
 
 # KEYS: due zset. ARGV: session prefix, turns prefix, now ms, quiet ms, max age ms, max turns,
@@ -149,6 +150,14 @@ class CompletedSession:
     overflow: bool  # more turns arrived than ``max_turns``; only the first ones are held
     due: str  # the due score read, for the guarded finish
 
+    def wire(self) -> dict[str, Any]:
+        """The JSON form handed to a worker (``from_wire`` reads it back)."""
+        return {**asdict(self), "turn_ids": list(self.turn_ids)}
+
+    @classmethod
+    def from_wire(cls, entry: dict[str, Any]) -> CompletedSession:
+        return cls(**{**entry, "turn_ids": tuple(entry["turn_ids"])})
+
     @property
     def version(self) -> str:
         """Which turns this evaluation saw: the same turns give the same version (a repeated
@@ -232,3 +241,26 @@ class SessionTracker:
             return 0
         dispatch(sessions)
         return self.finish(sessions, now_ms)
+
+    def complete_all_due(
+        self, dispatch: DispatchSessions, limit: int = 500, rounds: int = 20
+    ) -> int:
+        """``complete_due`` until fewer than ``limit`` were due (at most ``rounds`` times, so a
+        backlog is worked off over several chore runs rather than in one long one)."""
+        finished = 0
+        for _ in range(rounds):
+            done = self.complete_due(dispatch, limit=limit)
+            finished += done
+            if done < limit:
+                break
+        return finished
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> SessionTracker:
+        policy = SessionPolicy(
+            quiet_s=settings.session_quiet_s,
+            max_age_s=settings.session_max_age_s,
+            retention_s=settings.session_retention_s,
+            max_turns=settings.session_max_turns,
+        )
+        return cls(client, policy)
