@@ -48,26 +48,30 @@ local opened = 0
 for i = 7, #ARGV, 4 do
   local digest, who, trace_id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local h, t = ARGV[1] .. digest, ARGV[2] .. digest
-  local new = false
-  if redis.call('SISMEMBER', t, trace_id) == 0 then
-    new = true
-    if redis.call('SCARD', t) < max_turns then
-      redis.call('SADD', t, trace_id)
-    else
-      redis.call('HSET', h, 'overflow', '1')
-    end
+  -- Five commands for an ordinary turn: it is new when SADD adds it (below the cap).
+  local new
+  if redis.call('SCARD', t) < max_turns then
+    new = redis.call('SADD', t, trace_id) == 1
+  else
+    new = redis.call('SISMEMBER', t, trace_id) == 0
+    if new then redis.call('HSET', h, 'overflow', '1') end
   end
   if new then
-    if redis.call('HSETNX', h, 'who', who) == 1 then opened = opened + 1 end
-    if redis.call('HGET', h, 'state') ~= 'open' then
+    local known = redis.call('HMGET', h, 'state', 'first')
+    local first = tonumber(known[2])
+    if known[1] ~= 'open' then
       -- a new session, or a completed one re-opened by a late turn: a new window
-      redis.call('HSET', h, 'state', 'open', 'first', now)
+      if not known[1] then opened = opened + 1 end
+      first = now
+      redis.call('HSET', h, 'state', 'open', 'first', now, 'who', who)
       redis.call('PERSIST', h)
       redis.call('PERSIST', t)
     end
-    redis.call('HSET', h, 'last', now)
-    if ARGV[i + 3] == '1' then redis.call('HSET', h, 'outcome', '1') end
-    local first = tonumber(redis.call('HGET', h, 'first'))
+    if ARGV[i + 3] == '1' then
+      redis.call('HSET', h, 'last', now, 'outcome', '1')
+    else
+      redis.call('HSET', h, 'last', now)
+    end
     redis.call('ZADD', KEYS[1], math.min(now + quiet, first + max_age), digest)
   end
 end
