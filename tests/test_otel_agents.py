@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -484,3 +485,28 @@ def test_a_deep_chain_of_spans_maps_quickly() -> None:
     assert len(trace.steps) == 1001 - 1 and trace.metadata["steps_omitted"] == 2
     assert all(s.parent_id == p.id for p, s in zip(trace.steps, trace.steps[1:], strict=False))
     assert elapsed < 2.0, elapsed
+
+
+def test_replay_fits_an_agent_trace_under_the_payload_limit(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evalfleet replay --format otel` publishes what the receiver would: a trace whose steps
+    make it too big is cut to fit, not dead-lettered by the sampler as oversized."""
+    from typer.testing import CliRunner
+
+    from evaluator.cli import app
+    from evaluator.constants import TRACE_FIELD
+    from evaluator.settings import get_settings
+
+    export = tmp_path / "agent.json"
+    export.write_text(json.dumps(otlp_json(1)))
+    monkeypatch.setenv("EVALFLEET_REDIS_URL", redis_url)
+    monkeypatch.setenv("EVALFLEET_MAX_TRACE_BYTES", "1024")  # the full trace is ~2.2 KB
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["replay", str(export), "--format", "otel"])
+    assert result.exit_code == 0, result.output
+    [(_, fields)] = redis_client.xrange(TRACES_STREAM)
+    payload = fields[TRACE_FIELD.encode()]
+    assert len(payload) <= 1024
+    fitted = parse_trace(payload, 1024)
+    assert isinstance(fitted, Trace) and fitted.session_id is not None

@@ -92,12 +92,16 @@ def replay(
     """Publish a file of traces to evalfleet:traces; the sampler dead-letters invalid lines.
     A line over EVALFLEET_MAX_TRACE_BYTES refuses the whole file."""
     from evaluator.ingest import publish_many, read_lines, read_otlp, read_traces
+    from evaluator.ingest.otel import trace_payload
 
     settings = get_settings()
     client = connect(settings.redis_url)
     try:
         if format is ReplayFormat.otel:
-            items: list[object] = list(read_otlp(file))
+            # As the OTLP receiver publishes them: an agent's steps fitted under the limit.
+            items: list[object] = [
+                trace_payload(trace, settings.max_trace_bytes) for trace in read_otlp(file)
+            ]
         elif validate:
             items = list(read_traces(file, settings.max_trace_bytes))
         else:
