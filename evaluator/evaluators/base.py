@@ -52,13 +52,15 @@ class CheckEvaluator:
         return error_score(self, trace, reason, self.severity)
 
 
-class _Named(Protocol):
+class Named(Protocol):
+    """What error scores need of an evaluator at any level: its name and version."""
+
     name: ClassVar[str]
     version: ClassVar[str]
 
 
 def error_score(
-    evaluator: _Named, trace: Trace, reason: str, severity: Severity = Severity.LOW
+    evaluator: Named, trace: Trace, reason: str, severity: Severity = Severity.LOW
 ) -> Score:
     """``evaluator`` could not score ``trace`` (``status=error``), and why."""
     return Score.for_trace(
@@ -158,7 +160,7 @@ class _EvaluatesSubject(Protocol[SubjectIn]):
 
 
 # Builds the error score of ``evaluator`` on a subject, with a reason.
-ErrorScore = Callable[[_Named, Subject, str], Score]
+ErrorScore = Callable[[Named, Subject, str], Score]
 
 
 def run_on(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
+from evaluator.evaluators.base import Named
 from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace, stable_id
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -53,12 +54,7 @@ class SessionEvaluator(Protocol):
         """The scores for ``session``; [] when the check does not apply."""
 
 
-class _Named(Protocol):
-    name: ClassVar[str]
-    version: ClassVar[str]
-
-
-def session_score(evaluator: _Named, session: Session, **fields: Any) -> Score:
+def session_score(evaluator: Named, session: Session, **fields: Any) -> Score:
     """A score of ``evaluator`` on ``session``; its id is derived from the session's digest and
     version, the evaluator and its version."""
     score_id = stable_id(session.subject, session.version, evaluator.name, evaluator.version)
@@ -78,7 +74,7 @@ def session_score(evaluator: _Named, session: Session, **fields: Any) -> Score:
     )
 
 
-def session_error(evaluator: _Named, session: Session, reason: str) -> Score:
+def session_error(evaluator: Named, session: Session, reason: str) -> Score:
     """``evaluator`` could not score ``session`` (``status=error``), and why."""
     return session_score(evaluator, session, status=ScoreStatus.ERROR, reason=reason[:500])
 
