@@ -523,6 +523,15 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+class Level(StrEnum):
+    """What a score is about: one turn (a trace), one agent run's trajectory (the steps of a
+    trace), or a whole session (``trace_id`` is then ``session:<digest>``)."""
+
+    TURN = "turn"
+    TRAJECTORY = "trajectory"
+    SESSION = "session"
+
+
 class Score(BaseModel):
     """One evaluation result for one trace. ``id`` is deterministic, so sinks can upsert."""
 
@@ -538,6 +547,7 @@ class Score(BaseModel):
     severity: Severity = Severity.LOW
     status: ScoreStatus = ScoreStatus.OK
     reason: str = ""
+    level: Level = Level.TURN
     created_at: datetime = Field(default_factory=_now)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

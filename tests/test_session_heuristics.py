@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from evaluator.models import Trace
+from evaluator.models import Level, Trace
 from evaluator.sessions.heuristics import (
     Session,
     SessionCost,
@@ -54,7 +54,7 @@ def test_a_helpful_conversation_passes_every_check() -> None:
     }
     assert [t.trace_id for t in HELPFUL.turns] == ["t0", "t1", "t2"]
     assert all(s.trace_id == "session:" + "d" * 32 for s in scores)
-    assert scores[0].metadata["level"] == "session"
+    assert scores[0].level is Level.SESSION
 
 
 def test_a_re_asked_question_is_a_repeat_and_a_follow_up_is_not() -> None:

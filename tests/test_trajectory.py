@@ -15,7 +15,7 @@ from evaluator.evaluators.trajectory import (
     ToolLoop,
     TrajectoryBounds,
 )
-from evaluator.models import Step, Trace
+from evaluator.models import Level, Step, Trace
 from evaluator.settings import Settings
 
 
@@ -60,7 +60,7 @@ def test_a_good_run_passes_and_a_trace_without_steps_is_left_alone() -> None:
     plain = Trace(trace_id="t", input="hi", output="hello")
     assert all(c().evaluate(plain) == [] for c in TRAJECTORY_HEURISTICS)
     [score] = ToolErrors().evaluate(GOOD)
-    assert score.metadata["level"] == "trajectory" and score.value == 0.0
+    assert score.level is Level.TRAJECTORY and score.value == 0.0
 
 
 def test_a_failed_tool_call_fails_unless_a_retry_recovered_it() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from evaluator.evaluators.base import CheckEvaluator
-from evaluator.models import Score, Step, Trace
+from evaluator.models import Level, Score, Step, Trace
 
 # What an answer says when it owns up to a failure ("I couldn't reach the booking system").
 _ADMITS_FAILURE = re.compile(
@@ -36,7 +36,7 @@ class TrajectoryCheck(CheckEvaluator):
         self, trace: Trace, passed: bool, reason: str, value: float | None = None
     ) -> Score:
         score = self.result(trace, passed, reason)
-        score.metadata["level"] = "trajectory"
+        score.level = Level.TRAJECTORY
         if value is not None:
             score.value = value
         return score

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from evaluator.evaluators.base import Named
-from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace, stable_id
+from evaluator.models import Level, Score, ScoreStatus, ScoreType, Severity, Trace, stable_id
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NEVER = datetime.max.replace(tzinfo=UTC)
@@ -64,8 +64,8 @@ def session_score(evaluator: Named, session: Session, **fields: Any) -> Score:
         evaluator=evaluator.name,
         evaluator_version=evaluator.version,
         name=evaluator.name,
+        level=Level.SESSION,
         metadata={
-            "level": "session",
             "session_id": session.session_id,
             "session_version": session.version,
             "turns": len(session.turns),
