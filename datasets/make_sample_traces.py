@@ -1,8 +1,16 @@
 """Regenerate datasets/sample_traces.jsonl (deterministic): `python datasets/make_sample_traces.py`.
 
 The traces imitate a support assistant ("Northwind Cloud"), a SQL helper and a JSON extractor.
-Each scenario is realistic text written by hand; the script mixes them into 240 lines including
+Each scenario is realistic text written by hand; the script mixes them into 229 lines including
 failures every heuristic should catch and invalid entries the sampler must dead-letter.
+
+After those (unchanged, in the same order) come conversations and agent runs, from their own
+seeded generator: multi-turn support chats (``session_id``, 2-6 turns, each turn's ``messages``
+in OpenAI chat format with the history resent), some where the user re-asks the same question
+or grows frustrated, and runs of a billing agent (``steps``: the agent, its model calls and tool
+calls; ``messages`` with the tool calls and their results) — good runs, a tool failure retried
+into success, failures owned up to or ignored, a loop, a run that ends on a tool call, a run
+over the tool-call bound; some runs are two-turn agent threads.
 """
 
 from __future__ import annotations
@@ -319,7 +327,246 @@ def build() -> list[str]:
     lines = [json.dumps(t, separators=(",", ":")) for t in traces]
     lines += invalid_entries(len(traces))
     rng.shuffle(lines)
-    return lines
+    conversations = [*chat_sessions(random.Random(20261203)), *agent_runs()]
+    return lines + [json.dumps(t, separators=(",", ":")) for t in conversations]
+
+
+SYSTEM_PROMPT = "You are Northwind Cloud's support assistant. Answer from the documentation."
+# How users ask the same thing again when the answer did not help (same words: a re-ask).
+REASKS = ["{q}", "{q} I still need this", "Again: {q}"]
+COMPLAINTS = [
+    "That's not what I asked.",
+    "This is useless, I want to talk to a human.",
+    "I already told you, it still doesn't work.",
+]
+FOLLOW_UPS = [
+    "Thanks, that helps.",
+    "Great, and does that work on the free plan too?",
+    "Perfect, thank you!",
+]
+
+
+def _turn(
+    rng: random.Random,
+    session: int,
+    number: int,
+    history: list[dict[str, object]],
+    question: str,
+    answer: str,
+    **fields: object,
+) -> dict[str, object]:
+    """One chat turn: the history resent with the new question, the answer as output."""
+    history.append({"role": "user", "content": question})
+    trace = {
+        **base(rng, 0, "support-chat"),
+        "trace_id": f"demo-chat-{session:02d}-t{number}",
+        "session_id": f"chat-{session:02d}",
+        "input": question,
+        "messages": list(history),
+        "output": answer,
+        "started_at": f"2026-11-21T{9 + session % 9:02d}:{(session * 7) % 50 + number:02d}:00Z",
+        **fields,
+    }
+    history.append({"role": "assistant", "content": answer})
+    return trace
+
+
+def chat_sessions(rng: random.Random) -> list[dict[str, object]]:
+    """Thirty support conversations of 2-6 turns; every fifth re-asks a question the answer
+    did not settle, every seventh ends with a frustrated user."""
+    traces: list[dict[str, object]] = []
+    for session in range(30):
+        tenant = TENANTS[session % len(TENANTS)]
+        history: list[dict[str, object]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        length = 2 + session % 5
+        topics = [TOPICS[(session * 3 + k) % len(TOPICS)] for k in range(length)]
+        for number, (question, _contexts, answer) in enumerate(topics, 1):
+            if session % 5 == 1 and number == 2:  # the first answer missed: asked again
+                question = REASKS[session % len(REASKS)].format(q=topics[0][0])
+                answer = topics[0][2]
+            elif session % 7 == 3 and number == length:
+                question = COMPLAINTS[session % len(COMPLAINTS)]
+                answer = "I'm sorry about that. Let me connect you with a member of our team."
+            elif number == length and session % 3 == 0:
+                question = FOLLOW_UPS[session % len(FOLLOW_UPS)]
+                answer = "You're welcome! Anything else I can help with?"
+            traces.append(_turn(rng, session, number, history, question, answer, tenant=tenant))
+    return traces
+
+
+def _call(call_id: str, name: str, arguments: dict[str, object]) -> dict[str, object]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}  # fmt: skip
+
+
+# (what the user asked, the tool calls as (name, arguments, result or None, error or None),
+# the final answer); a tool call with an error and then the same call again is a retry.
+AGENT_TASKS = {
+    "good": (
+        "Why was I charged twice in November?",
+        [
+            (
+                "get_invoice",
+                {"month": "2026-11"},
+                {"invoices": ["INV-2211", "INV-2212"], "duplicate": True},
+                None,
+            )
+        ],
+        "You were charged twice because invoice INV-2212 duplicated INV-2211. A refund for "
+        "INV-2212 has been requested; it reaches your card in 5-10 days.",
+    ),
+    "two_tools": (
+        "Cancel my Pro plan and tell me what happens to my projects.",
+        [
+            (
+                "get_subscription",
+                {"workspace": "acme"},
+                {"plan": "pro", "renews": "2026-12-01"},
+                None,
+            ),
+            (
+                "search_docs",
+                {"query": "downgrade pro to free"},
+                [
+                    "Downgrades take effect at the "
+                    "end of the billing period; extra projects become read-only."
+                ],
+                None,
+            ),
+        ],
+        "Your Pro plan renews on 2026-12-01; after cancelling it ends then, and projects above "
+        "the free limit of 3 become read-only (nothing is deleted).",
+    ),
+    "retried": (
+        "Send me my October invoice.",
+        [
+            ("get_invoice", {"month": "2026-10"}, None, "billing API timed out after 10s"),
+            ("get_invoice", {"month": "2026-10"}, {"invoices": ["INV-2107"]}, None),
+        ],
+        "Here is your October invoice: INV-2107. It is also under Billing > Invoices.",
+    ),
+    "owned_up": (
+        "Refund invoice INV-2212 please.",
+        [
+            ("create_refund", {"invoice": "INV-2212"}, None, "refund service unavailable (503)"),
+            ("create_refund", {"invoice": "INV-2212"}, None, "refund service unavailable (503)"),
+        ],
+        "Sorry, the refund service is unavailable right now, so I could not file the refund. "
+        "Please try again later or contact billing@northwind.example.",
+    ),
+    "ignored": (
+        "Change my billing email to finance@acme.example.",
+        [
+            (
+                "update_billing_contact",
+                {"email": "finance@acme.example"},
+                None,
+                "permission denied: requires the billing admin role",
+            )
+        ],
+        "Done! Your billing email is now finance@acme.example.",
+    ),
+    "loop": (
+        "Which of my invoices are unpaid?",
+        [("search_invoices", {"status": "unpaid"}, [], None)] * 3,
+        "You have no unpaid invoices.",
+    ),
+    "ended_on_call": (
+        "Upgrade me to Business.",
+        [("change_plan", {"plan": "business"}, None, None)],
+        "",
+    ),
+    "over_bound": (
+        "List every invoice since 2024.",
+        [
+            ("get_invoice", {"month": f"{2024 + m // 12}-{m % 12 + 1:02d}"}, {"invoices": []}, None)
+            for m in range(27)
+        ],
+        "I checked every month since January 2024: there are no invoices in that period.",
+    ),
+}
+# Which tasks run, in order; the last six form three two-turn agent threads.
+AGENT_PLAN = ["good", "retried", "owned_up", "ignored", "loop", "ended_on_call", "over_bound",
+              "two_tools", "good", "retried", "two_tools", "good",
+              "good", "retried", "owned_up", "good", "two_tools", "good"]  # fmt: skip
+
+
+def agent_run(run: int, task: str, history: list[dict[str, object]]) -> dict[str, object]:
+    """One agent run as steps (agent → model call → tool calls → model call) and messages."""
+    question, calls, answer = AGENT_TASKS[task]
+    at = f"2026-11-22T{10 + run % 8:02d}:{(run * 5) % 60:02d}"
+    steps: list[dict[str, object]] = [
+        {"id": "agent", "kind": "agent", "name": "billing-agent", "started_at": f"{at}:00Z"},
+        {"id": "llm-1", "kind": "llm", "name": "gpt-4o", "model": "gpt-4o", "parent_id": "agent",
+         "latency_ms": 900.0, "tokens": {"input": 820, "output": 40}},
+    ]  # fmt: skip
+    history.append({"role": "user", "content": question})
+    asked: list[dict[str, object]] = []
+    attempts: dict[str, int] = {}
+    for n, (name, arguments, result, error) in enumerate(calls):
+        key = json.dumps([name, arguments], sort_keys=True)
+        retry = attempts.get(key, 0) > 0 and n > 0 and calls[n - 1][3] is not None
+        call_id = asked[-1]["id"] if retry else f"call_{run:02d}_{n}"
+        if not retry:
+            asked.append(_call(str(call_id), name, arguments))
+        attempts[key] = attempts.get(key, 0) + 1
+        step: dict[str, object] = {
+            "id": f"tool-{n}", "kind": "tool", "name": name, "parent_id": "agent",
+            "tool_call_id": call_id, "arguments": arguments, "latency_ms": 120.0 + 40 * n,
+            "attempt": 2 if retry else 1,
+        }  # fmt: skip
+        if error is not None:
+            step["error"] = error
+        elif result is not None:
+            step["result"] = result
+        steps.append(step)
+    history.append({"role": "assistant", "content": None, "tool_calls": asked})
+    for call in asked:
+        outcome = next(
+            (err or json.dumps(res)) for name, args, res, err in reversed(calls)
+            if _call(str(call["id"]), name, args)["function"] == call["function"]
+        )  # fmt: skip
+        history.append({"role": "tool", "tool_call_id": call["id"], "content": outcome})
+    trace: dict[str, object] = {
+        "trace_id": f"demo-agent-{run:02d}",
+        "input": question,
+        "messages": list(history),
+        "output": answer,
+        "model": "gpt-4o",
+        "tenant": TENANTS[run % len(TENANTS)],
+        "feature": "billing-agent",
+        "prompt_version": "billing-agent-v2",
+        "app_version": "2.14.1",
+        "latency_ms": 1500.0 + 300 * len(calls),
+        "tokens": {"input": 1600 + 200 * len(calls), "output": 90},
+        "cost_usd": round((1600 + 200 * len(calls)) * 2.5e-6 + 90 * 1e-5, 6),
+        "started_at": f"{at}:00Z",
+    }
+    if answer:
+        steps.append({"id": "llm-2", "kind": "llm", "name": "gpt-4o", "model": "gpt-4o",
+                      "parent_id": "agent", "result": answer, "latency_ms": 700.0})  # fmt: skip
+        history.append({"role": "assistant", "content": answer})
+        trace["finish_reason"] = "stop"
+    else:
+        trace["finish_reason"] = "tool_calls"
+    trace["steps"] = steps
+    return trace
+
+
+def agent_runs() -> list[dict[str, object]]:
+    """The runs of AGENT_PLAN; the last six in pairs, each pair one session (a thread)."""
+    traces = []
+    threads = len(AGENT_PLAN) - 6
+    history: list[dict[str, object]] = []
+    for run, task in enumerate(AGENT_PLAN):
+        if run < threads or (run - threads) % 2 == 0:
+            history = [{"role": "system", "content": "You are Northwind's billing agent."}]
+        trace = agent_run(run, task, history)
+        if run >= threads:
+            trace["session_id"] = f"agent-thread-{(run - threads) // 2 + 1}"
+            trace["tenant"] = TENANTS[((run - threads) // 2) % len(TENANTS)]
+        traces.append(trace)
+    return traces
 
 
 def invalid_entries(start: int) -> list[str]:

@@ -68,9 +68,8 @@ CHORE_PREFIX: Final = "evalfleet:chore:"  # + chore name: which sampler runs it 
 
 # Sessions (sessions/tracker.py), all by session digest (blake2b of tenant and session id, so
 # no untrusted string is ever split back out of a key): a hash of what is known about the
-# session, the set of its turns' trace ids, and one sorted set of open sessions by due time.
-SESSION_PREFIX: Final = "evalfleet:session:"  # + digest (hash)
-SESSION_TURNS_PREFIX: Final = "evalfleet:session-turns:"  # + digest (set of trace ids)
+# session and its turns' trace ids, and one sorted set of open sessions by due time.
+SESSION_PREFIX: Final = "evalfleet:session:"  # + digest (hash: meta fields, '#' + trace id)
 SESSIONS_DUE: Final = "evalfleet:sessions:due"  # zset: digest -> due time (ms)
 # + consumer name: the token of the live sampler holding that name in the group (streams.py)
 SAMPLER_LEASE_PREFIX: Final = "evalfleet:sampler:lease:"

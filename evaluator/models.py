@@ -16,6 +16,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import to_json
@@ -115,6 +117,15 @@ _NON_FINITE = "must be a finite number (not NaN or Infinity)"
 _NUL = "must not contain a NUL character (\\u0000)"
 
 
+# The subject the fleet names a completed session by: ``session:<digest>`` (a Trace built by
+# ``sessions.conversation``, and its scores). Apps may not publish trace ids in it.
+SESSION_SUBJECT_PREFIX = "session:"
+
+
+def is_session_subject(trace_id: str) -> bool:
+    return trace_id.startswith(SESSION_SUBJECT_PREFIX)
+
+
 class TokenUsage(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -189,10 +200,11 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=1_000_000)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = Field(
+    # The bound is on the list of parts only: on the union it would cap a text at 100 characters.
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = Field(
         default=None,
-        max_length=MAX_CONTENT_PARTS,
-        description="Text, or a list of text parts. May be null only for an assistant message.",
+        description="Text, or a list of at most 100 text parts. May be null only for an "
+        "assistant message.",
     )
     name: str | None = Field(default=None, max_length=256)
     refusal: str | None = Field(default=None, description="An assistant's refusal, if any.")
@@ -504,6 +516,18 @@ def parse_trace(payload: bytes | str, max_bytes: int) -> Trace | str:
         return f"payload could not be validated: {type(exc).__name__}: {exc}"[:1000]
 
 
+def parse_published_trace(payload: bytes | str, max_bytes: int) -> Trace | str:
+    """``parse_trace`` for what apps publish: also refuses a trace id in the fleet's own
+    namespace (``session:``), which would mix an app's trace with a session's scores."""
+    parsed = parse_trace(payload, max_bytes)
+    if isinstance(parsed, Trace) and is_session_subject(parsed.trace_id):
+        return (
+            f"trace_id: must not start with {SESSION_SUBJECT_PREFIX!r} "
+            "(reserved for the sessions the fleet evaluates)"
+        )
+    return parsed
+
+
 class ScoreStatus(StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -571,6 +595,31 @@ class Score(BaseModel):
         return self.status is ScoreStatus.OK and self.passed is False
 
 
+class JudgeCall(BaseModel):
+    """What one judge evaluation cost: its requests (every attempt, the repair round too),
+    tokens, price and latency; one ``judge_calls`` row per (trace, judge, version)."""
+
+    id: str
+    trace_id: str
+    judge: str
+    judge_version: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = Field(default=0, description="Of input_tokens, served from cache.")
+    cost_usd: float | None = None
+    latency_ms: float = 0.0
+    attempts: int = 0
+    mode: str = ""
+    status: Literal["ok", "error", "deferred"] = "ok"
+    error: str | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+    def row(self) -> dict[str, Any]:
+        """The ``judge_calls`` row."""
+        return self.model_dump()
+
+
 class SampleDecision(BaseModel):
     """The sampler's verdict for one trace: heuristics always; judges when ``judge`` is set."""
 
@@ -606,7 +655,10 @@ class Verdict(StrEnum):
 
 
 class ReviewLabel(BaseModel):
-    """A human label: what golden datasets are made of and judges are calibrated against."""
+    """A human label: what golden datasets are made of and judges are calibrated against. A
+    label on a session item carries the session's Trace (``trace_id`` ``session:<digest>``, the
+    whole conversation in ``messages``, every turn's steps), so the golden example it becomes is
+    the session a session judge is calibrated on."""
 
     id: str = Field(description="The review item's id (or a deterministic id for imports).")
     trace_id: str
@@ -623,8 +675,53 @@ class ReviewLabel(BaseModel):
     trace: Trace
 
 
+# What a score may name in its metadata as the part of the trace it is about: a step of the
+# trajectory (``step_id`` / ``step_ids``, ids of ``trace.steps``) and, for a session, a turn
+# (``turn_id`` / ``turn_ids``, trace ids of the session's turns).
+_FOCUS_KEYS = {"step_ids": ("step_id", "step_ids"), "turn_ids": ("turn_id", "turn_ids")}
+MAX_FOCUS_IDS = 50  # a reviewer reads a handful; a judge that names hundreds names nothing
+
+
+class ReviewFocus(BaseModel):
+    """The part of a review item's trace its failing scores are about: what a reviewer is shown
+    highlighted. Empty when the scores name nothing (the whole answer is the subject)."""
+
+    step_ids: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_FOCUS_IDS,
+        description="Ids of steps of trace.steps that the failing scores are about.",
+    )
+    turn_ids: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_FOCUS_IDS,
+        description="A session item's turns (their trace ids, as in trace.metadata.turn_ids) "
+        "that the failing scores are about.",
+    )
+
+    @classmethod
+    def of(cls, scores: list[Score]) -> ReviewFocus:
+        """The steps and turns the scores' metadata name (strings only, each once, in order)."""
+        found: dict[str, dict[str, None]] = {name: {} for name in _FOCUS_KEYS}
+        for score in scores:
+            for name, keys in _FOCUS_KEYS.items():
+                for key in keys:
+                    value = score.metadata.get(key)
+                    for one in value if isinstance(value, list) else [value]:
+                        if isinstance(one, str) and one and len(one) <= 256:
+                            found[name][one] = None
+        return cls(**{name: list(ids)[:MAX_FOCUS_IDS] for name, ids in found.items()})
+
+
+_LEVEL_RANK = {Level.TURN: 0, Level.TRAJECTORY: 1, Level.SESSION: 2}
+
+
 class ReviewItem(BaseModel):
-    """A trace sent to human review because of one evaluator's failing scores."""
+    """A trace sent to human review because of one evaluator's failing scores.
+
+    ``level`` says what is reviewed: one turn (the answer), one agent run's trajectory (the
+    steps), or a whole session (``trace`` is then the session as one Trace: ``trace_id``
+    ``session:<digest>``, the whole conversation in ``messages``, every turn's steps with ids
+    ``t<n>:<step id>``). ``focus`` names the steps and turns the failing scores are about."""
 
     id: str
     trace_id: str
@@ -637,13 +734,42 @@ class ReviewItem(BaseModel):
     feature: str | None = None
     status: ReviewStatus = ReviewStatus.PENDING
     created_at: datetime = Field(default_factory=_now)
+    level: Level = Field(
+        default=Level.TURN,
+        description="turn (an answer), trajectory (an agent run's steps) or session (a whole "
+        "conversation): the level of the failing scores.",
+    )
+    session_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The conversation the trace belongs to (for a session item: the session).",
+    )
+    focus: ReviewFocus = Field(
+        default_factory=ReviewFocus, description="What the failing scores are about."
+    )
     trace: Trace
+
+    @field_validator("level", "focus", mode="before")
+    @classmethod
+    def _stored_before_levels(cls, value: Any, info: ValidationInfo) -> Any:
+        # Rows and stream entries written before review items knew their level hold none.
+        if value is None:
+            return Level.TURN if info.field_name == "level" else ReviewFocus()
+        return value
 
     @classmethod
     def for_scores(cls, trace: Trace, failing: list[Score], priority: int) -> ReviewItem:
         first = failing[0]
+        level = max((s.level for s in failing), key=_LEVEL_RANK.__getitem__)
+        id_parts = [trace.trace_id, first.evaluator, first.evaluator_version, "review"]
+        version = trace.metadata.get("session_version") or first.metadata.get("session_version")
+        if level is Level.SESSION and isinstance(version, str):
+            # A session re-opened by a late turn is a new evaluation: reviewed again, not
+            # deduplicated against the review of the turns it held before.
+            id_parts.insert(1, version)
+        session_id = trace.session_id or first.metadata.get("session_id")
         return cls(
-            id=stable_id(trace.trace_id, first.evaluator, first.evaluator_version, "review"),
+            id=stable_id(*id_parts),
             trace_id=trace.trace_id,
             evaluator=first.evaluator,
             evaluator_version=first.evaluator_version,
@@ -652,5 +778,8 @@ class ReviewItem(BaseModel):
             score_ids=[s.id for s in failing],
             tenant=trace.tenant,
             feature=trace.feature,
+            level=level,
+            session_id=session_id[:256] if isinstance(session_id, str) and session_id else None,
+            focus=ReviewFocus.of(failing),
             trace=trace,
         )

@@ -1,4 +1,5 @@
-"""Every knob of the fleet, read from the environment (prefix ``EVALFLEET_``)."""
+"""Every knob of the fleet, read from the environment (prefix ``EVALFLEET_``), in slices by
+concern that the rooms are handed (see ``Settings``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# USD per 1M input / output tokens (public list prices; override with EVALFLEET_MODEL_PRICES).
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1": (2.00, 8.00),
+# USD per 1M input / output / cached input tokens (public list prices; override with
+# EVALFLEET_MODEL_PRICES; a price without a cached rate bills cached tokens as input).
+DEFAULT_PRICES: dict[str, tuple[float, float] | tuple[float, float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.00, 1.25),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "gpt-4.1": (2.00, 8.00, 0.50),
 }
 
 
@@ -34,14 +36,14 @@ class ReviewerAccess(BaseModel):
         return None if "*" in self.tenants else frozenset(self.tenants)
 
 
-class Settings(BaseSettings):
-    """Configuration for publishers, samplers, workers and the CLI.
-
-    Complex values (lists, dicts) are given as JSON in the environment, e.g.
-    ``EVALFLEET_SAMPLE_RATE_OVERRIDES='{"tenant:acme": 0.5}'``.
-    """
+class _FromEnvironment(BaseSettings):
+    """Every slice reads the same ``EVALFLEET_`` variables as the whole."""
 
     model_config = SettingsConfigDict(env_prefix="EVALFLEET_", extra="ignore")
+
+
+class ConnectionSettings(_FromEnvironment):
+    """Where Redis, the Celery broker and the database are."""
 
     # Connections
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -49,6 +51,23 @@ class Settings(BaseSettings):
         default=None, description="Celery broker; defaults to redis_url."
     )
     database_url: str = "sqlite:///evalfleet.db"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg (v3) driver chosen for plain Postgres URLs."""
+        url = self.database_url
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+class IngestSettings(_FromEnvironment):
+    """Publishing, validating and dead-lettering traces (ingest/, streams)."""
 
     # Publishing
     stream_maxlen: int = Field(
@@ -68,6 +87,30 @@ class Settings(BaseSettings):
         description="A dead letter keeps this much of its payload, with the size and sha256.",
     )
 
+
+class OtlpSettings(_FromEnvironment):
+    """The OTLP receiver and in-process exporter: when is a trace complete? (ingest/)."""
+
+    # OTLP receiver / in-process exporter: when is a trace complete?
+    otlp_grace_s: float = Field(
+        default=5.0, gt=0, description="After the root span, wait this long for late spans."
+    )
+    otlp_max_wait_s: float = Field(
+        default=300.0, gt=0, description="Publish as partial when the root never ends."
+    )
+    otlp_max_spans_per_trace: int = Field(default=2000, ge=1)
+    otlp_max_pending_traces: int = Field(
+        default=100_000, ge=1, description="Above this the receiver answers 503 (back-pressure)."
+    )
+    otlp_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    otlp_token: SecretStr | None = Field(
+        default=None, description="When set, OTLP requests need 'Authorization: Bearer <token>'."
+    )
+
+
+class WorkerSettings(_FromEnvironment):
+    """Celery workers: hard limits per task, concurrency, redelivery (worker, celery_app)."""
+
     # Hard limits per task: a child over its limit is killed by the worker's parent process
     # (the only thing that stops code holding the GIL). A batch over its limit is split into
     # one task per trace; a trace over its own limit ``max_trace_stalls`` times is dead-lettered.
@@ -77,6 +120,29 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="The hard limit of a one-trace task (after a split)."
     )
     max_trace_stalls: int = Field(default=2, ge=1)
+
+    # Celery
+    worker_concurrency: int = Field(default=2, ge=1)
+    broker_visibility_timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="Unacked tasks of a vanished worker are redelivered after this; default: "
+        "twice the time limit of the worker's tasks (4 min for heuristics-only workers).",
+    )
+
+    def visibility_timeout_s(self, heuristics_only: bool) -> int:
+        """How long a task taken by a vanished worker stays invisible: longer than any task of
+        the worker can run (twice its hard time limit), so a running task is never handed out
+        twice. Heuristics-only workers get theirs back in minutes; judge workers wait longer."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
+        limit = self.heuristics_time_limit_s if heuristics_only else self.judges_time_limit_s
+        return max(10, math.ceil(2 * limit))
+
+
+class SamplerSettings(_FromEnvironment):
+    """The sampler loop, its consumers, back-pressure, the sampling policy and judge spend
+    (sampling/)."""
 
     # Sampler loop
     sampler_batch_size: int = Field(default=500, ge=1)
@@ -145,6 +211,45 @@ class Settings(BaseSettings):
         description="No stratum or judge rate goes below this (estimates stay unbiased).",
     )
     budget_refresh_s: float = Field(default=30.0, gt=0)
+    sampling_salt: str = Field(
+        default="", description="Changes which traces a rate selects, still deterministically."
+    )
+
+    @field_validator("sample_rate_overrides")
+    @classmethod
+    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
+        for key, rate in rates.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"sample rate for {key!r} must be within [0, 1], got {rate}")
+            if not key.startswith(("tenant:", "feature:")):
+                raise ValueError(f"override key {key!r} must start with 'tenant:' or 'feature:'")
+        return rates
+
+    # sampler consumers (issue 18)
+    sampler_consumer_lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="A sampler holds its consumer name with a Redis lease its loop renews; one "
+        "killed on another host (or in another container) frees its name after this.",
+    )
+    sampler_consumer_slots: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Without --consumer / EVALFLEET_SAMPLER_CONSUMER a sampler is named "
+        "'<hostname>-<slot>', the first slot from 0 that no live sampler holds, so a restart "
+        "takes its old name (and its pending entries) back.",
+    )
+    sampler_consumer_prune_idle_ms: int | None = Field(
+        default=None,
+        ge=1000,
+        description="Consumers of the group with nothing pending, idle this long and without "
+        "a live lease are removed by a fleet chore; default 10 x claim_idle_ms.",
+    )
+
+
+class LedgerSettings(_FromEnvironment):
+    """The evaluation ledger, its reaper and retention (ledger/, evaluation/)."""
 
     # The evaluation ledger and its reaper (run by the sampler).
     ledger_queued_deadline_s: float = Field(
@@ -165,19 +270,10 @@ class Settings(BaseSettings):
     ledger_retention_s: int = Field(
         default=30 * 24 * 3600, ge=3600, description="Settled ledger rows are kept this long."
     )
-    judge_backfill_rate_share: float = Field(
-        default=0.5,
-        gt=0,
-        le=1,
-        description="Re-evaluation may use this share of a model's requests/tokens per minute; "
-        "live judge work keeps the rest.",
-    )
-    judge_backfill_batch_size: int = Field(
-        default=8, ge=1, description="Traces per re-evaluation task (small: live work overtakes)."
-    )
-    sampling_salt: str = Field(
-        default="", description="Changes which traces a rate selects, still deterministically."
-    )
+
+
+class HeuristicsSettings(_FromEnvironment):
+    """The heuristic evaluators and their bounds (evaluators/)."""
 
     # Heuristics
     min_output_chars: int = 1
@@ -201,6 +297,10 @@ class Settings(BaseSettings):
         description="Per validation: sum of bytes matched x RE2 program size (~1 s worst).",
     )
 
+
+class ReviewSettings(_FromEnvironment):
+    """Routing to human review, the queue's leases and the review API (review/)."""
+
     # Review routing
     review_thresholds: dict[str, float] = Field(
         default_factory=dict,
@@ -216,6 +316,38 @@ class Settings(BaseSettings):
         repr=False,  # the keys are secrets
         description='Bearer tokens of the review API, e.g. {"tok-…": {"reviewer": "ana", '
         '"tenants": ["acme"]}}.',
+    )
+
+    # review API limits (issue 18)
+    review_max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest review API request body; larger: 413."
+    )
+    review_session_s: int = Field(
+        default=12 * 3600, ge=60, description="How long the review page's sign-in cookie lasts."
+    )
+    review_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Wrong reviewer tokens from one client address within the failure window "
+        "before it gets 429.",
+    )
+    review_failure_window_s: float = Field(
+        default=60.0, gt=0, description="The window the wrong tokens are counted in (seconds)."
+    )
+
+
+class JudgeSettings(_FromEnvironment):
+    """Judge files, the judge endpoint, retries, breaker, limits and prices (judging/)."""
+
+    judge_backfill_rate_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Re-evaluation may use this share of a model's requests/tokens per minute; "
+        "live judge work keeps the rest.",
+    )
+    judge_backfill_batch_size: int = Field(
+        default=8, ge=1, description="Traces per re-evaluation task (small: live work overtakes)."
     )
 
     # Judges (LLM-as-judge)
@@ -235,6 +367,13 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr | None = Field(
         default=None, description="Falls back to OPENAI_API_KEY; a judge's api_key_env wins."
     )
+    judge_provider: Literal["auto", "openai", "azure", "groq", "vllm", "llama_cpp", "generic"] = (
+        Field(
+            default="auto",
+            description="Whose error rules and first structured-output mode apply to "
+            "judge_base_url (judging/providers.py); auto: by its host, generic when unknown.",
+        )
+    )
     judge_timeout_s: float = Field(default=30.0, gt=0)
     judge_max_attempts: int = Field(
         default=5, ge=1, description="Calls per evaluation on 429/5xx/timeouts."
@@ -253,10 +392,98 @@ class Settings(BaseSettings):
     judge_give_up_after_s: float = Field(
         default=6 * 3600, gt=0, description="Deferred evaluations older than this become errors."
     )
-    model_prices: dict[str, tuple[float, float]] = Field(
+    model_prices: dict[str, tuple[float, float] | tuple[float, float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),
-        description="USD per 1M (input, output) tokens by model name or name prefix.",
+        description="USD per 1M (input, output[, cached input]) tokens by model name or name "
+        "prefix.",
     )
+
+    @property
+    def judge_endpoint_configured(self) -> bool:
+        """A judge endpoint was named: a base URL or an API key (then OpenAI itself)."""
+        return bool(self.judge_base_url or self.judge_api_key or os.environ.get("OPENAI_API_KEY"))
+
+    def price_for(self, model: str) -> tuple[float, float] | tuple[float, float, float] | None:
+        """(input, output) USD per 1M tokens: exact name, else the longest matching prefix."""
+        if model in self.model_prices:
+            return self.model_prices[model]
+        prefixes = [p for p in self.model_prices if model.startswith(p)]
+        return self.model_prices[max(prefixes, key=len)] if prefixes else None
+
+    def cost_usd(
+        self, model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+    ) -> float | None:
+        """The price of a call, or None for a model missing from the price table.
+        ``cached_tokens`` (part of ``input_tokens``) are billed at the cached rate."""
+        price = self.price_for(model)
+        if price is None:
+            return None
+        cached = min(cached_tokens, input_tokens)
+        cached_rate = price[2] if len(price) == 3 else price[0]
+        billed = (input_tokens - cached) * price[0] + cached * cached_rate
+        return (billed + output_tokens * price[1]) / 1_000_000
+
+    # judge breaker (issue 16): fleet-wide, per endpoint, on the failure *rate* over a window
+    # (it replaced a breaker on a count of failures in a row).
+    judge_breaker_window_s: float = Field(
+        default=20.0, gt=0, description="The breaker's sliding window of judge call outcomes."
+    )
+    judge_breaker_min_calls: int = Field(
+        default=20, ge=1, description="Answered calls in the window before it may open."
+    )
+    judge_breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Share of failed calls in the window that opens it."
+    )
+    judge_breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Cool-down while open, before the half-open probes."
+    )
+    judge_breaker_probes: int = Field(
+        default=3, ge=1, description="Probe calls let through fleet-wide when half-open."
+    )
+    judge_transcript_chars: int = Field(
+        default=24_000,
+        ge=1_000,
+        description="Character budget of {{ messages }} and of {{ steps }} each in a judge "
+        "prompt; longer ones lose their middle (judging/transcript.py).",
+    )
+
+
+class SessionSettings(_FromEnvironment):
+    """Conversations: when a session is complete, and how often its judges see it (sessions/)."""
+
+    # sessions (issue 15): a conversation is evaluated as a whole once it goes quiet
+    session_quiet_s: float = Field(
+        default=1800.0, gt=0, description="A session is complete after this long without a turn."
+    )
+    session_max_age_s: float = Field(
+        default=86_400.0, gt=0, description="Or this long after its window opened, whatever."
+    )
+    session_retention_s: float = Field(
+        default=86_400.0, gt=0, description="A completed session is remembered for late turns."
+    )
+    session_max_turns: int = Field(default=1000, ge=1, description="Turns kept per session.")
+    session_patience_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A completed session waits this long after its last turn for turns not yet "
+        "stored (their heuristics batch still on its way), then is evaluated without them.",
+    )
+    session_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the sampler looks for completed sessions."
+    )
+
+    # session and trajectory judges (issue 15, part 3: helper B)
+    session_judge_sample_rate: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Share of completed sessions (control stratum) the session judges see; a "
+        "session with an error or negative feedback in any turn is always judged.",
+    )
+
+
+class SinkSettings(_FromEnvironment):
+    """Delivery from the SQL outbox to external sinks (sinks/)."""
 
     # External sinks (delivered by `evalfleet relay` from the SQL outbox). Langfuse is enabled by
     # the SDK's own LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY / LANGFUSE_HOST variables.
@@ -277,21 +504,9 @@ class Settings(BaseSettings):
         description="Delivered outbox rows are kept this long (to recognise redeliveries).",
     )
 
-    # OTLP receiver / in-process exporter: when is a trace complete?
-    otlp_grace_s: float = Field(
-        default=5.0, gt=0, description="After the root span, wait this long for late spans."
-    )
-    otlp_max_wait_s: float = Field(
-        default=300.0, gt=0, description="Publish as partial when the root never ends."
-    )
-    otlp_max_spans_per_trace: int = Field(default=2000, ge=1)
-    otlp_max_pending_traces: int = Field(
-        default=100_000, ge=1, description="Above this the receiver answers 503 (back-pressure)."
-    )
-    otlp_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    otlp_token: SecretStr | None = Field(
-        default=None, description="When set, OTLP requests need 'Authorization: Bearer <token>'."
-    )
+
+class OpsSettings(_FromEnvironment):
+    """Logs, metrics and riding out outages (ops/)."""
 
     # Logs
     log_format: Literal["text", "json"] = Field(
@@ -319,143 +534,34 @@ class Settings(BaseSettings):
         "dependencies (for /readyz and the outage log lines).",
     )
 
-    # Celery
-    worker_concurrency: int = Field(default=2, ge=1)
-    broker_visibility_timeout_s: int | None = Field(
-        default=None,
-        ge=1,
-        description="Unacked tasks of a vanished worker are redelivered after this; default: "
-        "twice the time limit of the worker's tasks (4 min for heuristics-only workers).",
-    )
 
-    @field_validator("sample_rate_overrides")
-    @classmethod
-    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
-        for key, rate in rates.items():
-            if not 0 <= rate <= 1:
-                raise ValueError(f"sample rate for {key!r} must be within [0, 1], got {rate}")
-            if not key.startswith(("tenant:", "feature:")):
-                raise ValueError(f"override key {key!r} must start with 'tenant:' or 'feature:'")
-        return rates
+class Settings(
+    OpsSettings,
+    SinkSettings,
+    SessionSettings,
+    JudgeSettings,
+    ReviewSettings,
+    HeuristicsSettings,
+    LedgerSettings,
+    SamplerSettings,
+    WorkerSettings,
+    OtlpSettings,
+    IngestSettings,
+    ConnectionSettings,
+):
+    """Configuration for publishers, samplers, workers and the CLI: every slice at once.
 
-    @property
-    def judge_endpoint_configured(self) -> bool:
-        """A judge endpoint was named: a base URL or an API key (then OpenAI itself)."""
-        return bool(self.judge_base_url or self.judge_api_key or os.environ.get("OPENAI_API_KEY"))
+    Each slice above is one concern's knobs (``JudgeSettings``, ``SamplerSettings``, ...); a room
+    declares the slice it reads (``JudgeClient.settings: JudgeSettings``), so what it depends
+    on is visible in its signature and checked by mypy, and a test can build just that slice.
+    The whole is what processes read from the environment, and it is every slice: it is passed
+    wherever a slice is asked for. Variables are flat and unchanged (``EVALFLEET_<FIELD>``).
 
-    def price_for(self, model: str) -> tuple[float, float] | None:
-        """(input, output) USD per 1M tokens: exact name, else the longest matching prefix."""
-        if model in self.model_prices:
-            return self.model_prices[model]
-        prefixes = [p for p in self.model_prices if model.startswith(p)]
-        return self.model_prices[max(prefixes, key=len)] if prefixes else None
+    Complex values (lists, dicts) are given as JSON in the environment, e.g.
+    ``EVALFLEET_SAMPLE_RATE_OVERRIDES='{"tenant:acme": 0.5}'``.
+    """
 
-    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
-        """The price of a call, or None for a model missing from the price table."""
-        price = self.price_for(model)
-        if price is None:
-            return None
-        return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
-
-    def visibility_timeout_s(self, heuristics_only: bool) -> int:
-        """How long a task taken by a vanished worker stays invisible: longer than any task of
-        the worker can run (twice its hard time limit), so a running task is never handed out
-        twice. Heuristics-only workers get theirs back in minutes; judge workers wait longer."""
-        if self.broker_visibility_timeout_s is not None:
-            return self.broker_visibility_timeout_s
-        limit = self.heuristics_time_limit_s if heuristics_only else self.judges_time_limit_s
-        return max(10, math.ceil(2 * limit))
-
-    @property
-    def celery_broker_url(self) -> str:
-        return self.broker_url or self.redis_url
-
-    @property
-    def sqlalchemy_url(self) -> str:
-        """The database URL with the psycopg (v3) driver chosen for plain Postgres URLs."""
-        url = self.database_url
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        return url
-
-    # sampler consumers (issue 18)
-    sampler_consumer_lease_s: float = Field(
-        default=30.0,
-        ge=1,
-        description="A sampler holds its consumer name with a Redis lease its loop renews; one "
-        "killed on another host (or in another container) frees its name after this.",
-    )
-    sampler_consumer_slots: int = Field(
-        default=16,
-        ge=1,
-        le=1000,
-        description="Without --consumer / EVALFLEET_SAMPLER_CONSUMER a sampler is named "
-        "'<hostname>-<slot>', the first slot from 0 that no live sampler holds, so a restart "
-        "takes its old name (and its pending entries) back.",
-    )
-    sampler_consumer_prune_idle_ms: int | None = Field(
-        default=None,
-        ge=1000,
-        description="Consumers of the group with nothing pending, idle this long and without "
-        "a live lease are removed by a fleet chore; default 10 x claim_idle_ms.",
-    )
-
-    # review API limits (issue 18)
-    review_max_body_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="Largest review API request body; larger: 413."
-    )
-    review_session_s: int = Field(
-        default=12 * 3600, ge=60, description="How long the review page's sign-in cookie lasts."
-    )
-    review_max_failures: int = Field(
-        default=10,
-        ge=1,
-        description="Wrong reviewer tokens from one client address within the failure window "
-        "before it gets 429.",
-    )
-    review_failure_window_s: float = Field(
-        default=60.0, gt=0, description="The window the wrong tokens are counted in (seconds)."
-    )
-
-    # judge breaker (issue 16): fleet-wide, per endpoint, on the failure *rate* over a window
-    # (it replaced a breaker on a count of failures in a row).
-    judge_breaker_window_s: float = Field(
-        default=20.0, gt=0, description="The breaker's sliding window of judge call outcomes."
-    )
-    judge_breaker_min_calls: int = Field(
-        default=20, ge=1, description="Answered calls in the window before it may open."
-    )
-    judge_breaker_failure_rate: float = Field(
-        default=0.5, gt=0, le=1, description="Share of failed calls in the window that opens it."
-    )
-    judge_breaker_open_s: float = Field(
-        default=5.0, gt=0, description="Cool-down while open, before the half-open probes."
-    )
-    judge_breaker_probes: int = Field(
-        default=3, ge=1, description="Probe calls let through fleet-wide when half-open."
-    )
-
-    # sessions (issue 15): a conversation is evaluated as a whole once it goes quiet
-    session_quiet_s: float = Field(
-        default=1800.0, gt=0, description="A session is complete after this long without a turn."
-    )
-    session_max_age_s: float = Field(
-        default=86_400.0, gt=0, description="Or this long after its window opened, whatever."
-    )
-    session_retention_s: float = Field(
-        default=86_400.0, gt=0, description="A completed session is remembered for late turns."
-    )
-    session_max_turns: int = Field(default=1000, ge=1, description="Turns kept per session.")
-    session_patience_s: float = Field(
-        default=300.0,
-        ge=0,
-        description="A completed session waits this long after its last turn for turns not yet "
-        "stored (their heuristics batch still on its way), then is evaluated without them.",
-    )
-    session_check_interval_s: float = Field(
-        default=5.0, gt=0, description="How often the sampler looks for completed sessions."
-    )
+    model_config = SettingsConfigDict(env_prefix="EVALFLEET_", extra="ignore")
 
 
 @cache

@@ -28,7 +28,13 @@ from celery.signals import (
     worker_process_shutdown,
 )
 
-from evaluator.celery_app import FleetApp, create_app, judges_queue, session_dispatch
+from evaluator.celery_app import (
+    FleetApp,
+    create_app,
+    judge_dispatch,
+    judges_queue,
+    session_dispatch,
+)
 from evaluator.constants import (
     HEURISTICS_QUEUE,
     HEURISTICS_TASK,
@@ -266,7 +272,11 @@ def session_batch_task(task: Task, entries: list[dict[str, Any]]) -> dict[str, i
     def requeue(waiting: list[dict[str, Any]], delay_s: float) -> None:
         session_dispatch(task.app, delay_s)(waiting)
 
-    return session_batch(entries, ctx.store, ctx.settings, requeue)
+    dispatch_judges = judge_dispatch(task.app)
+    return session_batch(
+        entries, ctx.store, ctx.settings, requeue, judges=ctx.judges,
+        dispatch_judges=lambda work: dispatch_judges(work, None), sinks=ctx.sinks,
+    )  # fmt: skip
 
 
 _worker_app: FleetApp | None = None

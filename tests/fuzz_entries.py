@@ -34,6 +34,9 @@ class Entry:
 # Text as apps send it: any Unicode but surrogates (they cannot be UTF-8) and NUL (no store
 # keeps it; the sampler refuses it with a reason).
 _text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=60)
+# Message texts as chats have them: up to a few paragraphs (a bound on texts was once missed
+# because every generated text was shorter than it).
+_prose = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=600)
 _short = st.text(
     st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=40
 )
@@ -62,12 +65,12 @@ def _messages(draw: st.DrawFn) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if draw(st.booleans()):
         messages.append(
-            {"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_text)}
+            {"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_prose)}
         )
     for turn in range(draw(st.integers(1, 3))):
-        content: Any = draw(_text)
+        content: Any = draw(_prose)
         if draw(st.booleans()):
-            content = [{"type": "text", "text": draw(_text)}]
+            content = [{"type": "text", "text": draw(_prose)}]
         messages.append({"role": "user", "content": content})
         if draw(st.booleans()):
             call = f"call_{turn}"
@@ -75,8 +78,8 @@ def _messages(draw: st.DrawFn) -> list[dict[str, Any]]:
             function = {"name": draw(_short), "arguments": arguments}
             tool_calls = [{"id": call, "type": "function", "function": function}]
             messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
-            messages.append({"role": "tool", "tool_call_id": call, "content": draw(_text)})
-        messages.append({"role": "assistant", "content": draw(_text)})
+            messages.append({"role": "tool", "tool_call_id": call, "content": draw(_prose)})
+        messages.append({"role": "assistant", "content": draw(_prose)})
     return messages
 
 

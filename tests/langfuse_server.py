@@ -25,6 +25,12 @@ Endpoints (Basic auth with the key pair, as the SDK sends it; anything else: 401
 - ``GET /api/public/traces`` (page-based) and ``GET /api/public/traces/{id}`` (with the trace's
   observations), built from the same ``observations`` (web/src/features/public-api/types/traces.ts).
 
+A score is on exactly one subject: a trace (``traceId``, optionally with ``observationId``), a
+session (``sessionId`` alone) or a dataset run (``datasetRunId`` alone); anything else is a 400
+on both endpoints (applyScoreValidation in packages/shared/src/utils/scores.ts, applied to
+ScoreBody and PostScoresBody), and a CORRECTION score on a session or dataset run is taken and
+dropped later (validateAndInflateScore.ts). ``session_scores(id)`` reads a session's scores.
+
 Scores are kept the way the real store keeps them: ClickHouse's ``scores`` table is a
 ReplacingMergeTree ordered by (project, toDate(timestamp), name, id)
 (packages/shared/clickhouse/migrations/unclustered/0003_scores.up.sql), and the ingestion worker
@@ -279,6 +285,10 @@ class FakeLangfuse(RestartableServer):
             "LANGFUSE_HOST": self.url,
         }
 
+    def session_scores(self, session_id: str) -> dict[str, dict[str, Any]]:
+        """The stored scores on one session (``sessionId``, no trace), by id."""
+        return {k: v for k, v in self.scores.items() if v.get("sessionId") == session_id}
+
     @property
     def scores(self) -> dict[str, dict[str, Any]]:
         """The stored scores by id (the newest row when an id has several)."""
@@ -507,7 +517,10 @@ class FakeLangfuse(RestartableServer):
             if existing:
                 first = max(existing, key=lambda r: r["_written"])
                 for key in ("_timestamp", "environment", "traceId"):  # immutableEntityKeys
-                    row[key] = first[key]
+                    if key in first:  # a session or dataset-run score has no trace id
+                        row[key] = first[key]
+                    else:
+                        row.pop(key, None)
             self._writes += 1
             row["_written"] = self._writes
             row["timestamp"] = row["_timestamp"].isoformat()
@@ -518,6 +531,11 @@ class FakeLangfuse(RestartableServer):
     def _late_rejection(self, body: dict[str, Any]) -> str | None:
         if _annotation_without_config(body):
             return "configId is required when source is ANNOTATION (except for CORRECTION scores)."
+        if body.get("dataType") == "CORRECTION" and (
+            body.get("sessionId") or body.get("datasetRunId")
+        ):
+            # validateAndInflateScore.ts: CORRECTION scores only on traces or observations.
+            return "CORRECTION scores cannot be associated with sessions or dataset runs."
         config_id = body.get("configId")
         if not config_id:
             return None

@@ -132,6 +132,7 @@ def test_backfill_converts_pages_and_resumes(
     assert (trace.tenant, trace.feature, trace.finish_reason) == ("acme", "support-chat", "stop")
     assert trace.latency_ms == 2000.0
     assert trace.metadata["langfuse_user_id"] == "user-1"
+    assert trace.session_id == "s-1"  # its conversation: evaluated as a session too
     gets = [r for r in langfuse.requests if r.method == "GET"]
     if langfuse.version == "v4":
         assert all(r.path == "/api/public/v2/observations" for r in gets)

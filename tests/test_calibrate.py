@@ -140,20 +140,20 @@ def test_gate_fails_a_worse_judge_version(
     text = path.read_text()
 
     path.write_text(
-        text.replace("version: 1.0.0", "version: 1.0.1").replace(
+        text.replace("version: 1.1.0", "version: 1.1.1").replace(
             "max_tokens: 400", "max_tokens: 500"
         )
     )
     [same] = gate("HEAD", settings, repo / "judges", GOLDEN)
-    assert same.reasons == [] and same.old is not None and same.old.version == "1.0.0"
+    assert same.reasons == [] and same.old is not None and same.old.version == "1.1.0"
 
     path.write_text(
-        text.replace("version: 1.0.0", "version: 1.1.0").replace(
+        text.replace("version: 1.1.0", "version: 1.2.0").replace(
             "model: gpt-4o-mini", "model: judge-worse"
         )
     )
     [worse] = gate("HEAD", settings, repo / "judges", GOLDEN)
-    assert worse.new.version == "1.1.0" and worse.new.model == "judge-worse"
+    assert worse.new.version == "1.2.0" and worse.new.model == "judge-worse"
     assert any("kappa fell from 1.000" in reason for reason in worse.reasons)
     assert gate("HEAD", settings, repo / "judges", GOLDEN, tolerance=1.0)[0].reasons == []
 
@@ -188,7 +188,7 @@ def test_calibrate_command_writes_the_report(
     assert "answer_relevance: PASS" in done.stdout and "Cohen's kappa" in done.stdout
     data = json.loads(report.read_text())
     recorded = json.loads((golden / "answer_relevance.disagreements.json").read_text())
-    assert recorded == {"judge_version": "1.0.0", "trace_ids": []}
+    assert recorded == {"judge_version": "1.1.0", "trace_ids": []}
     assert data["passed"] and data["agreement"]["n"] == 50 and data["agreement"]["kappa"] == 1.0
     no_endpoint = {k: v for k, v in env.items() if not k.startswith("EVALFLEET_JUDGE")}
     refused = subprocess.run(

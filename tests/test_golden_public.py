@@ -212,6 +212,7 @@ STARTER = {
     "groundedness.halueval_qa.jsonl": ("halueval_qa", "CC BY-SA 4.0"),
     "correctness.truthfulqa.jsonl": ("truthfulqa_judge", "Apache-2.0"),
     "correctness.halueval_general.jsonl": ("halueval_general", "MIT"),
+    "pairwise.llmbar.jsonl": ("llmbar", "CC BY 4.0"),
 }
 
 

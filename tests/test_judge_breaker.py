@@ -199,7 +199,7 @@ def test_one_clients_429_pauses_another_clients_calls(
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # ...and the other process asks after its pause was set
             second = await runtimes[1].judge(spec, make_trace(2))
-            assert (await first).call["status"] == "ok" and second.call["status"] == "ok"
+            assert (await first).call.status == "ok" and second.call.status == "ok"
         finally:
             for runtime in runtimes:
                 await runtime.close()

@@ -29,7 +29,7 @@ def test_lock_refuses_a_change_without_a_bump_and_accepts_one_with(judges: Path)
     assert (problem.judge, problem.kind) == ("safety", LockProblemKind.UNBUMPED)
     refused = CliRunner().invoke(app, ["judges", "lock"])
     assert refused.exit_code == 1 and "refused" in refused.output
-    path.write_text(path.read_text().replace("version: 1.0.0", "version: 1.1.0"))
+    path.write_text(path.read_text().replace("version: 1.1.0", "version: 1.2.0"))
     assert [p.kind for p in lock_problems(judges)] == [LockProblemKind.STALE]
     written = CliRunner().invoke(app, ["judges", "lock"])
     assert written.exit_code == 0, written.output

@@ -5,6 +5,7 @@ shape is sent over HTTP, to both score endpoints."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +44,12 @@ INVALID = {
         score(traceId=None, sessionId="sess-1", observationId="o-1"),
         "ObservationId requires traceId",
     ),
+    "session and dataset run": (
+        score(traceId=None, sessionId="sess-1", datasetRunId="run-1"),
+        "Provide exactly one",
+    ),
+    "trace and dataset run": (score(datasetRunId="run-1"), "Provide exactly one"),
+    "observation alone": (score(traceId=None, observationId="o-1"), "Provide exactly one"),
     "empty name": (score(name=""), "name: a non-empty string"),
     "unknown source": (score(source="HUMAN"), "source: expected one of"),
     "text over 500": (score(dataType="TEXT", value="x" * 501), "1 to 500 characters"),
@@ -208,3 +215,57 @@ def test_the_ingestion_207_body_has_the_real_servers_shape(langfuse: FakeLangfus
     # Sent again, the transient one is taken.
     assert ingest(langfuse, score(id="blinked"))["errors"] == []
     assert set(langfuse.scores) == {"ok-1", "blinked"}
+
+
+# The subjects the real server takes (applyScoreValidation in packages/shared/src/utils/scores.ts
+# of langfuse/langfuse): the ids given, an empty string counting as not given.
+SUBJECT_KEYS = ("traceId", "sessionId", "datasetRunId", "observationId")
+TAKEN_SUBJECTS = [
+    {"traceId"},
+    {"traceId", "observationId"},
+    {"sessionId"},
+    {"datasetRunId"},
+]
+
+
+def test_exactly_one_subject_every_combination_on_both_endpoints(langfuse: FakeLangfuse) -> None:
+    # Each of the four ids absent, empty or given: 81 bodies, each sent to both endpoints.
+    bodies, taken = [], set()
+    for n, values in enumerate(itertools.product((None, "", "x-1"), repeat=4)):
+        body = {
+            "id": f"c-{n}",
+            "name": "goal",
+            "value": 1,
+            "dataType": "BOOLEAN",
+            **{k: v for k, v in zip(SUBJECT_KEYS, values, strict=True) if v is not None},
+        }
+        bodies.append(body)
+        given = {k for k, v in zip(SUBJECT_KEYS, values, strict=True) if v}
+        if given in TAKEN_SUBJECTS:
+            taken.add(body["id"])
+    # trace alone 8 ways (the other three absent or empty), with an observation 4, session 8, run 8
+    assert len(taken) == 28
+    answer = ingest(langfuse, *bodies)
+    accepted = {bodies[int(s["id"].removeprefix("e-"))]["id"] for s in answer["successes"]}
+    assert accepted == taken
+    assert all("Provide exactly one" in e["error"] for e in answer["errors"])
+    langfuse.rows.clear()
+    langfuse._keys.clear()
+    batch = post(langfuse, "/api/public/scores", bodies)
+    assert batch.status_code == 207 and batch.json()["accepted"] == len(taken)
+    assert set(langfuse.scores) == taken
+
+
+def test_a_session_score_is_stored_on_the_session_without_a_trace(langfuse: FakeLangfuse) -> None:
+    session = score(id="sess-score", traceId=None, sessionId="chat-7", dataType="BOOLEAN", value=0)
+    assert ingest(langfuse, session)["errors"] == []
+    ingest(langfuse, {**session, "value": 1}, at=DAY1 + timedelta(hours=1))  # updated in place
+    assert langfuse.duplicates() == {}
+    stored = langfuse.session_scores("chat-7")
+    assert set(stored) == {"sess-score"} and stored["sess-score"]["value"] == 1
+    assert "traceId" not in stored["sess-score"]
+    # A CORRECTION is for traces: taken by the API, dropped by the worker.
+    correction = score(id="fix-1", traceId=None, sessionId="chat-7", dataType="CORRECTION")
+    assert ingest(langfuse, {**correction, "value": "better"})["errors"] == []
+    assert "fix-1" not in langfuse.scores
+    assert langfuse.dropped[-1][0] == "fix-1" and "sessions" in langfuse.dropped[-1][1]

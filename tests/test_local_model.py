@@ -5,7 +5,9 @@ The model is a protocol peer, not a judge: random weights, greedy decoding. Wher
 constrains it, it fills the JSON schema with the shortest valid values; otherwise it writes
 noise. No score in these tests is a judgement of a trace — they check the wire: response
 formats, the fallback, the repair round on real output, token counts and cost from the server's
-own tokenizer, time-outs under the server's real latency, several calls in flight.
+own tokenizer, time-outs under the server's real latency, several calls in flight, and
+``evalfleet calibrate`` for every shipped judge over its golden sets (its report is produced,
+with baselines, kappa and F1, and says its scores are not judgements).
 
 Skipped, with the reason, when the extra is not installed. This server found two product bugs,
 fixed since: it refuses OpenAI's ``json_schema`` with a 500 (now a "no schema here" verdict,
@@ -37,7 +39,9 @@ from local_model import (
 )
 from pydantic import SecretStr
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
+from evaluator.cli import app
 from evaluator.ingest import publish_many
 from evaluator.judging.files import (
     Judge,
@@ -48,8 +52,9 @@ from evaluator.judging.files import (
 )
 from evaluator.judging.runtime import JudgeResult, run_judgements
 from evaluator.models import ScoreStatus, Trace
-from evaluator.settings import Settings
+from evaluator.settings import Settings, get_settings
 from evaluator.store.tables import JudgeCallRecord, ScoreRecord
+from evaluator.trust.golden import default_golden_dir, read_golden
 
 _MISSING = local_model_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
@@ -60,8 +65,14 @@ REPAIRED = "judge output failed its schema after one repair"
 
 
 def a_trace(index: int, **fields: object) -> Trace:
-    """A trace every shipped judge applies to (contexts, a reference, an input)."""
-    return make_trace(index, reference="Rotate keys under Settings > Security.", **fields)
+    """A trace every shipped judge applies to (contexts, a reference, an input, a second answer
+    for the pairwise judge)."""
+    return make_trace(
+        index,
+        reference="Rotate keys under Settings > Security.",
+        metadata={"response_b": "Ask support to rotate the key for you."},
+        **fields,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +134,13 @@ def assert_wire_accounting(
     assert answered, exchanges
     prompt = sum(e.usage[0] for e in answered)
     completion = sum(e.usage[1] for e in answered)
-    assert (result.call["input_tokens"], result.call["output_tokens"]) == (prompt, completion)
+    assert (result.call.input_tokens, result.call.output_tokens) == (prompt, completion)
     characters = sum(len(m["content"]) for e in answered for m in e.body["messages"])
     assert prompt > characters // 2  # a character vocabulary: not the client's estimate
-    assert result.call["cost_usd"] == pytest.approx(
-        settings.cost_usd(spec.model, prompt, completion)
-    )
+    assert result.call.cost_usd == pytest.approx(settings.cost_usd(spec.model, prompt, completion))
     for score in result.scores:
         assert score.metadata["call_input_tokens"] == prompt
-        assert score.metadata["call_cost_usd"] == result.call["cost_usd"]
+        assert score.metadata["call_cost_usd"] == result.call.cost_usd
 
 
 def assert_schema_valid_or_repaired(
@@ -140,7 +149,7 @@ def assert_schema_valid_or_repaired(
     """Never deferred, never raised: either one Score per output field (schema-valid, though
     not a judgement) or one error Score after exactly one repair round on the real output."""
     assert not result.deferred, result.call
-    if result.call["status"] == "ok":
+    if result.call.status == "ok":
         assert {s.name for s in result.scores} == set(spec.score_fields)
         assert all(s.status is ScoreStatus.OK for s in result.scores)
         return
@@ -220,8 +229,8 @@ def test_every_shipped_judge_switches_to_json_mode_with_its_schema_and_settles(
         spec = JUDGES[name]
         exchanges = exchanges_of(proxy, spec, trace)
         assert_switched_to_json_mode_with_the_schema(exchanges)
-        assert result.call["mode"] == "schema_in_object"
-        assert result.call["attempts"] == len(exchanges)  # what the server saw, the 500 too
+        assert result.call.mode == "schema_in_object"
+        assert result.call.attempts == len(exchanges)  # what the server saw, the 500 too
         assert_schema_valid_or_repaired(spec, result, exchanges)
         assert_wire_accounting(settings, spec, result, exchanges)
 
@@ -252,14 +261,14 @@ def test_a_timeout_under_real_latency_is_retried_then_deferred(
     spec = JUDGES["answer_relevance"]
     hurried = settings.model_copy(update={"judge_timeout_s": 0.3})
     [result] = judge(hurried, [(spec, long_trace)])
-    assert result.deferred and result.scores == [] and result.call["status"] == "deferred"
-    assert "APITimeoutError" in (result.call["error"] or ""), result.call["error"]
+    assert result.deferred and result.scores == [] and result.call.status == "deferred"
+    assert "APITimeoutError" in (result.call.error or ""), result.call.error
     proxy.wait_idle()  # the server finishes what the client gave up on
     exchanges = [e for e in exchanges_of(proxy, spec, long_trace) if e.mode == "json_object"]
     assert len(exchanges) == settings.judge_max_attempts  # the refused json_schema aside
     assert all(e.server_s > 0.3 for e in exchanges), [e.server_s for e in exchanges]
     [again] = judge(settings, [(spec, long_trace)])
-    assert not again.deferred and again.call["status"] in ("ok", "error")
+    assert not again.deferred and again.call.status in ("ok", "error")
 
 
 # -- what this server found (fixed: each failed before) ----------------------------------------
@@ -273,7 +282,7 @@ def test_a_json_schema_500_switches_to_json_mode(settings: Settings, proxy: Reco
     [result] = asyncio.run(run_judgements(settings, [(spec, trace)]))
     modes = [(e.mode, e.status) for e in exchanges_of(proxy, spec, trace)]
     assert modes[0] == ("json_schema", 500), modes
-    assert result.call["mode"] == "schema_in_object", (result.call, modes)
+    assert result.call.mode == "schema_in_object", (result.call, modes)
     assert_schema_valid_or_repaired(spec, result, exchanges_of(proxy, spec, trace))
     assert_wire_accounting(settings, spec, result, exchanges_of(proxy, spec, trace))
 
@@ -286,8 +295,8 @@ def test_json_object_fallback_gets_schema_valid_scores_from_a_grammar(
     generic JSON grammar, and noise, before the schema went into response_format)."""
     trace = a_trace(1)
     results = judge(settings, [(JUDGES[n], trace) for n in SHIPPED])
-    assert [r.call["status"] for r in results] == ["ok"] * len(SHIPPED), [
-        (r.call["judge"], r.call["error"]) for r in results
+    assert [r.call.status for r in results] == ["ok"] * len(SHIPPED), [
+        (r.call.judge, r.call.error) for r in results
     ]
 
 
@@ -309,7 +318,7 @@ def test_the_repair_round_on_real_truncated_output(
     assert [e.finish_reason for e in answered] == ["length", "length"]
     with pytest.raises(json.JSONDecodeError):
         json.loads(answered[0].content or "")
-    assert result.call["status"] == "error"
+    assert result.call.status == "error"
     assert_schema_valid_or_repaired(spec, result, exchanges)
     assert_wire_accounting(settings, spec, result, exchanges)
 
@@ -326,14 +335,17 @@ def test_every_shipped_judge_through_the_fleet_against_llama_cpp(
 ) -> None:
     """Sampler and worker processes, every shipped judge enabled, traces they all apply to:
     each evaluation should end as stored Scores (schema-valid or an error after one repair),
-    each judge_calls row holding the server's token counts and their cost. Not judgements."""
+    each judge_calls row holding the server's token counts and their cost. Not judgements.
+    (Judges of other levels — sessions, trajectories — have their own subjects, not turns.)"""
     n = 3
+    on_turns = [name for name in SHIPPED if JUDGES[name].applies_when.why_not(a_trace(0)) is None]
+    assert {"groundedness", "pairwise", "quality"} <= set(on_turns), on_turns
     env = fleet_env(
         redis_url,
         sqlite_url,
         judge_base_url=proxy.base_url,
         judge_api_key=API_KEY,
-        enabled_judges=SHIPPED,
+        enabled_judges=on_turns,
         judge_sample_rate=1.0,
         judge_timeout_s=30,
         judge_max_attempts=2,
@@ -356,7 +368,7 @@ def test_every_shipped_judge_through_the_fleet_against_llama_cpp(
             return []
 
     def settled() -> bool:
-        return sum(1 for c in calls() if c.status in ("ok", "error")) == n * len(SHIPPED)
+        return sum(1 for c in calls() if c.status in ("ok", "error")) == n * len(on_turns)
 
     def stuck() -> bool:
         """An evaluation refused json_schema on every attempt and never tried json_object."""
@@ -378,7 +390,7 @@ def test_every_shipped_judge_through_the_fleet_against_llama_cpp(
         with Session(engine) as session:
             scores = list(session.exec(select(ScoreRecord)).all())
         for trace in traces:
-            for name in SHIPPED:
+            for name in on_turns:
                 spec, call = JUDGES[name], by_call[(trace.trace_id, name)]
                 answered = [e for e in exchanges_of(proxy, spec, trace) if e.status == 200]
                 prompt = sum(e.usage[0] for e in answered)
@@ -397,3 +409,59 @@ def test_every_shipped_judge_through_the_fleet_against_llama_cpp(
     finally:
         engine.dispose()
         fleet.stop_all()
+
+
+# -- calibrate, end to end --------------------------------------------------------------------
+
+NOT_JUDGEMENTS = "a tiny random model served by llama.cpp: a protocol peer, not a judge"
+CALIBRATE_LIMIT = 4  # per judge: both verdicts (and a pairwise judge's two orders of 2 pairs)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_calibrate_every_shipped_judge_against_the_real_server(
+    name: str,
+    proxy: RecordingProxy,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``evalfleet calibrate --limit`` for each judge against llama.cpp, as a team would run it
+    against its own judge model: the report comes out with the trivial baselines, kappa and the
+    fail class's F1 (a pairwise judge: its position bias over both orders), labelled, on the
+    terminal and in the JSON, as not judgements. Its figures are the tiny model's noise."""
+    if not read_golden(name, default_golden_dir()):
+        pytest.skip(f"{name} has no golden set in {default_golden_dir()}")
+    for variable, value in {
+        "EVALFLEET_REDIS_URL": redis_url,
+        "EVALFLEET_JUDGE_BASE_URL": proxy.base_url,
+        "EVALFLEET_JUDGE_API_KEY": API_KEY,
+        "EVALFLEET_JUDGE_TIMEOUT_S": "30",
+        "EVALFLEET_JUDGE_MAX_ATTEMPTS": "2",
+        "COLUMNS": "200",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    report = tmp_path / f"calibration-{name}.json"
+    done = CliRunner().invoke(
+        app,
+        [
+            "calibrate", "--judge", name, "--limit", str(CALIBRATE_LIMIT),
+            "--not-judgements", NOT_JUDGEMENTS, "--report", str(report),
+        ],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    for line in ("NOT JUDGEMENTS", "Cohen's kappa", "fail class F1", "trivial baselines"):
+        assert line in done.output, (line, done.output)
+    data = json.loads(report.read_text())
+    assert data["judgements"] is False and data["not_judgements"] == NOT_JUDGEMENTS
+    assert data["judge"] == name and data["version"] == JUDGES[name].version
+    assert 0 < data["agreement"]["n"] <= CALIBRATE_LIMIT, data["agreement"]
+    assert data["errors"] + data["agreement"]["n"] == data["examples"]
+    assert "kappa" in data["agreement"] and "f1_fail" in data["agreement"]
+    assert data["baselines"] and all(b["rule"] and b["auc"] >= 0.5 for b in data["baselines"])
+    judged = [e for e in proxy.recorder.completions() if e.status == 200]
+    assert judged, "calibrate never reached the server"
+    if name == "pairwise":
+        assert data["position"]["pairs"] == CALIBRATE_LIMIT // 2
+        assert "position bias over" in done.output

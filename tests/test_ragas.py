@@ -58,10 +58,10 @@ def test_ragas_metrics_metered_and_rate_limited(
     assert chat and embeddings  # answer relevancy embeds its generated questions
     assert all(r.body["response_format"] == {"type": "json_object"} for r in chat)
     call = result.call
-    assert call["attempts"] == len(server.fake.requests)
+    assert call.attempts == len(server.fake.requests)
     prompt_tokens = sum(sum(len(m["content"]) for m in r.body["messages"]) // 4 for r in chat)
-    assert call["input_tokens"] == prompt_tokens + len(embeddings)  # the server bills 1 per embed
-    assert call["cost_usd"] is not None and call["cost_usd"] > 0
+    assert call.input_tokens == prompt_tokens + len(embeddings)  # the server bills 1 per embed
+    assert call.cost_usd is not None and call.cost_usd > 0
     # The fleet-wide limiter saw every chat request: beyond the burst of 4, one per 0.25 s.
     times = sorted(r.at for r in chat)
     assert times[-1] - times[0] >= (len(chat) - 4) * 0.25 * 0.9
@@ -71,3 +71,39 @@ def test_ragas_applies_only_with_contexts_and_input() -> None:
     spec = RagasSpec()
     assert spec.applies_when.why_not(make_trace(1)) is None
     assert spec.applies_when.why_not(make_trace(2, contexts=[])) == "needs retrieved contexts"
+
+
+def test_ragas_requests_go_through_the_judges_retry_policy(
+    server: OpenAIServer, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # The judges' retries, not the SDK's: 500s and a 429 are retried by the one policy (the
+    # server sees every attempt, and the call row counts them), and nothing reaches a score.
+    server.fake.script.extend(["500", "429", "503"])
+    settings = Settings(
+        redis_url=redis_url,
+        judge_base_url=server.base_url,
+        judge_api_key="sk-test",  # type: ignore[arg-type]
+        judge_backoff_base_s=0.01,
+    )
+    [result] = asyncio.run(run_judgements(settings, [(RagasSpec(), make_trace(1))]))
+    assert not result.deferred
+    assert all(s.status is ScoreStatus.OK for s in result.scores), [s.reason for s in result.scores]
+    assert result.call.attempts == len(server.fake.requests)
+    assert [status for _, status in server.fake.statuses][:3] == [500, 429, 503]
+
+
+def test_ragas_against_an_endpoint_that_is_down_is_deferred_not_failed(
+    server: OpenAIServer, redis_url: str, redis_client: redis.Redis
+) -> None:
+    server.fake.down = True
+    settings = Settings(
+        redis_url=redis_url,
+        judge_base_url=server.base_url,
+        judge_api_key="sk-test",  # type: ignore[arg-type]
+        judge_backoff_base_s=0.01,
+        judge_max_attempts=3,
+    )
+    [result] = asyncio.run(run_judgements(settings, [(RagasSpec(), make_trace(1))]))
+    assert result.deferred and result.scores == [] and result.call.status == "deferred"
+    # Every metric stopped at the first deferred request: 3 attempts, not 3 per metric.
+    assert result.call.attempts == len(server.fake.requests) == 3

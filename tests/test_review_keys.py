@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from test_review_queue import failing_score, seed
 
 from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUE_PREFIX, REVIEW_QUEUES
-from evaluator.models import ReviewItem
+from evaluator.models import Level, ReviewItem
 from evaluator.review.api import create_app
 from evaluator.review.queue import QueueFilter, ReviewQueue
 from evaluator.review.routing import (
@@ -29,6 +29,7 @@ from evaluator.review.routing import (
     parse_entry_location,
     parse_queue_key,
     queue_key,
+    queue_level,
 )
 from evaluator.settings import ReviewerAccess, Settings
 from evaluator.sinks.sql import SQLStore
@@ -106,6 +107,44 @@ def test_ordinary_names_keep_their_keys_byte_for_byte(tenant: str, evaluator: st
         assert queue_key(10, tenant_or_none, evaluator) == legacy_queue_key(
             10, tenant_or_none, evaluator
         )
+
+
+@given(
+    st.integers(0, 999),
+    st.none() | st.text(st.characters(exclude_characters="\x00"), max_size=128),
+    st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=128),
+    st.sampled_from(list(Level)),
+)
+def test_a_leveled_queue_key_parses_back_and_says_its_level(
+    priority: int, tenant: str | None, evaluator: str, level: Level
+) -> None:
+    key = queue_key(priority, tenant, evaluator, level)
+    assert parse_queue_key(key) == (priority, tenant or None, evaluator)
+    assert queue_level(key) is level
+    if level is Level.TURN:  # a turn's queue is the queue it always was
+        assert key == queue_key(priority, tenant, evaluator)
+
+
+@given(
+    st.text(st_trace_characters, min_size=1, max_size=64),
+    st.sampled_from(["session", "trajectory", "groundedness"]),
+)
+def test_a_key_from_before_the_encoding_never_reads_as_a_leveled_key(
+    tenant: str, evaluator: str
+) -> None:
+    """A tenant written raw (":" and "/" included) cannot make a legacy key parse as another
+    tenant's leveled queue: the level lives in the priority part, which only our code wrote."""
+    legacy = legacy_queue_key(10, tenant, evaluator)
+    try:
+        parsed = parse_queue_key(legacy)
+    except ValueError:
+        return
+    assert parsed == (10, decode_or_raw(tenant), evaluator) and queue_level(legacy) is Level.TURN
+
+
+def decode_or_raw(tenant: str) -> str | None:
+    """What a legacy key's tenant parses to when it parses at all (it held no ":")."""
+    return None if tenant == "-" else decode_key_part(tenant)
 
 
 def test_entry_locations_split_at_the_last_space() -> None:

@@ -13,6 +13,7 @@ import pytest
 import redis
 import uvicorn
 from helpers import wait_for
+from review_fixtures import FAILED_TURN, HOSTILE_RESULT, TURNS, route_session
 from test_review_queue import review_item, seed
 
 from evaluator.ops.embedded import free_port
@@ -39,6 +40,19 @@ def server(sqlite_url: str, redis_client: redis.Redis) -> Iterator[tuple[str, SQ
     adversarial = review_item(2, priority=10)
     adversarial.trace.output = "<script>document.title='owned'</script> Reset it under Settings."
     seed(store, redis_client, [review_item(1, priority=20, evaluator="safety"), adversarial])
+    yield from serving(store, redis_client)
+
+
+@pytest.fixture
+def session_server(sqlite_url: str, redis_client: redis.Redis) -> Iterator[tuple[str, SQLStore]]:
+    """A turn item, and a session item whose failing tool call returned script and markup."""
+    store = SQLStore(sqlite_url)
+    seed(store, redis_client, [review_item(1, priority=20, evaluator="safety")])
+    route_session(store, redis_client)
+    yield from serving(store, redis_client)
+
+
+def serving(store: SQLStore, redis_client: redis.Redis) -> Iterator[tuple[str, SQLStore]]:
     settings = Settings(
         reviewer_tokens={"tok-ana": ReviewerAccess(reviewer="ana", tenants=["acme"])}
     )
@@ -137,3 +151,73 @@ def test_claim_label_next_in_chromium(server: tuple[str, SQLStore], browser: obj
     assert labels["t-000002"].verdict.value == "pass"
     assert {label.reviewer for label in labels.values()} == {"ana"}
     assert (ARTIFACTS / "review-item.png").stat().st_size > 10_000
+
+
+def sign_in(browser: Any, url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/review/login")
+    browser.find_element(By.ID, "token").send_keys("tok-ana")
+    submit(browser, "sign-in")
+
+
+def test_a_session_item_shows_the_conversation_and_the_failing_step_in_chromium(
+    session_server: tuple[str, SQLStore], browser: object
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import Select
+
+    assert isinstance(browser, WebDriver)
+    url, store = session_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sign_in(browser, url)
+    assert "session" in browser.find_element(By.ID, "queues").text
+    # The level filter claims the session item, though the turn item is more urgent.
+    Select(browser.find_element(By.ID, "level-filter")).select_by_value("session")
+    submit(browser, "claim-next")
+    assert browser.find_element(By.ID, "level").text == "session"
+    assert browser.find_element(By.ID, "session-id").text == "session chat-42"
+    assert "turn 3" in browser.find_element(By.ID, "focus-turns").text
+
+    # The failing step: highlighted, visibly (a coloured outline), indented under its agent.
+    step = browser.find_element(
+        By.CSS_SELECTOR, f'[data-step-id="t{FAILED_TURN}:call_{FAILED_TURN}"]'
+    )
+    assert "highlight" in (step.get_attribute("class") or "").split()
+    assert step.value_of_css_property("outline-style") == "solid"
+    assert step.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
+    assert step.get_attribute("data-depth") == "1"
+    parent = browser.find_element(By.CSS_SELECTOR, f'[data-step-id="t{FAILED_TURN}:run"]')
+    assert step.location["x"] > parent.location["x"]
+    assert "upstream timeout" in step.text and "attempt" not in step.text
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".step.highlight")) == 1
+    # Its result, script and markup, is shown as text; nothing of it ran.
+    assert HOSTILE_RESULT in step.find_element(By.CLASS_NAME, "result").text
+    assert browser.title == "Evalfleet review"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#trajectory script, #conversation script")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#trajectory img, #conversation img")
+    tool_message = browser.find_element(By.ID, "message-10")
+    assert "highlight" in (tool_message.get_attribute("class") or "")
+    assert HOSTILE_RESULT in tool_message.text and "result of call_3" in tool_message.text
+
+    # The whole conversation, role-labelled; its long middle folded until expanded.
+    messages = browser.find_elements(By.CSS_SELECTOR, "li.message")
+    assert len(messages) == TURNS * 4
+    assert [m.find_element(By.CLASS_NAME, "role").get_attribute("textContent")
+            for m in messages[:4]] == ["user", "assistant", "tool", "assistant"]  # fmt: skip
+    folded = browser.find_element(By.ID, "message-14")  # a turn-4 tool result in the middle
+    assert not folded.is_displayed()
+    assert "lookup_order" in browser.find_element(By.ID, "message-1").text  # a tool call
+    browser.save_screenshot(str(ARTIFACTS / "review-session.png"))
+    browser.find_element(By.ID, "expand-all").click()
+    assert folded.is_displayed() and "A-4" in folded.text
+
+    browser.find_element(By.ID, "verdict-fail").click()
+    submit(browser, "submit-label")
+    [label] = store.labels("session_goal_achieved")
+    assert label.trace.trace_id == "session:d-review" and label.reviewer == "ana"
+    assert browser.title == "Evalfleet review"
+    # "Label and next" kept to sessions: the turn item waiting in the queue is not served.
+    assert "Nothing left to review" in browser.find_element(By.ID, "empty").text
+    assert store.labels("safety") == []

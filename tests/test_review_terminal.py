@@ -12,6 +12,7 @@ import time
 
 import redis
 from helpers import fleet_env
+from review_fixtures import route_session
 from test_review_queue import review_item, seed
 
 from evaluator.models import Verdict
@@ -85,4 +86,27 @@ def test_label_with_single_keystrokes(
 
     [claimed] = ReviewQueue(redis_client, store).claim("ben")
     assert claimed.item.trace_id == "t-000003"
+    store.close()
+
+
+def test_a_session_item_in_the_terminal_shows_the_conversation_and_the_failing_step(
+    sqlite_url: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = SQLStore(sqlite_url)
+    item, _ = route_session(store, redis_client)
+    env = {**fleet_env(redis_url, sqlite_url), "COLUMNS": "140", "TERM": "xterm"}
+    command = [sys.executable, "-m", "evaluator.cli", "review", "--reviewer", "ana"]
+    terminal = Terminal([*command, "--level", "session"], env)
+    terminal.expect("session_goal_achieved v1 · session")
+    terminal.expect("Conversation (24 messages)")
+    terminal.expect("messages not shown")
+    terminal.expect("▶ tool (turn 3) · result of call_3")
+    terminal.expect("▶ tool · lookup_order · t3:call_3 · 1200 ms · turn 3")
+    terminal.expect("error: upstream timeout")
+    terminal.send("f")
+    terminal.expect("labelled fail")
+    terminal.expect("0 pass, 1 fail, 0 skipped")
+    assert terminal.close() == 0
+    [label] = store.labels("session_goal_achieved")
+    assert label.id == item.id and label.trace.trace_id == "session:d-review"
     store.close()

@@ -53,6 +53,11 @@ def test_turns_without_messages_become_question_and_answer() -> None:
     ]
     assert trace.input == "hi" and trace.output == "answer 2"
     assert trace.metadata["turn_ids"] == ["turn-1", "turn-2"]
+    # The app's Langfuse environment travels with the session (its scores belong there).
+    staged = _turn(3, input="x", metadata={"environment": "staging"})
+    assert (
+        session_trace(_session(_turn(1, input="hi"), staged)).metadata["environment"] == "staging"
+    )
 
 
 def test_steps_of_every_turn_stay_unique_and_keep_their_parents() -> None:

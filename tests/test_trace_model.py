@@ -132,6 +132,18 @@ def test_single_turn_traces_mean_what_they_meant() -> None:
         assert not NEW_FIELDS & set(json.loads(wire))  # what publish sends is unchanged
 
 
+def test_long_message_texts_are_valid_and_parts_are_bounded() -> None:
+    # The bound of 100 is on a message's list of parts, never on its text (it once was: every
+    # real conversation with a message over 100 characters was dead-lettered).
+    long_text = "word " * 20_000
+    for content in (long_text, [{"type": "text", "text": long_text}]):
+        trace = parse({**BASE, "messages": [{"role": "user", "content": content}]})
+        assert isinstance(trace, Trace) and trace.input == long_text
+    parts = [{"type": "text", "text": "x"}] * 101
+    refused = parse({**BASE, "messages": [{"role": "user", "content": parts}]})
+    assert isinstance(refused, str) and "messages.0.content" in refused and "100" in refused
+
+
 def test_long_results_are_cut_and_marked() -> None:
     big = "x" * (MAX_STEP_VALUE_CHARS + 10)
     trace = parse({**BASE, "steps": [{"id": "1", "kind": "tool", "result": big}]})
@@ -292,3 +304,17 @@ def test_schema_command_shows_the_new_fields() -> None:
         "tool",
     ]
     assert "messages" in schema["description"] and "steps" in schema["description"]
+
+
+def test_an_app_cannot_publish_into_the_sessions_namespace() -> None:
+    # The fleet scores completed sessions as "session:<digest>": an app's trace of that name
+    # would mix with a session's scores, so the sampler dead-letters it with the reason.
+    from evaluator.sampling.sampler import parse_entry
+
+    payload = json.dumps({**BASE, "trace_id": "session:abc"}).encode()
+    reason = parse_entry({b"trace": payload}, 256 * 1024)
+    assert reason == (
+        "trace_id: must not start with 'session:' (reserved for the sessions the fleet evaluates)"
+    )
+    assert isinstance(parse_trace(payload, 256 * 1024), Trace)  # the fleet's own work parses
+    assert isinstance(parse_entry({b"trace": json.dumps(BASE).encode()}, 256 * 1024), Trace)

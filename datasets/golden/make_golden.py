@@ -1,5 +1,5 @@
-"""Writes the starter golden datasets: 50 labelled examples per shipped judge, half pass, half
-fail, so `evalfleet calibrate` runs out of the box.
+"""Writes the starter golden datasets: 50 labelled examples per shipped turn judge and 24 per
+session or trajectory judge, half pass, half fail, so `evalfleet calibrate` runs out of the box.
 
     python datasets/golden/make_golden.py
 
@@ -307,14 +307,340 @@ def quality() -> list[dict[str, object]]:
     return rows
 
 
+# -- sessions and agent runs (issue 15) --------------------------------------------------------
+# Whole conversations for the session judges (trace id ``session:…``, as
+# ``evaluator.sessions.conversation.session_trace`` makes them) and agent runs with their steps
+# for ``agent_tool_use``. Each scenario is written three ways: the user gets what they came for
+# (and the assistant stays consistent), the goal is missed, and the assistant contradicts itself
+# or forgets what the user said. No text holds a double quote: judge prompts print messages as
+# JSON strings, and the calibration tests find an example by its first request and last answer.
+
+# (topic, [(user, assistant), ...] achieved, [...] goal missed, [...] incoherent, incoherence)
+CONVERSATIONS = [
+    ("api-key",
+     [("How do I rotate our production API key?", "Go to Settings > Security > API keys and click Rotate next to the key."),
+      ("Will the old key break our running jobs right away?", "No. The old key keeps working for 24 hours after rotation, so you have a day to deploy the new one."),
+      ("Done, the new key is deployed. Thanks!", "Glad it worked. The old key will stop on its own after the 24 hours.")],
+     [("How do I rotate our production API key?", "Go to Settings > Billing and click Rotate."),
+      ("There is no Rotate button under Billing.", "Please look again under Settings > Billing, the Rotate button is there."),
+      ("It is not there. Forget it, I want to talk to a person.", "I understand. Is there anything else I can help with?")],
+     [("How do I rotate our production API key?", "Go to Settings > Security > API keys and click Rotate. The old key keeps working for 24 hours."),
+      ("So I can deploy the new key tomorrow morning?", "Yes, you have a full day before the old key stops."),
+      ("Good. And after I click Rotate, what happens to jobs using the old key?", "They fail at once: the old key stops working immediately after rotation.")],
+     "says the old key keeps working for 24 hours, then that it stops immediately"),
+    ("invoices",
+     [("Where do I find our invoices from March?", "Under Billing > Invoices; each invoice can be downloaded as a PDF."),
+      ("Can I get the ones from two years ago too?", "Invoices from the last 24 months are kept there. Older ones can be requested from support."),
+      ("Perfect, March is there. Thank you.", "You are welcome.")],
+     [("Where do I find our invoices from March?", "Invoices are not available in the app."),
+      ("Our accountant needs the March invoice as a PDF.", "I am sorry, I cannot help with billing questions."),
+      ("So where do I get it?", "Please check your email.")],
+     [("Where do I find our invoices from March? Our workspace is globex-finance.", "Under Billing > Invoices in globex-finance you can download March as a PDF."),
+      ("I only see February there.", "Which workspace are you looking at? Please tell me your workspace name."),
+      ("I told you, globex-finance.", "Thanks. In the acme-prod workspace, March invoices appear on the 3rd of April.")],
+     "asks again for the workspace the user gave, then answers about a different workspace"),
+    ("seats",
+     [("We need three more seats on our Team plan.", "You can add seats under Billing > Plan > Seats; each extra seat costs $8 per month."),
+      ("Added them. Will they be billed this month?", "Yes, prorated from today on your next invoice."),
+      ("Great, the new people can sign in now.", "Good to hear. Welcome aboard to them.")],
+     [("We need three more seats on our Team plan.", "Seats cannot be changed on the Team plan."),
+      ("Really? Our plan page shows an Add seats button.", "Seats cannot be changed on the Team plan."),
+      ("This is useless.", "I am sorry you feel that way.")],
+     [("We need three more seats on our Team plan.", "Add them under Billing > Plan > Seats at $8 per month each."),
+      ("How much will three cost then?", "Three extra seats cost $24 per month."),
+      ("OK, and per year?", "Extra seats are free on the Team plan, so nothing per year.")],
+     "gives a price of $8 per seat, then says extra seats are free"),
+    ("sso",
+     [("We are on Enterprise. How do we turn on SAML SSO?", "An owner configures it under Settings > Security > SSO: upload your identity provider metadata and test the connection."),
+      ("The test connection passed. Can we force everyone to use it?", "Yes, turn on Require SSO on the same page; owners keep a password fallback."),
+      ("Turned on, works for the whole team.", "Great. Members will be asked to sign in through SSO from now on.")],
+     [("We are on Enterprise. How do we turn on SAML SSO?", "SSO is configured by our team; please wait for an email."),
+      ("How long do we wait? Our security audit is on Friday.", "I cannot say."),
+      ("We will move to another vendor then.", "Sorry to hear that.")],
+     [("We are on Enterprise. How do we turn on SAML SSO?", "An owner sets it up under Settings > Security > SSO."),
+      ("I am the owner. Which plan do we need for this?", "SAML SSO needs the Enterprise plan."),
+      ("We have Enterprise, I said so at the start.", "Then you need to upgrade to Enterprise first to use SSO.")],
+     "forgets the user said they are on Enterprise and tells them to upgrade to it"),
+    ("export",
+     [("How can I export all our project data?", "Use Settings > Data > Export and choose CSV or JSON."),
+      ("It says the export is 3 GB.", "Exports over 1 GB are sent by email as a download link once ready."),
+      ("Got the email and the file, thank you!", "You are welcome.")],
+     [("How can I export all our project data?", "Use Settings > Data > Export."),
+      ("The export failed with Error 500.", "Use Settings > Data > Export."),
+      ("It fails every time. I give up.", "Is there anything else?")],
+     [("How can I export all our project data? I need JSON, not CSV.", "Use Settings > Data > Export and choose JSON."),
+      ("Which format is best for re-importing later?", "JSON keeps the nesting, so it is the one to re-import."),
+      ("OK, start it for me then.", "I have started a CSV export for you.")],
+     "ignores the user's stated choice of JSON and starts a CSV export"),
+    ("password",
+     [("I forgot my password.", "Click Forgot password on the sign-in page; we send a reset link that is valid for 30 minutes."),
+      ("The link expired before I saw it.", "Just request a new one from the same page; each link is valid for 30 minutes."),
+      ("The new one worked, I am back in.", "Great, welcome back.")],
+     [("I forgot my password.", "Click Forgot password on the sign-in page."),
+      ("The link expired.", "Click Forgot password on the sign-in page."),
+      ("I already did that three times and it still does not work.", "Click Forgot password on the sign-in page.")],
+     [("I forgot my password.", "Click Forgot password; the reset link is valid for 30 minutes."),
+      ("I got it an hour ago, can I still use it?", "Yes, reset links are valid for 7 days."),
+      ("It says expired.", "Links expire after 30 minutes, so request a new one.")],
+     "says links are valid for 30 minutes, then 7 days, then 30 minutes again without noting the change"),
+    ("webhooks",
+     [("Our webhook endpoint was down for an hour. Did we lose events?", "No. Failed deliveries are retried 5 times with exponential backoff over about 2 hours."),
+      ("Can I see which ones were retried?", "Yes, under Developers > Webhooks > Deliveries each attempt is listed."),
+      ("I see them all delivered now. Thanks.", "You are welcome.")],
+     [("Our webhook endpoint was down for an hour. Did we lose events?", "Yes, they are lost."),
+      ("Can we get them back somehow?", "No."),
+      ("That is a disaster for our billing sync. Let me talk to a human.", "I cannot transfer you.")],
+     [("Our webhook endpoint was down for an hour. Did we lose events?", "No, failed deliveries are retried 5 times over about 2 hours."),
+      ("So events from the outage will still arrive?", "Yes, the retries cover the hour you were down."),
+      ("Great. Just to be sure, nothing was dropped?", "Webhooks are never retried, so events from the outage were dropped.")],
+     "says deliveries are retried, then that webhooks are never retried"),
+    ("two-factor",
+     [("Can I use SMS for two-factor codes?", "SMS is not supported; you can use an authenticator app or a security key."),
+      ("I have a YubiKey. How do I add it?", "Under Profile > Security > Two-factor, choose Add security key and touch the key when asked."),
+      ("Added and tested, it works.", "Great, your account is now protected with the key.")],
+     [("Can I use SMS for two-factor codes?", "Yes, choose SMS in your profile."),
+      ("There is no SMS option in my profile.", "It should be there."),
+      ("It is not. This is a waste of time.", "Sorry about that.")],
+     [("Can I use SMS for two-factor codes? I do not have a smartphone.", "SMS is not supported; you can use an authenticator app or a security key."),
+      ("Which one should I pick?", "Install the authenticator app on your smartphone and scan the code."),
+      ("I said I do not have a smartphone.", "The app is the easiest, just install it on your phone.")],
+     "forgets the user has no smartphone and twice recommends a phone app"),
+    ("rate-limits",
+     [("We are getting 429 errors from the API.", "The API allows 600 requests per minute per key; the Retry-After header says when to try again."),
+      ("Can that limit be raised?", "Yes, on the Enterprise plan; your account manager can raise it."),
+      ("We added backoff on Retry-After and the errors stopped.", "That is the right fix. Good work.")],
+     [("We are getting 429 errors from the API.", "That is an error on your side."),
+      ("What limit are we hitting?", "I do not have that information."),
+      ("Then what should we do?", "Please try again later.")],
+     [("We are getting 429 errors from the API.", "The limit is 600 requests per minute per key."),
+      ("We send about 400 per minute, so we should be under it?", "Yes, 400 is under the limit of 600."),
+      ("Then why the 429s?", "Because 400 per minute is over the limit of 300 requests per minute.")],
+     "states a limit of 600 per minute, then of 300"),
+    ("delete-workspace",
+     [("How do I delete our old staging workspace?", "An owner can delete it under Settings > General > Delete workspace; it is kept for 30 days in case you change your mind."),
+      ("Will that affect our production workspace?", "No, only the workspace you delete is affected."),
+      ("Deleted, production is fine. Thanks.", "You are welcome.")],
+     [("How do I delete our old staging workspace?", "Workspaces cannot be deleted."),
+      ("We are paying for it every month.", "Workspaces cannot be deleted."),
+      ("Fine, we will cancel the whole account then.", "OK.")],
+     [("How do I delete our old staging workspace? Production must not be touched.", "An owner deletes it under Settings > General > Delete workspace."),
+      ("Will it be gone immediately?", "It is kept for 30 days and then removed."),
+      ("Good. Please confirm which workspace I should open.", "Open production and click Delete workspace there.")],
+     "tells the user to delete production after they said it must not be touched"),
+    ("billing-email",
+     [("Invoices go to a former employee. Can I change the billing email?", "Yes, an owner can change it under Billing > Details > Billing email."),
+      ("Changed it. Will this month's invoice go to the new address?", "Yes, invoices are sent to the billing email at the time they are issued."),
+      ("Great, thank you.", "You are welcome.")],
+     [("Invoices go to a former employee. Can I change the billing email?", "Please contact the former employee."),
+      ("They left the company.", "I cannot change account details."),
+      ("Then who can? I want a real person.", "I am not able to help with that.")],
+     [("Invoices go to a former employee. Can I change the billing email?", "An owner changes it under Billing > Details > Billing email."),
+      ("I am an admin, not an owner. Can I do it?", "No, only owners can change the billing email."),
+      ("OK, I will ask our owner.", "No need, as an admin you can change it yourself.")],
+     "says only owners can change it, then that the admin can"),
+    ("usage",
+     [("How much storage are we using?", "Settings > Usage shows it: your workspace uses 64 GB of the 100 GB on Team."),
+      ("What happens when we reach 100 GB?", "Uploads are paused until you free space or add a storage pack of 50 GB for $10 per month."),
+      ("We will add a pack, thanks for the clear answer.", "You are welcome.")],
+     [("How much storage are we using?", "I cannot see your usage."),
+      ("Where can I see it myself?", "I do not know."),
+      ("Not helpful at all.", "Sorry.")],
+     [("How much storage are we using?", "Your workspace uses 64 GB of 100 GB."),
+      ("So we have 36 GB left?", "Yes, 36 GB are left."),
+      ("Good. And we are at about two thirds?", "You are at 90 GB, so almost full.")],
+     "says 64 GB used, then 90 GB"),
+]
+
+
+def message(role: str, content: str) -> dict[str, object]:
+    return {"role": role, "content": content}
+
+
+def session_document(trace_id: str, turns: list[tuple[str, str]]) -> dict[str, object]:
+    """A completed session as one trace: the whole conversation as messages."""
+    messages: list[dict[str, object]] = [message("system", "You are the support assistant of Northwind Cloud.")]
+    for user, assistant in turns:
+        messages += [message("user", user), message("assistant", assistant)]
+    return {
+        "trace_id": trace_id, "session_id": trace_id.removeprefix("session:"), "input": turns[0][0],
+        "output": turns[-1][1], "messages": messages, "model": "gpt-4o-mini",
+        "prompt_version": "support-v7", "tenant": "northwind", "feature": "support-chat",
+        "metadata": {"level": "session", "turns": len(turns)},
+    }
+
+
+def session_goal_achieved() -> list[dict[str, object]]:
+    rows = []
+    for topic, achieved, missed, _incoherent, _why in CONVERSATIONS:
+        rows.append(example(session_document(f"session:goal-{topic}-ok", achieved), "pass",
+                            {"goal_achieved": 1.0, "user_gave_up": False}, "the user confirms it is solved"))
+        rows.append(example(session_document(f"session:goal-{topic}-bad", missed), "fail",
+                            {"goal_achieved": 0.0, "user_gave_up": True}, "unsolved; the user gives up or complains"))
+    return rows
+
+
+def session_coherence() -> list[dict[str, object]]:
+    rows = []
+    for topic, achieved, _missed, incoherent, why in CONVERSATIONS:
+        rows.append(example(session_document(f"session:coherence-{topic}-ok", achieved), "pass",
+                            {"coherence": 1.0, "contradictions": 0}, "consistent across turns"))
+        rows.append(example(session_document(f"session:coherence-{topic}-bad", incoherent), "fail",
+                            {"coherence": 0.0, "contradictions": 1}, why))
+    return rows
+
+
+# (topic, request, [(tool, arguments, result, error)] of a good run, its answer,
+#  the bad run's calls, its answer, what is wrong with it, the bad run's field scores)
+AGENT_RUNS = [
+    ("invoice-status",
+     "Is invoice INV-2041 paid?",
+     [("get_invoice", {"invoice_id": "INV-2041"}, {"status": "paid", "paid_on": "2026-11-02"}, None)],
+     "Yes, invoice INV-2041 was paid on 2 November 2026.",
+     [("get_invoice", {"invoice_id": "INV-2014"}, {"status": "open", "due": "2026-12-15"}, None)],
+     "No, invoice INV-2041 is still open and due on 15 December 2026.",
+     "looked up INV-2014 instead of INV-2041", {"right_arguments": False}),
+    ("plan-lookup",
+     "Which plan is the workspace globex-finance on?",
+     [("get_workspace", {"workspace": "globex-finance"}, {"plan": "Team", "seats": 12}, None)],
+     "globex-finance is on the Team plan with 12 seats.",
+     [("search_docs", {"query": "plans"}, {"hits": ["Plans: Free, Team, Enterprise"]}, None)],
+     "globex-finance is on the Enterprise plan.",
+     "searched the docs instead of looking up the workspace, and invented the plan", {"right_tool": False, "result_used": False}),
+    ("usage-month",
+     "How many API calls did acme-prod make in October 2026?",
+     [("get_usage", {"workspace": "acme-prod", "month": "2026-10"}, {"api_calls": 1843220}, None)],
+     "acme-prod made 1,843,220 API calls in October 2026.",
+     [("get_usage", {"workspace": "acme-prod", "month": "2026-10"}, {"api_calls": 1843220}, None)],
+     "acme-prod made about 950,000 API calls in October 2026.",
+     "the answer contradicts the tool result", {"result_used": False}),
+    ("status-outage",
+     "Is the EU region having an outage right now?",
+     [("get_status", {"region": "eu"}, {"status": "degraded", "incident": "Elevated API latency since 09:12 UTC"}, None)],
+     "Yes, the EU region is degraded: elevated API latency since 09:12 UTC.",
+     [("get_status", {"region": "eu"}, None, "timeout after 10 s")],
+     "No, the EU region is fully operational.",
+     "the status call timed out and the answer claims all is well", {"errors_acknowledged": False, "result_used": False}),
+    ("password-reset",
+     "Please send a password reset to maria@globex.example.",
+     [("send_password_reset", {"email": "maria@globex.example"}, {"sent": True}, None)],
+     "Done: a reset link was sent to maria@globex.example. It is valid for 30 minutes.",
+     [("send_password_reset", {"email": "maria@globex.example"}, None, "503 Service Unavailable"),
+      ("send_password_reset", {"email": "maria@globex.example"}, None, "503 Service Unavailable")],
+     "Done: a reset link was sent to maria@globex.example.",
+     "both calls failed and the answer says it was sent", {"errors_acknowledged": False, "result_used": False}),
+    ("refund",
+     "Refund the $48 charge on invoice INV-3301, it was a duplicate.",
+     [("get_invoice", {"invoice_id": "INV-3301"}, {"status": "paid", "amount": 48.0}, None),
+      ("create_refund", {"invoice_id": "INV-3301", "amount": 48.0}, {"refund_id": "RF-88", "status": "pending"}, None)],
+     "I have requested a $48 refund for INV-3301 (refund RF-88); it is pending and usually settles in 5 days.",
+     [("create_refund", {"invoice_id": "INV-3301", "amount": 480.0}, {"refund_id": "RF-89", "status": "pending"}, None)],
+     "I have requested the $48 refund for INV-3301 (refund RF-89).",
+     "refunded $480 instead of $48", {"right_arguments": False}),
+    ("ticket",
+     "Our whole team is locked out, please open an urgent ticket.",
+     [("create_ticket", {"subject": "Whole team locked out", "priority": "urgent"}, {"ticket": "T-5120"}, None)],
+     "I opened urgent ticket T-5120 about your team being locked out; support will reply within an hour.",
+     [("create_ticket", {"subject": "Whole team locked out", "priority": "low"}, {"ticket": "T-5121"}, None)],
+     "I opened ticket T-5121 about your team being locked out.",
+     "opened the ticket at low priority although the user asked for urgent", {"right_arguments": False}),
+    ("docs-answer",
+     "How long are deleted workspaces kept before they are gone for good?",
+     [("search_docs", {"query": "deleted workspace retention"}, {"hits": ["A deleted workspace is kept for 30 days, then removed for good."]}, None)],
+     "A deleted workspace is kept for 30 days and then removed for good.",
+     [("search_docs", {"query": "deleted workspace retention"}, {"hits": ["A deleted workspace is kept for 30 days, then removed for good."]}, None)],
+     "Deleted workspaces are removed immediately and cannot be restored.",
+     "the answer contradicts the document found", {"result_used": False}),
+    ("seats-add",
+     "Add 3 seats to globex-finance.",
+     [("get_workspace", {"workspace": "globex-finance"}, {"plan": "Team", "seats": 12}, None),
+      ("set_seats", {"workspace": "globex-finance", "seats": 15}, {"seats": 15}, None)],
+     "globex-finance now has 15 seats (12 + 3); the extra seats cost $8 per month each.",
+     [("set_seats", {"workspace": "globex-finance", "seats": 3}, {"seats": 3}, None)],
+     "Done, globex-finance now has 3 more seats.",
+     "set the seat count to 3 instead of adding 3, and the answer hides it", {"right_arguments": False, "result_used": False}),
+    ("export-retry",
+     "Start a JSON export of acme-prod.",
+     [("start_export", {"workspace": "acme-prod", "format": "json"}, None, "429 Too Many Requests"),
+      ("start_export", {"workspace": "acme-prod", "format": "json"}, {"export_id": "EX-77", "status": "running"}, None)],
+     "The first attempt was rate-limited, the retry worked: export EX-77 of acme-prod is running; you will get an email when it is ready.",
+     [("start_export", {"workspace": "acme-prod", "format": "csv"}, {"export_id": "EX-78", "status": "running"}, None)],
+     "Export EX-78 of acme-prod is running in JSON.",
+     "started a CSV export although JSON was asked, and says JSON", {"right_arguments": False, "result_used": False}),
+    ("maintenance-loop",
+     "Is there any maintenance window planned for next week?",
+     [("get_maintenance", {"from": "2026-12-07", "to": "2026-12-13"}, {"windows": [{"start": "2026-12-09T02:00Z", "hours": 2}]}, None)],
+     "Yes, one window: 9 December 2026 from 02:00 UTC for 2 hours.",
+     [("get_status", {"region": "eu"}, {"status": "operational"}, None),
+      ("get_status", {"region": "eu"}, {"status": "operational"}, None),
+      ("get_status", {"region": "eu"}, {"status": "operational"}, None)],
+     "No maintenance is planned next week.",
+     "called the status tool three times with the same arguments instead of the maintenance tool, then guessed", {"right_tool": False, "result_used": False}),
+    ("sso-check",
+     "Is SSO enabled on acme-prod?",
+     [("get_workspace", {"workspace": "acme-prod"}, {"plan": "Enterprise", "sso": "enabled"}, None)],
+     "Yes, SAML SSO is enabled on acme-prod.",
+     [("get_workspace", {"workspace": "acme-prod"}, None, "permission denied: workspace admin scope required")],
+     "SSO is not enabled on acme-prod.",
+     "the lookup was refused and the answer states a result anyway", {"errors_acknowledged": False, "result_used": False}),
+]
+
+
+def agent_document(trace_id: str, request: str, calls: list[tuple[str, dict[str, object], object, str | None]], answer: str) -> dict[str, object]:
+    """One agent run: the user's request, the model's tool calls and their results as messages,
+    and the trajectory as steps (the model's call, then each tool call in order)."""
+    messages: list[dict[str, object]] = [message("system", "You are the Northwind Cloud support agent. Use the tools."), message("user", request)]
+    steps: list[dict[str, object]] = [{"id": "llm-1", "kind": "llm", "name": "gpt-4o-mini", "model": "gpt-4o-mini"}]
+    seen: dict[tuple[str, str], int] = {}
+    for n, (tool, arguments, result, error) in enumerate(calls, start=1):
+        call_id = f"call_{n}"
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": tool, "arguments": json.dumps(arguments, sort_keys=True)}}]})
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(result) if error is None else f"error: {error}"})
+        key = (tool, json.dumps(arguments, sort_keys=True))
+        seen[key] = seen.get(key, 0) + 1
+        step: dict[str, object] = {"id": f"tool-{n}", "kind": "tool", "name": tool, "parent_id": "llm-1",
+                                   "tool_call_id": call_id, "arguments": arguments, "attempt": seen[key]}
+        if error is None:
+            step["result"] = result
+        else:
+            step["error"] = error
+        steps.append(step)
+    messages.append(message("assistant", answer))
+    steps.append({"id": "llm-2", "kind": "llm", "name": "gpt-4o-mini", "model": "gpt-4o-mini", "result": answer})
+    return {
+        "trace_id": trace_id, "input": request, "output": answer, "messages": messages, "steps": steps,
+        "model": "gpt-4o-mini", "prompt_version": "agent-v2", "tenant": "northwind", "feature": "support-agent",
+    }
+
+
+def agent_tool_use() -> list[dict[str, object]]:
+    rows = []
+    good_scores = {"tool_use": 1.0, "right_tool": True, "right_arguments": True, "result_used": True, "errors_acknowledged": True}
+    for topic, request, calls, answer, bad_calls, bad_answer, why, wrong in AGENT_RUNS:
+        rows.append(example(agent_document(f"a-{topic}-ok", request, calls, answer), "pass", good_scores,
+                            "right tool and arguments, result used" + (", failure retried and reported" if any(c[3] for c in calls) else "")))
+        rows.append(example(agent_document(f"a-{topic}-bad", request, bad_calls, bad_answer), "fail",
+                            {**good_scores, "tool_use": 0.0, **wrong}, why))
+    return rows
+
+
 def main() -> None:
     for name, build in (("groundedness", groundedness), ("answer_relevance", answer_relevance),
                         ("correctness", correctness), ("safety", safety), ("quality", quality)):
         rows = sorted(build(), key=lambda row: row["trace"]["trace_id"])  # type: ignore[index]
         assert len(rows) == 50 and sum(r["verdict"] == "fail" for r in rows) == 25, name
-        lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
-        (OUT / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        print(f"{name}: {len(rows)} examples")
+        write(name, rows)
+    for name, build in (("session_goal_achieved", session_goal_achieved),
+                        ("session_coherence", session_coherence), ("agent_tool_use", agent_tool_use)):
+        rows = sorted(build(), key=lambda row: row["trace"]["trace_id"])  # type: ignore[index]
+        assert len(rows) >= 20 and 2 * sum(r["verdict"] == "fail" for r in rows) == len(rows), name
+        write(name, rows)
+
+
+def write(name: str, rows: list[dict[str, object]]) -> None:
+    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
+    (OUT / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    print(f"{name}: {len(rows)} examples")
 
 
 if __name__ == "__main__":

@@ -94,12 +94,22 @@ def calibrate(
         int | None,
         typer.Option(min=2, help="At most N examples, spread over sources and both verdicts."),
     ] = None,
+    not_judgements: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHY",
+            help="The endpoint is a protocol peer, not a judge (e.g. a test model): the report "
+            "says its scores are not judgements, and why; the thresholds do not set the exit code.",
+        ),
+    ] = None,
 ) -> None:
     """Run a judge over its golden sets and report agreement with the human labels, beside
-    trivial baselines fitted on the same labels.
+    trivial baselines fitted on the same labels (a pairwise judge: both orders of every pair,
+    and its position bias).
 
     Default dataset: datasets/golden/<judge>.jsonl and every <judge>.<source>.jsonl beside it.
-    Exits 1 when agreement is under the judge file's calibration thresholds."""
+    Exits 1 when agreement is under the judge file's calibration thresholds (with
+    --not-judgements: only when no example could be judged)."""
     from evaluator.console.report import render_calibration
     from evaluator.ops.embedded import redis_or_embedded
     from evaluator.trust.calibrate import calibrate as run_calibration
@@ -141,15 +151,26 @@ def calibrate(
             settings.model_copy(update={"redis_url": redis_url}),
             lambda: progress.advance(task),
         )
+    result.not_judgements = not_judgements
+    if not_judgements is not None:
+        console.print(f"[yellow]NOT JUDGEMENTS:[/yellow] the scores below are not judgements "
+                      f"of the traces ({not_judgements}); they test the plumbing only")  # fmt: skip
     render_calibration(result, console)
+    if not_judgements is not None:
+        console.print(
+            f"NOT JUDGEMENTS: {spec.model}'s scores above judge nothing ({not_judgements})"
+        )
     # Only a full run of the judge as configured: judges with few_shot show these first.
-    if dataset is None and limit is None and model is None:
+    if dataset is None and limit is None and model is None and not_judgements is None:
         ids = [d.trace_id for d in result.disagreements]
         record_disagreements(judge, spec.version, ids, directory)
     out = report or Path(f"calibration-{judge}.json")
     out.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     console.print(f"report: {out}")
-    if not result.passed:
+    if not_judgements is not None:
+        if result.agreement.n == 0:
+            raise typer.Exit(1)
+    elif not result.passed:
         raise typer.Exit(1)
 
 

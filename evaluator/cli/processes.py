@@ -24,6 +24,7 @@ from evaluator.cli.common import (
     start_when_available,
     with_metrics_port,
 )
+from evaluator.models import Level
 from evaluator.settings import get_settings
 from evaluator.streams import connect
 
@@ -189,6 +190,10 @@ def review(
     reviewer: Annotated[str, typer.Option(help="Your name, recorded with every label.")],
     evaluator: Annotated[str | None, typer.Option(help="Only this evaluator's items.")] = None,
     tenant: Annotated[list[str] | None, typer.Option(help="Only these tenants; repeat.")] = None,
+    level: Annotated[
+        Level | None,
+        typer.Option(help="Only turns, agent runs or whole sessions.", case_sensitive=False),
+    ] = None,
 ) -> None:
     """Label review items in the terminal: one keystroke per decision."""
     from evaluator.review.queue import QueueFilter, ReviewQueue
@@ -197,7 +202,7 @@ def review(
     settings = get_settings()
     with open_store() as store:
         queue = ReviewQueue(connect(settings.redis_url), store, settings.review_lease_s)
-        scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator)
+        scope = QueueFilter(frozenset(tenant) if tenant else None, evaluator, level)
         counts = TerminalReview(queue, reviewer, scope, console).run()
     console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['skipped']} skipped")
 
@@ -239,7 +244,12 @@ def demo(
 ) -> None:
     """Run the whole fleet locally (embedded Redis + SQLite) on the sample traces."""
     from evaluator.console.demo import default_sample_file, run_demo
-    from evaluator.console.report import render_dead_letters, render_review_queue, render_stats
+    from evaluator.console.report import (
+        render_dead_letters,
+        render_levels,
+        render_review_queue,
+        render_stats,
+    )
     from evaluator.ops.embedded import find_redis_server
 
     if find_redis_server() is None:
@@ -249,6 +259,7 @@ def demo(
         raise typer.Exit(1)
     result = run_demo(traces or default_sample_file(), console, concurrency, timeout)
     render_stats(result.stats, console)
+    render_levels(result.levels, console)
     render_dead_letters(result.dead_letters, console)
     render_review_queue(result.review_queue, console)
     if not result.judges_on:

@@ -1,7 +1,10 @@
 """`evalfleet demo`: the whole pipeline on this machine, with nothing running beforehand.
 
 Starts a throwaway Redis, a SQLite file in a temp dir, a sampler and a Celery worker as
-subprocesses; replays the sample traces; waits until each is scored or dead-lettered; reports.
+subprocesses; replays the sample traces; waits until each is scored or dead-lettered, and until
+every conversation in them (the traces with a ``session_id``) has been evaluated as a session;
+reports. The fleet runs with a short session quiet period (``DEMO_SESSION_QUIET_S``), so the
+conversations complete a moment after their last turn instead of half an hour later.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from evaluator.console.levels import LevelSummary, level_summary, sessions_scored
 from evaluator.console.stats import FleetStats, fleet_stats
 from evaluator.constants import DEAD_STREAM
 from evaluator.ingest import publish_many, read_lines
+from evaluator.models import Trace, parse_trace
 from evaluator.ops.dlq import DeadLetter, list_dead
 from evaluator.ops.embedded import EmbeddedRedis
 from evaluator.ops.errors import EXIT_USAGE, CLIError
 from evaluator.resources import PACKAGE, resource
+from evaluator.sessions.tracker import session_digest
 from evaluator.settings import Settings
 from evaluator.sinks.outbox import enabled_sinks
 from evaluator.sinks.sql import SQLStore
@@ -33,6 +39,16 @@ from evaluator.store.tables import ReviewItemRecord, TraceRecord
 from evaluator.streams import connect
 
 _PACKAGED_SAMPLES = PACKAGE / "_data" / "sample_traces.jsonl"
+# A conversation is complete this long after its last turn (production default: 30 minutes),
+# looked for this often: the demo's sessions are evaluated within seconds.
+DEMO_SESSION_QUIET_S = 1.0
+DEMO_SESSION_CHECK_INTERVAL_S = 0.2
+# A session handed over before its last turns are stored looks again every second (a tenth of
+# this), not every 30 s as with the production default.
+DEMO_SESSION_PATIENCE_S = 10.0
+# The sampler runs its chores (the sessions one among them) between reads: an idle read waits
+# at most this long, so a quiet session is noticed within a fifth of a second.
+DEMO_SAMPLER_BLOCK_MS = 200
 
 
 _COLUMNS = (
@@ -56,6 +72,7 @@ class DemoResult:
     stats: FleetStats
     dead_letters: list[DeadLetter]
     review_queue: list[ReviewItemRecord]
+    levels: LevelSummary
 
     @property
     def traces_per_second(self) -> float:
@@ -127,6 +144,10 @@ def run_demo(
             "EVALFLEET_REDIS_URL": server.url,
             "EVALFLEET_BROKER_URL": server.url,
             "EVALFLEET_DATABASE_URL": database_url,
+            "EVALFLEET_SESSION_QUIET_S": str(DEMO_SESSION_QUIET_S),
+            "EVALFLEET_SESSION_CHECK_INTERVAL_S": str(DEMO_SESSION_CHECK_INTERVAL_S),
+            "EVALFLEET_SESSION_PATIENCE_S": str(DEMO_SESSION_PATIENCE_S),
+            "EVALFLEET_SAMPLER_BLOCK_MS": str(DEMO_SAMPLER_BLOCK_MS),
         }
         settings = Settings(redis_url=server.url, database_url=database_url)
         client = connect(server.url)
@@ -151,6 +172,7 @@ def run_demo(
             stats=fleet_stats(client, store),
             dead_letters=list_dead(client, limit=20),
             review_queue=store.review_queue(limit=10),
+            levels=level_summary(store),
         )
         client.close()
         store.close()
@@ -195,10 +217,46 @@ def _replay_and_wait(
             done = store.count(TraceRecord) + int(client.xlen(DEAD_STREAM))
             progress.update(finishing, completed=done)
             if done >= len(lines):
-                return
+                break
             fleet.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"only {done} of {len(lines)} traces finished in {timeout_s:.0f}s"
                 )
             time.sleep(0.2)
+        expected = len(_sessions_in(lines, settings.max_trace_bytes))
+        if expected:
+            _wait_for_sessions(expected, store, fleet, progress, deadline, timeout_s)
+
+
+def _wait_for_sessions(
+    expected: int,
+    store: SQLStore,
+    fleet: _Fleet,
+    progress: Progress,
+    deadline: float,
+    timeout_s: float,
+) -> None:
+    """Until every conversation has gone quiet and been scored as a session."""
+    sessions = progress.add_task("sessions evaluated", total=expected)
+    while True:
+        evaluated = sessions_scored(store)
+        progress.update(sessions, completed=evaluated)
+        if evaluated >= expected:
+            return
+        fleet.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {evaluated} of {expected} sessions evaluated in {timeout_s:.0f}s"
+            )
+        time.sleep(0.2)
+
+
+def _sessions_in(lines: list[bytes], max_bytes: int) -> set[str]:
+    """The sessions the valid traces belong to (as the tracker names them: tenant and id)."""
+    parsed = (parse_trace(line, max_bytes) for line in lines)
+    return {
+        session_digest(t.tenant, t.session_id)
+        for t in parsed
+        if isinstance(t, Trace) and t.session_id is not None
+    }

@@ -18,6 +18,7 @@ from evaluator.store.tables import LedgerRecord, ReviewItemRecord
 from evaluator.trust.calibrate import CalibrationReport, GateResult
 
 if TYPE_CHECKING:  # the types only: rendering must not import the judges or re-evaluation
+    from evaluator.console.levels import CheckCounts, LevelSummary
     from evaluator.evaluation.reeval import Comparison, ReevalPlan
     from evaluator.judging.files import JudgeSpec
 
@@ -96,6 +97,38 @@ def render_estimates(estimates: list[ScoreEstimate], console: Console) -> None:
         name = display_name(e.evaluator, e.name)
         table.add_row(name, e.statistic, f"{w.n:,}", f"{w.population:,.0f}", shown, unweighted)
     console.print(table)
+
+
+def _check_table(title: str, subject: str, rows: list[CheckCounts]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("check", subject, "passed", "failed", "errors", "pass rate"):
+        table.add_column(column, justify="left" if column == "check" else "right")
+    for row in rows:
+        rate = row.pass_rate
+        style = "red" if rate is not None and rate < 0.9 else None
+        shown = "-" if rate is None else _pct(rate)
+        table.add_row(row.name, f"{row.count:,}", f"{row.passed:,}", f"{row.failed:,}",
+                      f"{row.errors:,}", shown, style=style)  # fmt: skip
+    return table
+
+
+def render_levels(levels: LevelSummary, console: Console) -> None:
+    """Results above the turn: trajectory checks over agent runs, session checks over
+    completed conversations, and the sessions that failed the most checks."""
+    if levels.trajectory:
+        title = f"Trajectory checks ({levels.agent_runs:,} agent runs)"
+        console.print(_check_table(title, "runs", levels.trajectory))
+    if not levels.session_checks:
+        return
+    title = f"Sessions ({levels.sessions:,} evaluated): pass rate per session check"
+    console.print(_check_table(title, "sessions", levels.session_checks))
+    if levels.worst_sessions:
+        worst = Table("session", "tenant", "turns", "failed checks", title="Worst sessions",
+                      title_justify="left")  # fmt: skip
+        for w in levels.worst_sessions:
+            failed = "; ".join(f"{check}: {reason}" for check, reason in w.failed)
+            worst.add_row(w.session_id, w.tenant or "", str(w.turns), failed)
+        console.print(worst)
 
 
 def render_ledger(
@@ -234,9 +267,10 @@ def render_calibration(
     if report.position is not None:
         bias = report.position
         console.print(
-            f"position bias over {bias.pairs} pairs judged in both orders: consistent "
+            f"position bias over {bias.pairs} pairs judged in both orders: the verdict follows "
+            f"the position, not the answer, in {bias.follows_position:.1%} (consistent "
             f"{bias.consistency:.1%}; first-shown preferred in both orders {bias.first_both}, "
-            f"second-shown in both {bias.second_both}"
+            f"second-shown in both {bias.second_both})"
         )
     if report.disagreements:
         shown = Table(title=f"Disagreements ({len(report.disagreements)})", title_justify="left")

@@ -1,4 +1,5 @@
-"""Fleet state in one read: stream, group, queues, dead letters, scores and pass rates."""
+"""Fleet state in one read: stream, group, queues, dead letters, scores and pass rates, and the
+scores' totals per level (turn, trajectory, session)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from evaluator.constants import (
     WORKER_ROLES,
 )
 from evaluator.ledger import summary
+from evaluator.models import Level
 from evaluator.ops import metrics
 from evaluator.sampling import inflight
 from evaluator.sampling.estimates import ScoreEstimate, score_estimates
@@ -43,6 +45,7 @@ class FleetStats:
     traces_scored: int
     judge_sampled: int
     review_pending: int
+    # Per evaluator and score name, each with its level (SQLStore.score_summary(by_level=True)).
     scores: list[dict[str, Any]] = field(default_factory=list)
     # Outbox rows per external sink and status (pending, delivered, rejected).
     sinks: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -50,6 +53,21 @@ class FleetStats:
     estimates: list[ScoreEstimate] = field(default_factory=list)
     # Evaluation ledger: {evaluator: {state: count}}.
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
+    # {level: {count, passed, failed, errors}}: the score rows summed per level.
+    levels: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def level_totals(scores: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The score summary's rows summed per level, in the order turn, trajectory, session."""
+    totals: dict[str, dict[str, int]] = {}
+    for level in Level:
+        rows = [row for row in scores if row["level"] == level.value]
+        if rows:
+            totals[level.value] = {
+                key: sum(row[key] for row in rows)
+                for key in ("count", "passed", "failed", "errors")
+            }
+    return totals
 
 
 def fleet_stats(
@@ -61,6 +79,7 @@ def fleet_stats(
     """``broker``: the Celery broker's Redis, when it is not ``client``'s."""
     broker = broker or client
     group = group_info(client, TRACES_STREAM, SAMPLER_GROUP)
+    scores = store.score_summary(by_level=True)
     return FleetStats(
         stream_length=int(client.xlen(TRACES_STREAM)),
         pending=group["pending"],
@@ -74,10 +93,11 @@ def fleet_stats(
         traces_scored=store.count(TraceRecord),
         judge_sampled=store.judge_sampled_count(),
         review_pending=store.pending_review_count(),
-        scores=store.score_summary(),
+        scores=scores,
         sinks=store.outbox_counts(),
         estimates=score_estimates(store.score_sums(since)),
         ledger=summary(store, since),
+        levels=level_totals(scores),
     )
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from evaluator.constants import HEURISTICS_TASK
 from evaluator.evaluators import Evaluator, evaluate_all
-from evaluator.judging.files import Judge
+from evaluator.judging.files import Judge, evaluation_spec, judge_level
 from evaluator.judging.runtime import JudgeResult, run_judgements
 from evaluator.ledger import (
     HEURISTICS,
@@ -35,6 +35,7 @@ from evaluator.ledger import (
     write_rows,
 )
 from evaluator.models import (
+    JudgeCall,
     ReviewItem,
     SampleDecision,
     Score,
@@ -433,8 +434,9 @@ def _unknown_judge_score(trace: Trace, name: str, known: list[str]) -> Score:
 def _gave_up_score(spec: Judge, trace: Trace, waited_s: float) -> Score:
     reason = f"judge endpoint unavailable; gave up after {waited_s:.0f}s of retries"
     return Score.for_trace(
-        trace.trace_id, spec.name, spec.version, spec.name, status=ScoreStatus.ERROR, reason=reason
-    )
+        trace.trace_id, spec.name, spec.version, spec.name, status=ScoreStatus.ERROR,
+        reason=reason, level=judge_level(spec),
+    )  # fmt: skip
 
 
 def _judge_outcome(result: JudgeResult) -> tuple[LedgerState, str]:
@@ -473,10 +475,11 @@ def _admit(items: list[JudgeWork], ctx: ScoringContext, now: datetime) -> _Admit
     for item in items:
         trace, run = item.trace, item.run
         for name in item.judges:
-            spec = ctx.judges.get(name)
-            if spec is None:
+            known = ctx.judges.get(name)
+            if known is None:
                 admitted.scores.append(_unknown_judge_score(trace, name, sorted(ctx.judges)))
                 continue
+            spec = evaluation_spec(known, trace)  # a session's judge version holds its version
             admitted.inclusion[(trace.trace_id, name)] = item.inclusion_of(name)
             if ctx.spend is not None:
                 if run is not None and run not in run_spent:
@@ -510,18 +513,18 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
         write_rows(ctx.store, admitted.running)
     backfill = any(item.run for item in items)  # a batch is one run's or live
     results = ctx.judge([(spec, item.trace) for spec, item in work], backfill)
-    calls: list[dict[str, Any]] = []
+    calls: list[tuple[JudgeCall, str | None]] = []  # and the run each belongs to
     later: dict[str, _Deferred] = {}  # entry id -> what of it waits, and how long
     for (spec, item), result in zip(work, results, strict=True):
         waited = time.time() - item.since
         if result.deferred and waited < s.judge_give_up_after_s:
             delay = result.defer_s or _redispatch_delay(s, item.attempt)
             waits = later.setdefault(item.id, _Deferred(item))
-            waits.judges[spec.name] = int(result.call["attempts"])
+            waits.judges[spec.name] = result.call.attempts
             waits.delay_s = max(waits.delay_s, delay)
             metrics.JUDGE_DEFERRED.labels(spec.name, result.defer_reason or "unknown").inc()
             next_at = now + timedelta(seconds=delay)
-            why = result.call.get("error") or "judge endpoint unavailable"
+            why = result.call.error or "judge endpoint unavailable"
             ledger.append(
                 _judge_row(
                     spec, item, LedgerState.RETRYING, now, reason=f"transient: {why}",
@@ -538,8 +541,8 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
         scores += result.scores
         # The row counts every request of the evaluation, those of dispatches before a
         # deferral too: what the endpoint saw (and billed).
-        attempts = int(result.call["attempts"]) + item.calls_before(spec.name)
-        calls.append({**result.call, "attempts": attempts, "run": item.run})
+        attempts = result.call.attempts + item.calls_before(spec.name)
+        calls.append((result.call.model_copy(update={"attempts": attempts}), item.run))
         state, reason = _judge_outcome(result)
         ledger.append(_judge_row(spec, item, state, now, reason=reason))
     by_trace: dict[str, list[Score]] = defaultdict(list)
@@ -547,7 +550,7 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
         by_trace[score.trace_id].append(score)
     trace_of = {item.trace.trace_id: item.trace for item in items}
     reviews = [item for tid, ss in by_trace.items() for item in ctx.router.route(trace_of[tid], ss)]
-    call_rows = [{k: v for k, v in c.items() if k != "run"} for c in calls]
+    call_rows = [call.row() for call, _ in calls]
     refused = _write(
         ctx, trace_of, [], scores, reviews, call_rows, ledger=ledger, inclusion=admitted.inclusion
     )
@@ -555,12 +558,12 @@ def judge_batch(entries: list[WireEntry], ctx: ScoringContext) -> JudgeBatchResu
         _refused(ctx, items, refused, "worker")
         scores = [s for s in scores if s.trace_id not in refused]
         reviews = [r for r in reviews if r.trace_id not in refused]
-        calls = [c for c in calls if c["trace_id"] not in refused]
+        calls = [(call, run) for call, run in calls if call.trace_id not in refused]
         call_rows = [c for c in call_rows if c["trace_id"] not in refused]
         later = {k: v for k, v in later.items() if v.item.trace.trace_id not in refused}
     if ctx.spend is not None and calls:
-        for run in {c["run"] for c in calls}:
-            ctx.spend.record([c for c in calls if c["run"] == run], run)
+        for run in {run for _, run in calls}:
+            ctx.spend.record([call.row() for call, of in calls if of == run], run)
     routed = ctx.router.publish(ctx.client, reviews)
     _record(scores, {t.trace_id: t.prompt_version for t in trace_of.values()}, routed)
     metrics.record_judge_calls(call_rows)

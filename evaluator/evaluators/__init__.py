@@ -17,10 +17,10 @@ from evaluator.evaluators.heuristics import (
 from evaluator.evaluators.schema_guard import SchemaLimits
 from evaluator.evaluators.trajectory import TRAJECTORY_HEURISTICS
 from evaluator.models import Score, Trace
-from evaluator.settings import Settings
+from evaluator.settings import HeuristicsSettings
 
 
-def heuristic_evaluators(settings: Settings) -> list[Evaluator]:
+def heuristic_evaluators(settings: HeuristicsSettings) -> list[Evaluator]:
     """The heuristics that run on every trace, configured from settings."""
     return [
         LengthBounds(min_chars=settings.min_output_chars, max_chars=settings.max_output_chars),

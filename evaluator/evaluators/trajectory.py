@@ -5,8 +5,10 @@ Each LLM call of an agent may succeed while the run as a whole fails: a tool tha
 answer that pretends it did not, the same call made again and again, retries piling up, a run
 that stops on a tool call with nothing said. These checks read the steps only, never run
 anything, and cost well under a millisecond on a 20-step run (``tests/test_trajectory.py``).
-Their scores carry ``metadata.level = "trajectory"``. A reason names steps by position and
-tool name, never by their arguments or results (which may hold user data).
+Their scores carry ``level = "trajectory"``. A reason names steps by position and tool name,
+never by their arguments or results (which may hold user data); a failing score names the
+steps it is about in ``metadata.step_ids`` (ids of ``trace.steps``), which a reviewer is shown
+highlighted.
 """
 
 from __future__ import annotations
@@ -33,12 +35,20 @@ class TrajectoryCheck(CheckEvaluator):
     """A pass/fail check on the steps of one agent run; silent on traces without steps."""
 
     def trajectory(
-        self, trace: Trace, passed: bool, reason: str, value: float | None = None
+        self,
+        trace: Trace,
+        passed: bool,
+        reason: str,
+        value: float | None = None,
+        steps: list[Step] | None = None,
     ) -> Score:
+        """``steps``: the steps the score is about (recorded as ``metadata.step_ids``)."""
         score = self.result(trace, passed, reason)
         score.level = Level.TRAJECTORY
         if value is not None:
             score.value = value
+        if steps:
+            score.metadata["step_ids"] = list(dict.fromkeys(step.id for step in steps))[:50]
         return score
 
 
@@ -82,7 +92,7 @@ class ToolErrors(TrajectoryCheck):
         if failed:
             names = ", ".join(sorted({s.name or "unnamed" for s in failed}))
             reason = f"{len(failed)} tool call(s) ended in an error ({names})"
-            return [self.trajectory(trace, False, reason, value=rate)]
+            return [self.trajectory(trace, False, reason, value=rate, steps=failed)]
         reason = f"{len(tools)} tool attempts, {100 * rate:.0f} % failed and were retried"
         return [self.trajectory(trace, True, reason, value=rate)]
 
@@ -100,11 +110,12 @@ class ToolLoop(TrajectoryCheck):
         tools = [s for s in _tool_steps(trace) if s.attempt == 1]
         if not tools:
             return []
-        calls = Counter(_call_key(s) for s in tools)
-        (name, _), count = calls.most_common(1)[0]
+        keys = [_call_key(s) for s in tools]  # once: the repeated calls are named below
+        (name, arguments), count = Counter(keys).most_common(1)[0]
         if count >= self.max_repeats:
             reason = f"{name or 'a tool'} called {count} times with the same arguments"
-            return [self.trajectory(trace, False, reason)]
+            repeated = [s for s, key in zip(tools, keys, strict=True) if key == (name, arguments)]
+            return [self.trajectory(trace, False, reason, steps=repeated)]
         return [self.trajectory(trace, True, f"{len(tools)} tool calls, none repeated")]
 
 
@@ -123,7 +134,7 @@ class StepRetries(TrajectoryCheck):
         retries = worst.attempt - 1
         if retries > self.max_retries:
             reason = f"{worst.kind} step {worst.name or worst.id!r} retried {retries} times"
-            return [self.trajectory(trace, False, reason, value=float(retries))]
+            return [self.trajectory(trace, False, reason, value=float(retries), steps=[worst])]
         return [self.trajectory(trace, True, f"at most {retries} retries", value=float(retries))]
 
 
@@ -172,7 +183,7 @@ class IgnoredToolError(TrajectoryCheck):
         if _ADMITS_FAILURE.search(trace.output[:20_000]):
             return [self.trajectory(trace, True, "the answer acknowledges the failed tool call")]
         reason = f"the last tool call ({last.name or 'unnamed'}) failed; the answer does not say so"
-        return [self.trajectory(trace, False, reason)]
+        return [self.trajectory(trace, False, reason, steps=[last])]
 
 
 @dataclass
@@ -195,7 +206,7 @@ class EndedOnToolCall(TrajectoryCheck):
             reason = "the run ended on the model asking for a tool, with no answer"
         else:
             return []  # an empty answer for another reason: the length check reports it
-        return [self.trajectory(trace, False, reason)]
+        return [self.trajectory(trace, False, reason, steps=[last])]
 
 
 TRAJECTORY_HEURISTICS = (

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.ingest.otel import traces_from_otlp
-from evaluator.models import Trace, oversized, parse_trace
+from evaluator.models import Trace, oversized, parse_published_trace
 
 
 def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[bytes]:
@@ -36,7 +36,7 @@ def read_traces(path: Path, max_bytes: int) -> Iterator[Trace]:
             if not line.strip():
                 continue
             _check_utf8(path, number, line)
-            outcome = parse_trace(line, max_bytes)
+            outcome = parse_published_trace(line, max_bytes)
             if isinstance(outcome, str):
                 raise ValueError(f"{path}:{number}: {outcome}")
             yield outcome

@@ -185,6 +185,9 @@ def observation_to_trace(root: Any, children: list[Any]) -> Trace:
         "span_id": answer.id if answer is not None else None,
         "started_at": root.start_time,
         "ended_at": root.end_time,
+        # Langfuse's session is the conversation: the turns of it are evaluated as a session
+        # too (an id longer than a Trace takes stays in metadata only, never cut).
+        "session_id": root.session_id if root.session_id and len(root.session_id) <= 256 else None,
         "metadata": {
             "source": "langfuse",
             "langfuse_user_id": root.user_id,

@@ -1,11 +1,9 @@
 """The judges' transport: OpenAI-compatible clients for one event loop, the fleet-wide limiter
-and breaker, and one retry policy driven by one error classifier.
+and breaker, and one retry policy (``JudgeClient.with_retries``) driven by one error classifier
+keyed per provider (``judging/providers.py``: ``RetryAfter``, ``Transient``, ``Permanent``,
+``SchemaUnsupported``). Judge calls use it through ``call``; RAGAS, which makes its own
+requests, through ``policed_http_client``: the same limiter, breaker, retries and slot.
 
-``classify(exc)`` says what an endpoint's error means — ``RetryAfter`` (429: wait, as the server
-asks, without counting against the endpoint), ``Transient`` (5xx, timeouts, connection errors:
-count against the breaker, back off with full jitter), ``Permanent`` (other 4xx: the evaluation
-fails with the reason) or ``SchemaUnsupported`` (the endpoint refuses the ``response_format``:
-step down to the next structured-output mode, ``MODES``, once per endpoint).
 ``JudgeClient.call`` makes at most ``judge_max_attempts`` requests and one repair round, holding
 an in-flight slot only while a request is out (never while it sleeps); when every attempt failed
 transiently, the breaker is open, or the wait before the next attempt is longer than
@@ -22,83 +20,36 @@ import json
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from evaluator.judging.files import JudgeSpec
 from evaluator.judging.limits import Admission, CircuitBreaker, RateLimiter, endpoint_key
+from evaluator.judging.outcome import POLICED, CallOutcome, Policed, PolicyStopped
+from evaluator.judging.providers import (
+    JSON_SCHEMA,
+    MODES,
+    SCHEMA_IN_OBJECT,
+    Permanent,
+    Provider,
+    RetryAfter,
+    SchemaUnsupported,
+    Transient,
+    Verdict,
+    classify,
+    provider_for,
+    status_error,
+)
 from evaluator.models import describe_validation_error
-from evaluator.settings import Settings
-
-
-@dataclass(frozen=True)
-class RetryAfter:
-    """Rate limited: wait ``seconds`` (the server's Retry-After), or back off when it said none."""
-
-    seconds: float | None
-
-
-@dataclass(frozen=True)
-class Transient:
-    """The endpoint failed (5xx, timeout, connection): it may recover; ``reason`` is kept as the
-    call's error while retrying."""
-
-    reason: str | None
-    retry_after_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Permanent:
-    """The request itself was refused (bad key, unknown model, invalid request)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class SchemaUnsupported:
-    """A 400 about ``response_format``: the endpoint takes no JSON schema (``reason`` when the
-    request was already in JSON mode)."""
-
-    reason: str
-
-
-Verdict = RetryAfter | Transient | Permanent | SchemaUnsupported
-
-
-def classify(exc: openai.APIError) -> Verdict:
-    """What an OpenAI-protocol error means for the retry policy (see the module docstring)."""
-    if isinstance(exc, openai.BadRequestError):
-        reason = f"judge request rejected: {exc.status_code} {exc.message}"[:500]
-        return SchemaUnsupported(reason) if _unsupported_json_schema(exc) else Permanent(reason)
-    if isinstance(exc, openai.RateLimitError):
-        return RetryAfter(_retry_after(exc))
-    if isinstance(exc, openai.APIStatusError) and _rejects_response_format(exc):
-        # Some servers refuse an unknown response_format with a 422, or with a 500 wrapping
-        # their request validation (llama-cpp-python): still a "no schema here", not an outage.
-        reason = f"judge request rejected: {exc.status_code} {exc.message}"[:500]
-        return SchemaUnsupported(reason)
-    if isinstance(
-        exc, openai.APITimeoutError | openai.APIConnectionError | openai.InternalServerError
-    ):
-        return Transient(f"{type(exc).__name__}: {exc}"[:300])
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500:
-            return Transient(None, _retry_after(exc))
-        return Permanent(f"judge request failed: {exc.status_code} {exc.message}"[:500])
-    return Transient(f"{type(exc).__name__}: {exc}"[:300])
-
-
-# Structured-output modes, tried in this order per endpoint until one is accepted (remembered):
-# strict json_schema (OpenAI and most servers); JSON mode carrying the schema (servers that take
-# it there, e.g. llama-cpp-python, which refuses json_schema); plain JSON mode (the schema in the
-# prompt only). Each name fits judge_calls.mode (16 characters).
-JSON_SCHEMA, SCHEMA_IN_OBJECT, JSON_OBJECT = "json_schema", "schema_in_object", "json_object"
-MODES = (JSON_SCHEMA, SCHEMA_IN_OBJECT, JSON_OBJECT)
+from evaluator.settings import JudgeSettings
 
 CONNECTIONS_PER_CLIENT = 16
 # Waits longer than this (a long Retry-After, a late backoff) are not slept inside the batch: the
@@ -121,45 +72,6 @@ _REPAIR = (
 )
 
 
-@dataclass
-class CallOutcome:
-    output: BaseModel | None = None
-    error: str | None = None
-    deferred: bool = False  # transient: worth trying again later
-    defer_s: float = 0.0  # how long to wait first; 0 with DEFER_ATTEMPTS_USED_UP: caller's pick
-    defer_reason: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_ms: float = 0.0
-    attempts: int = 0
-    mode: str = JSON_SCHEMA
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                return None
-    return None
-
-
-def _unsupported_json_schema(exc: openai.BadRequestError) -> bool:
-    text = str(exc).lower()
-    return "response_format" in text or "json_schema" in text
-
-
-def _rejects_response_format(exc: openai.APIStatusError) -> bool:
-    """A 422, or a 500 that is a request validation error naming ``response_format``."""
-    if exc.status_code not in (422, 500):
-        return False
-    text = str(exc).lower()
-    return "response_format" in text and ("validation" in text or "literal" in text)
-
-
 def _parse(spec: JudgeSpec, content: str | None) -> tuple[BaseModel | None, str | None]:
     try:
         return spec.output_model.model_validate_json(content or ""), None
@@ -167,23 +79,39 @@ def _parse(spec: JudgeSpec, content: str | None) -> tuple[BaseModel | None, str 
         return None, describe_validation_error(exc)
 
 
+Result = TypeVar("Result")
+# One request as the retry policy sees it: its result, or the classifier's verdict on its error.
+Send = Callable[[], Awaitable[tuple[Result | None, Verdict | None]]]
+
+
 @dataclass
 class JudgeClient:
     """Clients, limiter and breaker for one event loop (AsyncOpenAI must not outlive its loop),
-    and the one retry policy: ``call`` returns an outcome, never raises for the endpoint's
-    errors (``classify`` decides what each means)."""
+    and the one retry policy (``with_retries``): judge calls (``call``) and every request RAGAS
+    makes (``policed_http_client``) go through it, and never raise for an endpoint's errors
+    (``providers.classify`` decides what each means)."""
 
-    settings: Settings
+    settings: JudgeSettings
     limiter: RateLimiter
     breaker: CircuitBreaker
     _clients: dict[tuple[str | None, str, int], AsyncOpenAI] = field(default_factory=dict)
-    # Per endpoint, the structured-output mode it takes (see MODES); absent: the first.
+    # Per endpoint, the structured-output mode it takes (see MODES); absent: its provider's first.
     _modes: dict[str, str] = field(default_factory=dict)
     _calls: int = 0
 
+    def base_url(self, spec_base_url: str | None = None) -> str | None:
+        return spec_base_url or self.settings.judge_base_url
+
+    def provider(self, spec_base_url: str | None = None) -> Provider:
+        """The fleet's configured provider for its endpoint; a judge file's own endpoint is
+        recognised by its host."""
+        if spec_base_url:
+            return provider_for(spec_base_url)
+        return provider_for(self.settings.judge_base_url, self.settings.judge_provider)
+
     def client_for(self, spec: JudgeSpec) -> AsyncOpenAI:
-        base_url = spec.base_url or self.settings.judge_base_url
-        api_key = self._api_key(spec.api_key_env)
+        base_url = self.base_url(spec.base_url)
+        api_key = self.api_key(spec.api_key_env)
         # Calls are spread over several clients: httpx's pool scans all of its connections for
         # every request, which made one pool of 64 connections CPU-bound at ~100 calls/s.
         shards = max(1, -(-self.settings.judge_max_in_flight // CONNECTIONS_PER_CLIENT))
@@ -204,7 +132,7 @@ class JudgeClient:
         for client in self._clients.values():
             await client.close()
 
-    def _api_key(self, env_name: str | None) -> str:
+    def api_key(self, env_name: str | None) -> str:
         if env_name:
             return os.environ.get(env_name, "")
         if self.settings.judge_api_key is not None:
@@ -233,13 +161,39 @@ class JudgeClient:
         """One judged output: the request, its retries, and at most one repair round.
         ``slot``: the process's in-flight limit, held only while a request is out."""
         outcome = CallOutcome()
-        endpoint = endpoint_key(spec.base_url or self.settings.judge_base_url, spec.model)
-        outcome.mode = self._modes.get(endpoint, MODES[0])
+        provider = self.provider(spec.base_url)
+        endpoint = endpoint_key(self.base_url(spec.base_url), spec.model)
+        outcome.mode = self._modes.get(endpoint, provider.first_mode)
+        client = self.client_for(spec)
         conversation = list(messages)
+        estimate = sum(len(m["content"]) for m in messages) // 4 + spec.max_tokens
+
+        def step_down() -> bool:
+            if outcome.mode == MODES[-1]:
+                return False
+            outcome.mode = self._modes[endpoint] = MODES[MODES.index(outcome.mode) + 1]
+            return True
+
+        async def send() -> tuple[ChatCompletion | None, Verdict | None]:
+            try:
+                # The SDK's low-level post: same transport, errors and response model as
+                # chat.completions.create, without its recursive re-typing of the request
+                # body, a third of the client's CPU per call at 200 calls/s.
+                body = self._request_args(spec, conversation, outcome.mode)
+                return await client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion
+                ), None
+            except openai.APIError as exc:
+                return None, classify(exc, provider)
+
         for repair in (False, True):
-            content = await self._request(spec, conversation, outcome, endpoint, slot)
-            if outcome.error or outcome.deferred:
+            response = await self.with_retries(
+                endpoint, spec.model, estimate, send, outcome, slot, step_down
+            )
+            if response is None:
                 return outcome
+            _add_usage(outcome, response.usage)
+            content = response.choices[0].message.content if response.choices else None
             parsed, problem = _parse(spec, content)
             if parsed is not None:
                 outcome.output = parsed
@@ -275,16 +229,20 @@ class JudgeClient:
             "response_format": response_format,
         }
 
-    async def _request(
+    async def with_retries(
         self,
-        spec: JudgeSpec,
-        messages: list[dict[str, str]],
-        outcome: CallOutcome,
         endpoint: str,
+        model: str,
+        estimate: int,
+        send: Send[Result],
+        outcome: CallOutcome,
         slot: asyncio.Semaphore | None,
-    ) -> str | None:
-        estimate = sum(len(m["content"]) for m in messages) // 4 + spec.max_tokens
-        client = self.client_for(spec)
+        step_down: Callable[[], bool] | None = None,
+    ) -> Result | None:
+        """``send``'s result, after at most ``judge_max_attempts`` requests; None when the
+        outcome ended as an error or deferred (``outcome`` says which, and why). ``step_down``:
+        switch to the next structured-output mode after a ``SchemaUnsupported`` (False: none
+        left)."""
         attempts_here = 0
         half_open_waited = 0.0
         while attempts_here < self.settings.judge_max_attempts:
@@ -295,25 +253,15 @@ class JudgeClient:
                 # pause and the breaker as they are when it can go, not as they were when it
                 # began to wait (hundreds of calls went out after the breaker had opened).
                 # The pause first, so no probe token is taken for a call that would not go out.
-                paused_s = await self.limiter.paused_for(spec.model)
+                paused_s = await self.limiter.paused_for(model)
                 if paused_s <= 0:
                     admission = await self.breaker.admit(endpoint)
                 if paused_s <= 0 and admission.wait_s <= 0:
                     attempts_here += 1
                     outcome.attempts += 1
-                    await self.limiter.acquire(spec.model, estimate)
+                    await self.limiter.acquire(model, estimate)
                     started = time.perf_counter()
-                    try:
-                        # The SDK's low-level post: same transport, errors and response model
-                        # as chat.completions.create, without its recursive re-typing of the
-                        # request body, a third of the client's CPU per call at 200 calls/s.
-                        response = await client.post(
-                            "/chat/completions",
-                            body=self._request_args(spec, messages, outcome.mode),
-                            cast_to=ChatCompletion,
-                        )
-                    except openai.APIError as exc:
-                        verdict = classify(exc)
+                    result, verdict = await send()
             if paused_s > 0:
                 # Another worker's 429: the whole fleet waits it out.
                 if not await self._wait(outcome, paused_s, DEFER_RATE_LIMITED):
@@ -334,10 +282,7 @@ class JudgeClient:
                 outcome.latency_ms += (time.perf_counter() - started) * 1000
                 outcome.error = None
                 await self.breaker.record(endpoint, ok=True, probe=admission.probe)
-                if response.usage is not None:
-                    outcome.input_tokens += response.usage.prompt_tokens
-                    outcome.output_tokens += response.usage.completion_tokens
-                return response.choices[0].message.content if response.choices else None
+                return result
             if isinstance(verdict, Transient):
                 await self.breaker.record(endpoint, ok=False, probe=admission.probe)
             elif admission.probe:
@@ -347,9 +292,7 @@ class JudgeClient:
             # 429s are not breaker failures: they are the provider's rate signal, answered by the
             # fleet-wide pause below; counting them would open the breaker because of our own
             # pace and stop the fleet for a cool-down on top of the pause the provider asked for.
-            if isinstance(verdict, SchemaUnsupported) and outcome.mode != MODES[-1]:
-                outcome.mode = MODES[MODES.index(outcome.mode) + 1]
-                self._modes[endpoint] = outcome.mode
+            if isinstance(verdict, SchemaUnsupported) and step_down is not None and step_down():
                 attempts_here -= 1  # a mode switch is not a failure
                 continue
             if isinstance(verdict, Permanent | SchemaUnsupported):
@@ -358,7 +301,7 @@ class JudgeClient:
             if isinstance(verdict, RetryAfter):
                 wait_s, why = verdict.seconds or self._backoff(attempts_here), DEFER_RATE_LIMITED
                 if verdict.seconds:
-                    await self.limiter.pause(spec.model, verdict.seconds)
+                    await self.limiter.pause(model, verdict.seconds)
                     wait_s = 0.0  # the pause at the top of the loop is this call's wait too
             else:
                 if verdict.reason is not None:
@@ -387,6 +330,77 @@ class JudgeClient:
             return False
         await asyncio.sleep(wait_s)
         return True
+
+    def policed_http_client(self, default_model: str) -> httpx.AsyncClient:
+        """An httpx client for an SDK that makes its own requests (RAGAS): every request goes
+        through ``with_retries`` — the limiter, the breaker, Retry-After, backoff, the in-flight
+        slot — on the outcome and slot of the evaluation it belongs to (``POLICED``). A request
+        the policy gives up on raises ``PolicyStopped`` (the SDK wraps it in its connection
+        error), which the evaluation reads back as deferred or failed."""
+        return DefaultAsyncHttpxClient(
+            transport=_PolicedTransport(self, httpx.AsyncHTTPTransport(), default_model)
+        )
+
+
+class _PolicedTransport(httpx.AsyncBaseTransport):
+    def __init__(self, client: JudgeClient, inner: httpx.AsyncBaseTransport, model: str) -> None:
+        self.client, self.inner, self.model = client, inner, model
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        policed = POLICED.get() or Policed(CallOutcome(), None)
+        outcome = policed.outcome
+        if outcome.deferred:  # an SDK retrying on its own: the evaluation already waits
+            raise PolicyStopped(outcome)
+        content = await request.aread()
+        body = json.loads(content or b"{}")
+        model = str(body.get("model") or self.model)
+        endpoint = endpoint_key(self.client.base_url(), model)
+        provider = self.client.provider()
+        estimate = len(content) // 4 + int(body.get("max_tokens") or 0)
+
+        async def send() -> tuple[httpx.Response | None, Verdict | None]:
+            try:
+                response = await self.inner.handle_async_request(request)
+            except httpx.TimeoutException:
+                return None, classify(openai.APITimeoutError(request=request), provider)
+            except httpx.TransportError as exc:
+                message = str(exc) or type(exc).__name__
+                return None, classify(
+                    openai.APIConnectionError(message=message, request=request), provider
+                )
+            response.request = request  # the SDK's error types read it
+            await response.aread()
+            if response.status_code >= 400:
+                return None, classify(status_error(response), provider)
+            return response, None
+
+        response = await self.client.with_retries(
+            endpoint, model, estimate, send, outcome, policed.slot
+        )
+        if response is None:
+            raise PolicyStopped(outcome)
+        usage = response.json().get("usage") if response.content else None
+        if isinstance(usage, dict):
+            _add_usage_dict(outcome, usage)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _add_usage(outcome: CallOutcome, usage: CompletionUsage | None) -> None:
+    if usage is not None:
+        _add_usage_dict(outcome, usage.model_dump())
+
+
+def _add_usage_dict(outcome: CallOutcome, usage: dict[str, Any]) -> None:
+    """Token counts from an OpenAI-protocol ``usage`` (chat or embeddings); the cached part of the
+    prompt where the server reports it (``prompt_tokens_details.cached_tokens``)."""
+    outcome.input_tokens += int(usage.get("prompt_tokens") or 0)
+    outcome.output_tokens += int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        outcome.cached_tokens += int(details.get("cached_tokens") or 0)
 
 
 def _defer(outcome: CallOutcome, wait_s: float, why: str) -> None:

@@ -4,6 +4,13 @@ A judge file is the unit of review and versioning: prompt templates, model setti
 output schema. Trace text is untrusted data: templates must pass it through the ``fence``
 filter, which wraps it in markers the instructions point at and neutralises look-alike markers
 inside the text, so an answer cannot close the fence and speak as the instructions.
+
+A judge has a level (``level:``): ``turn`` (each trace, the default), ``trajectory`` (traces
+with agent steps) or ``session`` (completed sessions, ``session:<digest>`` traces); its
+``applies_when`` keeps it to those, and turn and trajectory judges never see a session.
+Templates may print ``{{ messages }}`` and ``{{ steps }}``, the conversation and the trajectory
+as compact text within ``EVALFLEET_JUDGE_TRANSCRIPT_CHARS`` (``judging.transcript`` has the
+format and the truncation rule), fenced like every trace text.
 """
 
 from __future__ import annotations
@@ -21,11 +28,29 @@ from typing import Any, Literal
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from evaluator.evaluators.pii import redact_pii
 from evaluator.judging.ragas import RAGAS, RagasSpec, ragas_installed
-from evaluator.models import Severity, Trace, describe_validation_error
+from evaluator.judging.transcript import DEFAULT_TRANSCRIPT_CHARS, render_transcript
+from evaluator.models import (
+    SESSION_SUBJECT_PREFIX,
+    Level,
+    Message,
+    Severity,
+    Step,
+    Trace,
+    describe_validation_error,
+    is_session_subject,
+)
 from evaluator.resources import resource
 from evaluator.settings import Settings
 from evaluator.trust.golden import default_golden_dir, few_shot_examples
@@ -91,9 +116,17 @@ class AppliesWhen(BaseModel):
     has_reference: bool | None = None
     has_input: bool | None = None
     features: list[str] | None = None
+    # Metadata keys the trace must carry, e.g. [response_b] for the pairwise judge.
+    has_metadata: list[str] | None = None
+
+    # The judge's level (JudgeSpec.level), set by its JudgeSpec: every caller of why_not
+    # (sampler, re-evaluation, calibration) then keeps each level to its own subjects.
+    _level: Level = PrivateAttr(default=Level.TURN)
 
     def why_not(self, trace: Trace) -> str | None:
         """None when the judge applies to ``trace``, else the reason it does not."""
+        if (wrong_level := level_mismatch(self._level, trace)) is not None:
+            return wrong_level
         checks = [
             (self.has_contexts, bool(trace.contexts), "retrieved contexts"),
             (self.has_reference, trace.reference is not None, "a reference answer"),
@@ -104,6 +137,9 @@ class AppliesWhen(BaseModel):
                 return f"needs {what}" if wanted else f"only for traces without {what}"
         if self.features is not None and trace.feature not in self.features:
             return f"feature {trace.feature!r} not in {self.features}"
+        missing = [key for key in self.has_metadata or () if key not in trace.metadata]
+        if missing:
+            return f"needs metadata {', '.join(missing)}"
         return None
 
 
@@ -130,6 +166,11 @@ class JudgeSpec(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=16, le=16_384)
     severity: Severity = Severity.HIGH
+    level: Level = Field(
+        default=Level.TURN,
+        description="turn: each trace; trajectory: traces with agent steps; session: completed "
+        "sessions (their templates use {{ messages }} and {{ steps }}).",
+    )
     applies_when: AppliesWhen = AppliesWhen()
     system: str
     user: str
@@ -143,6 +184,12 @@ class JudgeSpec(BaseModel):
         description="Labelled examples from the golden set in the prompt (disagreements first); "
         "the user template prints them with {{ examples | fence_each('example') }}.",
     )
+
+    @model_validator(mode="after")
+    def _bind_level(self) -> JudgeSpec:
+        self.applies_when = self.applies_when.model_copy()
+        self.applies_when._level = self.level
+        return self
 
     @model_validator(mode="after")
     def _schema_rules(self) -> JudgeSpec:
@@ -309,23 +356,87 @@ def _template_variables(trace: Trace, redact: bool, examples: list[str]) -> dict
         "reference": clean(trace.reference) if trace.reference is not None else None,
         "metadata": {k: clean(json.dumps(v)) for k, v in trace.metadata.items()},
         "examples": [clean(e) for e in examples],
+        # The other answer of a pairwise comparison, as text (``metadata`` holds it as JSON).
+        "response_b": clean(_response_b(trace)) if "response_b" in trace.metadata else None,
     }
 
 
+def _response_b(trace: Trace) -> str:
+    value = trace.metadata["response_b"]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def render_messages(
-    spec: JudgeSpec, trace: Trace, redact: bool = False, golden_dir: Path | None = None
+    spec: JudgeSpec,
+    trace: Trace,
+    redact: bool = False,
+    golden_dir: Path | None = None,
+    transcript_chars: int = DEFAULT_TRANSCRIPT_CHARS,
 ) -> list[dict[str, str]]:
     """Chat messages for ``trace``: the static system prompt first (prefix caching), then data
-    (with ``few_shot`` labelled examples from ``golden_dir`` when the judge asks for them)."""
+    (with ``few_shot`` labelled examples from ``golden_dir`` when the judge asks for them).
+    ``transcript_chars``: the budget of ``{{ messages }}`` and of ``{{ steps }}`` each."""
     examples = few_shot_examples(
         spec.name, spec.few_shot, trace.trace_id, golden_dir or default_golden_dir()
     )
     try:
         system = _template(spec.system).render()
-        user = _template(spec.user).render(**_template_variables(trace, redact, examples))
+        variables = _template_variables(trace, redact, examples)
+        if _uses_transcript(spec.user):
+            variables.update(_transcript_variables(trace, redact, transcript_chars))
+        user = _template(spec.user).render(**variables)
     except TemplateError as exc:
         raise JudgeFileError(f"{spec.name}.yaml: template error: {exc}") from exc
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+# -- levels: trajectories and sessions ----------------------------------------------------------
+
+
+def is_session_trace(trace: Trace) -> bool:
+    """A completed session as one Trace (``evaluator.sessions.conversation.session_trace``)."""
+    return is_session_subject(trace.trace_id)
+
+
+def level_mismatch(level: Level, trace: Trace) -> str | None:
+    """Why a judge of ``level`` does not apply to ``trace``, or None: a trajectory judge needs
+    steps, a session judge a session trace, and only session judges see session traces."""
+    session = is_session_trace(trace)
+    if level is Level.SESSION:
+        return None if session else "a session judge: only for completed sessions"
+    if session:
+        return f"a {level.value} judge: not for sessions"
+    if level is Level.TRAJECTORY and not trace.steps:
+        return "a trajectory judge: needs agent steps"
+    return None
+
+
+def judge_level(spec: Judge) -> Level:
+    return spec.level if isinstance(spec, JudgeSpec) else Level.TURN
+
+
+def evaluation_spec(spec: Judge, trace: Trace) -> Judge:
+    """The judge as it evaluates ``trace``: for a session trace, its version is the judge's
+    version and the session's (``<judge version>/<session version>``), the rule the session
+    heuristics' ledger rows follow. A session re-opened by a late turn holds other turns, so a
+    new version: new score ids, a new ledger row, a new judge call row, a new evaluation beside
+    the first; a repeated hand-off of the same version lands on the same ids (upserts, and a
+    ledger row that only moves forward), so it duplicates nothing."""
+    version = trace.metadata.get("session_version") if is_session_trace(trace) else None
+    if not isinstance(spec, JudgeSpec) or not isinstance(version, str):
+        return spec
+    return spec.model_copy(update={"version": f"{spec.version}/{version}"})
+
+
+def _uses_transcript(template: str) -> bool:
+    return "messages" in template or "steps" in template
+
+
+def _transcript_variables(trace: Trace, redact: bool, budget: int) -> dict[str, Any]:
+    """``messages`` and ``steps`` as compact, truncated text (``judging.transcript``), each
+    printed through ``fence`` like the rest of the trace."""
+    messages, steps = render_transcript(trace, budget, redact_pii if redact else None)
+    return {"messages": Untrusted(messages), "steps": Untrusted(steps)}
 
 
 # -- validation and the lock file -------------------------------------------------------------
@@ -337,6 +448,22 @@ _SAMPLE = Trace(
     output=f"answer {_CANARY}",
     contexts=[f"context one {_CANARY}", f"context two {_CANARY}"],
     reference=f"reference {_CANARY}",
+    metadata={"response_b": f"answer b {_CANARY}"},
+)
+_LEVEL_SAMPLE = _SAMPLE.model_copy(
+    update={
+        "messages": [
+            Message(role="user", content=f"question {_CANARY}"),
+            Message(role="assistant", content=f"answer {_CANARY}"),
+        ],
+        "steps": [Step(id="s1", kind="tool", name="search", arguments={"q": _CANARY})],
+    }
+)
+_SESSION_SAMPLE = _LEVEL_SAMPLE.model_copy(
+    update={
+        "trace_id": f"{SESSION_SUBJECT_PREFIX}validate",
+        "metadata": {**_SAMPLE.metadata, "session_version": "v"},
+    }
 )
 _FENCED_BLOCK = re.compile(r'<untrusted-data name="[^"]*">\n.*?\n</untrusted-data>', re.DOTALL)
 
@@ -345,7 +472,8 @@ def validate_judge(spec: JudgeSpec) -> list[str]:
     """Problems that parsing alone does not catch: templates, fencing, the output schema."""
     problems = []
     try:
-        messages = render_messages(spec, _SAMPLE)
+        sample = {Level.SESSION: _SESSION_SAMPLE, Level.TRAJECTORY: _LEVEL_SAMPLE}
+        messages = render_messages(spec, sample.get(spec.level, _SAMPLE))
     except JudgeFileError as exc:
         return [str(exc)]
     if _CANARY in _FENCED_BLOCK.sub("", messages[1]["content"]):

@@ -2,27 +2,26 @@
 
 Runs faithfulness and response relevancy, plus context precision and recall when the trace has
 a reference, against the same OpenAI-compatible endpoint as the judges. Every HTTP request
-RAGAS makes goes through an httpx hook that waits on the fleet-wide rate limiter, and every
-response's token usage is added to the evaluation's cost, so RAGAS is metered like any judge.
+RAGAS makes goes through the judges' transport (``JudgeClient.policed_http_client``): the same
+limiter, breaker, error classifier and retries, an in-flight slot held only while a request is
+out, and its token usage added to the evaluation's cost, so RAGAS is metered like any judge.
 RAGAS telemetry is switched off before the import (it posts to its vendor on every call).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace, stable_id
-from evaluator.settings import Settings
+import httpx
+
+from evaluator.judging.outcome import stopped_by_policy
+from evaluator.models import Score, ScoreStatus, ScoreType, Severity, Trace
 
 RAGAS = "ragas"
-_usage: ContextVar[dict[str, int] | None] = ContextVar("ragas_usage", default=None)
 
 
 class RagasApplies:
@@ -62,14 +61,26 @@ def ragas_installed() -> bool:
         return False
 
 
+# Per metric: its value, or the reason it has none.
+MetricResults = dict[str, tuple[float | None, str | None]]
+
+
 class RagasRunner:
-    """RAGAS metric objects for one event loop, sharing a metered OpenAI client."""
+    """RAGAS metric objects for one event loop, sharing one OpenAI client whose HTTP client is
+    the judges' policed one (``JudgeClient.policed_http_client``): every request RAGAS makes,
+    chat or embeddings, meets the fleet-wide limiter, breaker and retry policy, and its usage
+    is counted on the evaluation's outcome."""
 
     def __init__(
-        self, spec: RagasSpec, settings: Settings, base_url: str | None, api_key: str, limiter: Any
+        self,
+        spec: RagasSpec,
+        base_url: str | None,
+        api_key: str,
+        http_client: httpx.AsyncClient,
+        timeout_s: float,
     ) -> None:
         os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        from openai import AsyncOpenAI
         from ragas.embeddings import OpenAIEmbeddings
         from ragas.llms import llm_factory
         from ragas.metrics.collections import (
@@ -80,30 +91,12 @@ class RagasRunner:
         )
 
         self.spec = spec
-        self.settings = settings
-
-        async def before(request: Any) -> None:  # httpx.Request
-            body = json.loads(request.content or b"{}")
-            estimate = len(request.content or b"") // 4 + int(body.get("max_tokens") or 0)
-            await limiter.acquire(str(body.get("model", spec.model)), estimate)
-
-        async def after(response: Any) -> None:  # httpx.Response
-            await response.aread()
-            usage, counter = response.json().get("usage") or {}, _usage.get()
-            if counter is not None and response.is_success:
-                counter["calls"] += 1
-                counter["input"] += int(usage.get("prompt_tokens") or 0)
-                counter["output"] += int(usage.get("completion_tokens") or 0)
-
-        http_client = DefaultAsyncHttpxClient(
-            event_hooks={"request": [before], "response": [after]}
-        )
         self.client = AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "unset",
             http_client=http_client,
-            timeout=settings.judge_timeout_s,
-            max_retries=2,
+            timeout=timeout_s,
+            max_retries=0,  # the policy's retries, not the SDK's
         )
         llm = llm_factory(spec.model, client=self.client)
         embeddings = OpenAIEmbeddings(client=self.client, model=spec.embedding_model)
@@ -115,106 +108,62 @@ class RagasRunner:
     async def close(self) -> None:
         await self.client.close()
 
-    async def _metrics(self, trace: Trace) -> dict[str, Any]:
-        """Metric name -> coroutine, for the metrics this trace supports."""
-        metrics = {
-            "faithfulness": self.faithfulness.ascore(
+    def _metrics(self, trace: Trace) -> dict[str, Callable[[], Awaitable[Any]]]:
+        """Metric name -> its scoring call, for the metrics this trace supports."""
+        metrics: dict[str, Callable[[], Awaitable[Any]]] = {
+            "faithfulness": lambda: self.faithfulness.ascore(
                 user_input=trace.input, response=trace.output, retrieved_contexts=trace.contexts
             ),
-            "answer_relevancy": self.relevancy.ascore(
+            "answer_relevancy": lambda: self.relevancy.ascore(
                 user_input=trace.input, response=trace.output
             ),
         }
         if trace.reference is not None:
-            metrics["context_precision"] = self.precision.ascore(
-                user_input=trace.input, reference=trace.reference, retrieved_contexts=trace.contexts
+            reference = trace.reference
+            metrics["context_precision"] = lambda: self.precision.ascore(
+                user_input=trace.input, reference=reference, retrieved_contexts=trace.contexts
             )
-            metrics["context_recall"] = self.recall.ascore(
-                user_input=trace.input, retrieved_contexts=trace.contexts, reference=trace.reference
+            metrics["context_recall"] = lambda: self.recall.ascore(
+                user_input=trace.input, retrieved_contexts=trace.contexts, reference=reference
             )
         return metrics
 
-    async def evaluate(self, trace: Trace) -> tuple[list[Score], dict[str, Any]]:
-        """Scores (an error Score per failed metric) and the call row with tokens and cost."""
-        counter = {"calls": 0, "input": 0, "output": 0}
-        token = _usage.set(counter)
-        started = time.perf_counter()
-        results: dict[str, tuple[float | None, str | None]] = {}
-        try:
-            for name, pending in (await self._metrics(trace)).items():
-                try:
-                    result = await pending
-                    results[name] = (float(result.value), None)
-                except Exception as exc:
-                    results[name] = (None, f"{type(exc).__name__}: {exc}"[:500])
-        finally:
-            _usage.reset(token)
-        latency_ms = (time.perf_counter() - started) * 1000
-        return self._scores(trace, results, counter, latency_ms), self._call(
-            trace, counter, latency_ms, results
-        )
+    async def evaluate(self, trace: Trace) -> MetricResults:
+        """Each metric's value, or its error; stops at the first request the retry policy
+        deferred (the evaluation is then deferred as a whole, ``POLICED``'s outcome says so)."""
+        results: MetricResults = {}
+        for name, score in self._metrics(trace).items():
+            try:
+                results[name] = (float((await score()).value), None)
+            except Exception as exc:
+                stopped = stopped_by_policy(exc)
+                if stopped is not None and stopped.outcome.deferred:
+                    break
+                reason = stopped.outcome.error if stopped is not None else None
+                results[name] = (None, (reason or f"{type(exc).__name__}: {exc}")[:500])
+        return results
 
-    def _cost(self, counter: dict[str, int]) -> float | None:
-        return self.settings.cost_usd(self.spec.model, counter["input"], counter["output"])
 
-    def _scores(
-        self,
-        trace: Trace,
-        results: dict[str, tuple[float | None, str | None]],
-        counter: dict[str, int],
-        latency_ms: float,
-    ) -> list[Score]:
-        details = {
-            "judge": RAGAS,
-            "judge_version": self.spec.version,
-            "model": self.spec.model,
-            "call_input_tokens": counter["input"],
-            "call_output_tokens": counter["output"],
-            "calls": counter["calls"],
-            "call_cost_usd": self._cost(counter),
-            "latency_ms": round(latency_ms, 1),
-        }
-        scores = []
-        for name, (value, error) in results.items():
-            threshold = self.spec.thresholds.get(name)
-            scores.append(
-                Score.for_trace(
-                    trace.trace_id,
-                    RAGAS,
-                    self.spec.version,
-                    name,
-                    data_type=ScoreType.NUMERIC,
-                    value=value,
-                    status=ScoreStatus.ERROR if error else ScoreStatus.OK,
-                    passed=None if value is None or threshold is None else value >= threshold,
-                    severity=Severity.HIGH if threshold is not None else Severity.LOW,
-                    reason=error or f"RAGAS {name}",
-                    metadata=details,
-                )
+def ragas_scores(
+    spec: RagasSpec, trace: Trace, results: MetricResults, details: dict[str, Any]
+) -> list[Score]:
+    """One Score per metric (an error Score for a metric without a value)."""
+    scores = []
+    for name, (value, error) in results.items():
+        threshold = spec.thresholds.get(name)
+        scores.append(
+            Score.for_trace(
+                trace.trace_id,
+                RAGAS,
+                spec.version,
+                name,
+                data_type=ScoreType.NUMERIC,
+                value=value,
+                status=ScoreStatus.ERROR if error else ScoreStatus.OK,
+                passed=None if value is None or threshold is None else value >= threshold,
+                severity=Severity.HIGH if threshold is not None else Severity.LOW,
+                reason=error or f"RAGAS {name}",
+                metadata=details,
             )
-        return scores
-
-    def _call(
-        self,
-        trace: Trace,
-        counter: dict[str, int],
-        latency_ms: float,
-        results: dict[str, tuple[float | None, str | None]],
-    ) -> dict[str, Any]:
-        errors = [e for _, e in results.values() if e]
-        return {
-            "id": stable_id(trace.trace_id, RAGAS, self.spec.version, "call"),
-            "trace_id": trace.trace_id,
-            "judge": RAGAS,
-            "judge_version": self.spec.version,
-            "model": self.spec.model,
-            "input_tokens": counter["input"],
-            "output_tokens": counter["output"],
-            "cost_usd": self._cost(counter),
-            "latency_ms": latency_ms,
-            "attempts": counter["calls"],
-            "mode": "json_object",
-            "status": "error" if errors else "ok",
-            "error": errors[0] if errors else None,
-            "created_at": datetime.now(UTC),
-        }
+        )
+    return scores

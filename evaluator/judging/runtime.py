@@ -1,5 +1,6 @@
-"""LLM-as-judge: render a judge file for a trace, call any OpenAI-compatible endpoint, parse the
-structured output into Scores.
+"""Judges as evaluators: a judge file (``LLMJudge``: render it for a trace, call any
+OpenAI-compatible endpoint, parse the structured output into Scores) or RAGAS (``RagasJudge``),
+behind one protocol (``JudgeEvaluator``) and one transport (``judging/client.py``).
 
 Failures come back as data, never as an exception loop:
 * 429 / 5xx / timeouts / connection errors: retried with full jitter (no in-flight slot held
@@ -11,8 +12,10 @@ Failures come back as data, never as an exception loop:
 * output that fails its schema: one repair request; then a ``status=error`` Score with the reason.
 * other 4xx (bad key, unknown model): a ``status=error`` Score.
 
-The transport — clients, limiter, breaker, the retry policy and its error classifier — is
-``judging/client.py``; this module renders, judges and builds Scores and call rows.
+The transport — clients, limiter, breaker, the retry policy and its error classifier per
+provider — is ``judging/client.py`` and ``judging/providers.py``; this module holds the
+evaluators, the Scores and cost records (``JudgeCall``) they produce, and the event loops that
+run them.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from evaluator.judging.client import CallOutcome, JudgeClient
+from evaluator.judging.client import JudgeClient
 from evaluator.judging.files import Judge, JudgeSpec, render_messages
 from evaluator.judging.limits import BACKFILL, BreakerPolicy, CircuitBreaker, RateLimiter
-from evaluator.judging.ragas import RagasRunner, RagasSpec
+from evaluator.judging.outcome import POLICED, CallOutcome, Policed
+from evaluator.judging.ragas import RagasRunner, RagasSpec, ragas_scores
 from evaluator.models import (
+    JudgeCall,
     Score,
     ScoreStatus,
     ScoreType,
@@ -39,49 +44,65 @@ from evaluator.models import (
     stable_id,
 )
 from evaluator.ops import logs
-from evaluator.settings import Settings
+from evaluator.settings import JudgeSettings, Settings
 
 
 @dataclass
 class JudgeResult:
+    """One judge's evaluation of one trace: its scores (none when deferred) and what it cost."""
+
     scores: list[Score]
-    call: dict[str, Any]
+    call: JudgeCall
     deferred: bool = False
     defer_s: float = 0.0
     defer_reason: str = ""
 
 
-@dataclass
-class JudgeRuntime(JudgeClient):
-    """The judges of one event loop: the transport (``JudgeClient``) and RAGAS on the same
-    limiter; ``judge`` renders a judge file for a trace and turns the outcome into Scores."""
+class JudgeEvaluator(Protocol):
+    """An evaluator whose verdicts come from a model: an LLM judge file, RAGAS. Like the
+    heuristics (``evaluators.base.Evaluator``) it turns a trace into scores and never raises for
+    the endpoint's errors; unlike them it is asynchronous, reports its cost, and may be
+    *deferred* when the endpoint is unavailable. ``transport`` is the event loop's
+    ``JudgeClient`` (limiter, breaker, retry policy); ``slot`` the in-flight limit."""
 
-    _ragas: RagasRunner | None = None
+    @property
+    def name(self) -> str: ...
 
-    async def close(self) -> None:
-        await super().close()
-        if self._ragas is not None:
-            await self._ragas.close()
+    @property
+    def version(self) -> str: ...
 
-    async def judge_ragas(self, spec: RagasSpec, trace: Trace) -> JudgeResult:
-        if self._ragas is None:
-            self._ragas = RagasRunner(
-                spec, self.settings, self.settings.judge_base_url, self._api_key(None), self.limiter
-            )
-        scores, call = await self._ragas.evaluate(trace)
-        return JudgeResult(scores=scores, call=call)
+    async def evaluate(
+        self, trace: Trace, transport: JudgeClient, slot: asyncio.Semaphore | None
+    ) -> JudgeResult: ...
 
-    async def judge(
-        self, spec: JudgeSpec, trace: Trace, slot: asyncio.Semaphore | None = None
+
+@dataclass(frozen=True)
+class LLMJudge:
+    """A judge file as an evaluator: render it for the trace, one structured call, one Score
+    per output field."""
+
+    spec: JudgeSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    async def evaluate(
+        self, trace: Trace, transport: JudgeClient, slot: asyncio.Semaphore | None
     ) -> JudgeResult:
-        """``slot``: the in-flight limit, held while a request is out (not while backing off)."""
+        settings = transport.settings
         messages = render_messages(
-            spec, trace, self.settings.judge_redact_pii, self.settings.golden_dir
-        )
-        outcome = await self.call(spec, messages, slot)
-        call = call_row(spec, trace, outcome, self.settings)
+            self.spec, trace, settings.judge_redact_pii, settings.golden_dir,
+            settings.judge_transcript_chars,
+        )  # fmt: skip
+        outcome = await transport.call(self.spec, messages, slot)
+        call = judge_call(self.spec, trace.trace_id, outcome, settings)
         return JudgeResult(
-            scores=[] if outcome.deferred else judge_scores(spec, trace, outcome, call),
+            scores=[] if outcome.deferred else judge_scores(self.spec, trace, outcome, call),
             call=call,
             deferred=outcome.deferred,
             defer_s=outcome.defer_s,
@@ -89,44 +110,57 @@ class JudgeRuntime(JudgeClient):
         )
 
 
-def call_row(
-    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, settings: Settings
-) -> dict[str, Any]:
+def judge_call(
+    spec: JudgeSpec | RagasSpec, trace_id: str, outcome: CallOutcome, settings: JudgeSettings
+) -> JudgeCall:
+    """The cost record of one evaluation (every request of it, the repair round too)."""
+    return JudgeCall(
+        id=stable_id(trace_id, spec.name, spec.version, "call"),
+        trace_id=trace_id,
+        judge=spec.name,
+        judge_version=spec.version,
+        model=spec.model,
+        input_tokens=outcome.input_tokens,
+        output_tokens=outcome.output_tokens,
+        cached_tokens=outcome.cached_tokens,
+        cost_usd=settings.cost_usd(
+            spec.model, outcome.input_tokens, outcome.output_tokens, outcome.cached_tokens
+        ),
+        latency_ms=outcome.latency_ms,
+        attempts=outcome.attempts,
+        mode=outcome.mode,
+        status="deferred" if outcome.deferred else ("error" if outcome.error else "ok"),
+        error=outcome.error,
+        created_at=datetime.now(UTC),
+    )
+
+
+def call_details(spec: JudgeSpec | RagasSpec, call: JudgeCall) -> dict[str, Any]:
+    """What each score of a judge evaluation says about the call that produced it."""
     return {
-        "id": stable_id(trace.trace_id, spec.name, spec.version, "call"),
-        "trace_id": trace.trace_id,
         "judge": spec.name,
         "judge_version": spec.version,
         "model": spec.model,
-        "input_tokens": outcome.input_tokens,
-        "output_tokens": outcome.output_tokens,
-        "cost_usd": settings.cost_usd(spec.model, outcome.input_tokens, outcome.output_tokens),
-        "latency_ms": outcome.latency_ms,
-        "attempts": outcome.attempts,
-        "mode": outcome.mode,
-        "status": "deferred" if outcome.deferred else ("error" if outcome.error else "ok"),
-        "error": outcome.error,
-        "created_at": datetime.now(UTC),
+        "call_input_tokens": call.input_tokens,
+        "call_output_tokens": call.output_tokens,
+        "call_cached_tokens": call.cached_tokens,
+        "call_cost_usd": call.cost_usd,
+        "latency_ms": round(call.latency_ms, 1),
+        "attempts": call.attempts,
+        "mode": call.mode,
     }
 
 
 def judge_scores(
-    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, call: dict[str, Any]
+    spec: JudgeSpec, trace: Trace, outcome: CallOutcome, call: JudgeCall
 ) -> list[Score]:
     """One Score per output field (an error Score for the judge when there is no output).
 
-    Each carries the call's tokens and cost from ``call`` (the judge_calls row)."""
-    details = {
-        "judge": spec.name,
-        "judge_version": spec.version,
-        "model": spec.model,
-        "call_input_tokens": call["input_tokens"],
-        "call_output_tokens": call["output_tokens"],
-        "call_cost_usd": call["cost_usd"],
-        "latency_ms": round(outcome.latency_ms, 1),
-        "attempts": outcome.attempts,
-        "mode": outcome.mode,
-    }
+    Each carries the call's tokens and cost (``call_details``), and a session's version (which
+    turns it held) when the trace is a session."""
+    details = call_details(spec, call)
+    if "session_version" in trace.metadata:
+        details["session_version"] = trace.metadata["session_version"]
     if outcome.output is None:
         return [
             Score.for_trace(
@@ -137,6 +171,7 @@ def judge_scores(
                 status=ScoreStatus.ERROR,
                 reason=outcome.error or "no output",
                 metadata=details,
+                level=spec.level,
             )
         ]
     values = outcome.output.model_dump()
@@ -161,12 +196,93 @@ def judge_scores(
                 severity=spec.severity if threshold is not None else Severity.LOW,
                 reason=reasoning,
                 metadata=details,
+                level=spec.level,
             )
         )
     return scores
 
 
-def breaker_policy(settings: Settings) -> BreakerPolicy:
+@dataclass
+class RagasJudge:
+    """RAGAS as an evaluator: its metrics, their requests made through the transport's retry
+    policy (``JudgeClient.policed_http_client``), holding the in-flight slot only while a
+    request is out. One per event loop (its SDK client belongs to the loop)."""
+
+    spec: RagasSpec
+    _runner: RagasRunner | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    async def evaluate(
+        self, trace: Trace, transport: JudgeClient, slot: asyncio.Semaphore | None
+    ) -> JudgeResult:
+        if self._runner is None:
+            self._runner = RagasRunner(
+                self.spec,
+                transport.base_url(),
+                transport.api_key(None),
+                transport.policed_http_client(self.spec.model),
+                transport.settings.judge_timeout_s,
+            )
+        outcome = CallOutcome(mode="ragas")
+        token = POLICED.set(Policed(outcome, slot))
+        try:
+            results = await self._runner.evaluate(trace)
+        finally:
+            POLICED.reset(token)
+        call = judge_call(self.spec, trace.trace_id, outcome, transport.settings)
+        if outcome.deferred:
+            return JudgeResult([], call, True, outcome.defer_s, outcome.defer_reason)
+        errors = [error for _, error in results.values() if error]
+        if errors and call.status == "ok":
+            call = call.model_copy(update={"status": "error", "error": errors[0]})
+        return JudgeResult(
+            ragas_scores(self.spec, trace, results, call_details(self.spec, call)), call
+        )
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.close()
+
+
+def judge_for(spec: Judge) -> JudgeEvaluator:
+    """The evaluator for a registered judge (a judge file, or RAGAS)."""
+    return RagasJudge(spec) if isinstance(spec, RagasSpec) else LLMJudge(spec)
+
+
+@dataclass
+class JudgeRuntime(JudgeClient):
+    """The judges of one event loop: the transport (``JudgeClient``) and one evaluator per
+    judge, built on first use."""
+
+    _evaluators: dict[tuple[str, str], JudgeEvaluator] = field(default_factory=dict)
+
+    def evaluator(self, spec: Judge) -> JudgeEvaluator:
+        key = (spec.name, spec.version)
+        if key not in self._evaluators:
+            self._evaluators[key] = judge_for(spec)
+        return self._evaluators[key]
+
+    async def judge(
+        self, spec: Judge, trace: Trace, slot: asyncio.Semaphore | None = None
+    ) -> JudgeResult:
+        """``slot``: the in-flight limit, held while a request is out (not while backing off)."""
+        return await self.evaluator(spec).evaluate(trace, self, slot)
+
+    async def close(self) -> None:
+        await super().close()
+        for evaluator in self._evaluators.values():
+            if isinstance(evaluator, RagasJudge):
+                await evaluator.close()
+
+
+def breaker_policy(settings: JudgeSettings) -> BreakerPolicy:
     return BreakerPolicy(
         window_s=settings.judge_breaker_window_s,
         min_calls=settings.judge_breaker_min_calls,
@@ -200,11 +316,7 @@ async def _judge_all(
     on_done: Callable[[], None] | None = None,
 ) -> list[JudgeResult]:
     async def one(spec: Judge, trace: Trace) -> JudgeResult:
-        if isinstance(spec, RagasSpec):
-            async with in_flight:  # RAGAS retries inside the SDK: its slot is held throughout
-                result = await runtime.judge_ragas(spec, trace)
-        else:
-            result = await runtime.judge(spec, trace, in_flight)
+        result = await runtime.judge(spec, trace, in_flight)
         if on_done is not None:
             on_done()
         return result

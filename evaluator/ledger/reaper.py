@@ -14,8 +14,9 @@ from sqlmodel import col, select
 
 from evaluator.judging.files import Judge
 from evaluator.ledger.rows import OPEN_RANK, LedgerState, ledger_row, write_rows
+from evaluator.models import is_session_subject
 from evaluator.ops import metrics
-from evaluator.settings import Settings
+from evaluator.settings import LedgerSettings, Settings
 from evaluator.store.database import Database
 from evaluator.store.tables import LedgerRecord, TracePayloadRecord, TraceRecord, as_utc
 from evaluator.work import judge_entry
@@ -80,6 +81,9 @@ def reap(
             )
         elif spec is None:
             reason = f"judge {record.evaluator!r} is not configured on this fleet any more"
+        elif payload is None and is_session_subject(record.trace_id):
+            # Its version is "<judge version>/<session version>" (sessions.judging).
+            reason = "a session's judge work is handed out by its session task only"
         elif spec.version != record.evaluator_version:
             reason = f"judge {record.evaluator} is now at version {spec.version}"
         elif payload is None and stored is None:
@@ -135,7 +139,7 @@ def reap(
     return counts
 
 
-def prune(store: Database, settings: Settings, now: datetime) -> int:
+def prune(store: Database, settings: LedgerSettings, now: datetime) -> int:
     """Drop trace payloads and terminal ledger rows older than their retentions; returns how
     many payloads went. Open rows stay whatever their age: the reaper settles them."""
     cutoff = now - timedelta(seconds=settings.trace_retention_s)

@@ -15,7 +15,7 @@ from evaluator.evaluators import Evaluator
 from evaluator.judging.files import Judge
 from evaluator.models import SampleDecision, stable_id
 from evaluator.ops import metrics
-from evaluator.settings import Settings
+from evaluator.settings import LedgerSettings
 from evaluator.store.database import Database
 from evaluator.store.tables import LedgerRecord
 from evaluator.store.upsert import upsert
@@ -90,7 +90,7 @@ def decision_rows(
     trace_id: str,
     decision: SampleDecision,
     judges: dict[str, Judge],
-    settings: Settings,
+    settings: LedgerSettings,
     now: datetime,
 ) -> list[dict[str, Any]]:
     """The sampler's verdict for each judge: queued, sampled_out or filtered."""

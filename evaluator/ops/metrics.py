@@ -4,6 +4,11 @@ Celery prefork children each count in their own files when ``PROMETHEUS_MULTIPRO
 (``evalfleet worker --metrics-port`` sets it before anything imports prometheus_client; set
 later it is silently ignored) and the worker's main process serves the sum of all children.
 Labels stay bounded: evaluator, score name, judge, version, model, queue, app prompt version.
+
+Scores count by level: turn and trajectory scores (a trace's) in ``evalfleet_evaluations_total``
+and ``evalfleet_score_value``, session scores in ``evalfleet_session_scores_total`` only, so
+the existing series and the alert rules over them (deploy/prometheus/alerts.yml: which evaluator
+names are heuristics, what a judge error rate is) mean what they meant before sessions existed.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from evaluator.models import Score, ScoreStatus
+from evaluator.models import Level, Score, ScoreStatus, is_session_subject
 
+# A session's scores are on "session:<digest>" (models.Level): one whose judge left the default
+# level is still a session score, as in every sink.
 _SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -51,7 +58,9 @@ JUDGE_LATENCY = Histogram(
     "evalfleet_judge_latency_seconds", "Judge call latency.", ["judge", "judge_version", "model"]
 )
 JUDGE_TOKENS = Counter(
-    "evalfleet_judge_tokens_total", "Judge tokens.", ["judge", "model", "direction"]
+    "evalfleet_judge_tokens_total",
+    "Judge tokens by direction: input, output, and cached (the part of input read from cache).",
+    ["judge", "model", "direction"],
 )
 JUDGE_COST = Counter("evalfleet_judge_cost_usd_total", "Judge spend in USD.", ["judge", "model"])
 REVIEW_ROUTED = Counter(
@@ -191,8 +200,23 @@ ESTIMATED_SCORE = Gauge(
 )
 
 
+def session_outcome(score: Score) -> str:
+    """passed / failed (the check said no) / error (the evaluator could not score the session) /
+    scored (a value without a verdict)."""
+    if score.status is ScoreStatus.ERROR:
+        return "error"
+    if score.passed is None:
+        return "scored"
+    return "passed" if score.passed else "failed"
+
+
 def record_scores(scores: Iterable[Score], prompt_versions: dict[str, str | None]) -> None:
+    """Count written scores: a session score in the session series, any other in the trace
+    series (see the module docstring)."""
     for score in scores:
+        if score.level is Level.SESSION or is_session_subject(score.trace_id):
+            SESSION_SCORES.labels(score.evaluator, session_outcome(score)).inc()
+            continue
         EVALUATIONS.labels(score.evaluator, score.status.value).inc()
         if score.status is ScoreStatus.OK and score.value is not None:
             version = prompt_versions.get(score.trace_id) or "none"
@@ -205,6 +229,8 @@ def record_judge_calls(calls: Iterable[dict[str, Any]]) -> None:
         JUDGE_LATENCY.labels(judge, call["judge_version"], model).observe(call["latency_ms"] / 1000)
         JUDGE_TOKENS.labels(judge, model, "input").inc(call["input_tokens"])
         JUDGE_TOKENS.labels(judge, model, "output").inc(call["output_tokens"])
+        if call.get("cached_tokens"):  # of the input: read from the provider's prompt cache
+            JUDGE_TOKENS.labels(judge, model, "cached").inc(call["cached_tokens"])
         if call["cost_usd"]:
             JUDGE_COST.labels(judge, model).inc(call["cost_usd"])
 
@@ -257,6 +283,14 @@ SESSIONS_COMPLETED = Counter(
 )
 SESSIONS_EVALUATED = Counter(
     "evalfleet_sessions_evaluated_total", "Completed sessions evaluated by a worker."
+)
+SESSION_SCORES = Counter(
+    "evalfleet_session_scores_total",
+    "Session-level scores written (session heuristics and session judges), by evaluator and "
+    "outcome: passed, failed (the check failed: the session's failures), error (the evaluator "
+    "could not score the session), scored (a value without a verdict). Redelivered batches "
+    "count again, as for evalfleet_evaluations_total.",
+    ["evaluator", "outcome"],
 )
 SESSIONS_OPEN = Gauge(
     "evalfleet_sessions_open",

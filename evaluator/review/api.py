@@ -18,7 +18,18 @@ client address within ``EVALFLEET_REVIEW_FAILURE_WINDOW_S``, that address gets 4
 capped at ``EVALFLEET_REVIEW_MAX_BODY_BYTES`` (413, checked on ``Content-Length`` and on the
 bytes streamed); label fields are capped too (422). Every status code a route answers is in
 its OpenAPI ``responses`` (tests/test_review_api_schema.py checks with schemathesis). Trace
-text is escaped everywhere (Jinja2 autoescape).
+text is escaped everywhere (Jinja2 autoescape; no template marks anything safe): a tool result
+holding ``<script>`` is shown as text.
+
+Items are turns, agent trajectories or whole sessions (``ReviewItem.level``). ``GET
+/api/items/{id}`` answers the item with its layout (``evaluator.review.view``): ``conversation``
+(every message of ``item.trace.messages`` in order: its turn, whether it is highlighted or
+collapsed), ``trajectory`` (the steps as a tree: depth, highlighted, on the highlighted step's
+path) and ``highlighted_turns``. ``GET /api/items?level=session`` lists items by level (and
+evaluator, status), ``GET /api/queues?level=`` counts them, ``POST /api/claim`` takes a
+``level``. The page shows the same: the conversation role by role with tool calls and results,
+the long middle folded behind a control, and the trajectory as an indented tree with the
+failing step highlighted.
 
 While Redis or the database is down, requests that need it get 503 with ``Retry-After`` (not a
 500 and a traceback each), ``/readyz`` answers 503 naming what is down, and the server keeps
@@ -40,7 +51,7 @@ from typing import Annotated, Any
 
 import fastapi
 import redis
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -52,7 +63,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evaluator.models import ReviewItem, ReviewLabel, Verdict
+from evaluator.models import Level, ReviewItem, ReviewLabel, ReviewStatus, Verdict
 from evaluator.ops import metrics
 from evaluator.ops.health import (
     DATABASE,
@@ -69,11 +80,20 @@ from evaluator.ops.health import (
 from evaluator.review.queue import (
     AlreadyLabelled,
     Claimed,
+    ItemSummary,
     LeaseLost,
     NotFound,
     QueueFilter,
     ReviewError,
     ReviewQueue,
+)
+from evaluator.review.view import (
+    MessageView,
+    StepView,
+    display_arguments,
+    display_value,
+    layout,
+    message_blocks,
 )
 from evaluator.settings import ReviewerAccess, Settings
 
@@ -95,6 +115,7 @@ FieldScore = (
 class ClaimRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=50)
     evaluator: str | None = Field(default=None, max_length=128)
+    level: Level | None = Field(default=None, description="Only items of this level.")
 
 
 class LabelRequest(BaseModel):
@@ -113,11 +134,27 @@ class ItemView(BaseModel):
     scores: list[dict[str, Any]]
     holder: str | None
     label: ReviewLabel | None
+    conversation: list[MessageView] = Field(
+        description="Every message of item.trace.messages in order (a session: the whole "
+        "conversation), with its turn and whether it is highlighted or collapsed."
+    )
+    trajectory: list[StepView] = Field(
+        description="Every step of item.trace.steps as a tree (depth-first by parent_id), the "
+        "steps the failing scores name highlighted."
+    )
+    highlighted_turns: list[int] = Field(
+        description="A session's turns (1-based) the failing scores are about."
+    )
+    unmatched_steps: list[str] = Field(
+        description="Step ids the failing scores name that the trace does not hold (cut from "
+        "a long session's middle)."
+    )
 
 
 class QueueCount(BaseModel):
     evaluator: str
     tenant: str | None
+    level: Level = Level.TURN
     status: str
     count: int
 
@@ -321,6 +358,13 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def form_level(text: str) -> Level | None:
+    """The level a page form asks for ("" for any); 400 for one that is not a level."""
+    if text and text not in {known.value for known in Level}:
+        raise HTTPException(400, f"unknown level {text[:16]!r}")
+    return Level(text) if text else None
+
+
 def _status(exc: ReviewError) -> int:
     if isinstance(exc, NotFound):
         return 404
@@ -412,8 +456,10 @@ def create_app(
 
     app.add_exception_handler(RequestValidationError, invalid)
 
-    def scope(access: ReviewerAccess, evaluator: str | None = None) -> QueueFilter:
-        return QueueFilter(access.tenant_scope, evaluator)
+    def scope(
+        access: ReviewerAccess, evaluator: str | None = None, level: Level | None = None
+    ) -> QueueFilter:
+        return QueueFilter(access.tenant_scope, evaluator, level)
 
     def visible_item(item_id: str, access: ReviewerAccess) -> ReviewItem:
         try:
@@ -435,16 +481,24 @@ def create_app(
             {k: v for k, v in record.model_dump().items() if k not in ("details",)}
             for record in queue.store.scores_by_id(item.score_ids)
         ]
+        shown = layout(item)
         return ItemView(
-            item=item, scores=scores, holder=queue.holder(item.id), label=queue.store.label(item.id)
+            item=item,
+            scores=scores,
+            holder=queue.holder(item.id),
+            label=queue.store.label(item.id),
+            conversation=shown.conversation,
+            trajectory=shown.trajectory,
+            highlighted_turns=shown.highlighted_turns,
+            unmatched_steps=shown.unmatched_steps,
         )
 
-    def counts(access: ReviewerAccess) -> list[QueueCount]:
-        allowed = scope(access)
+    def counts(access: ReviewerAccess, level: Level | None = None) -> list[QueueCount]:
+        allowed = scope(access, level=level)
         return [
-            QueueCount(evaluator=e, tenant=t, status=s, count=c)
-            for e, t, s, c in queue.store.review_counts()
-            if allowed.allows(t, e)
+            QueueCount(evaluator=e, tenant=t, level=lv, status=s, count=c)
+            for e, t, lv, s, c in queue.counts(allowed)
+            if allowed.allows(t, e, lv)
         ]
 
     def record_label(label: ReviewLabel) -> ReviewLabel:
@@ -454,13 +508,27 @@ def create_app(
     # -- JSON API ------------------------------------------------------------------------------
 
     @app.get("/api/queues", response_model=list[QueueCount], responses=errors(*_ALWAYS))
-    def api_queues(access: Reviewer) -> list[QueueCount]:
-        return counts(access)
+    def api_queues(
+        access: Reviewer,
+        level: Annotated[Level | None, Query(description="Only items of this level.")] = None,
+    ) -> list[QueueCount]:
+        return counts(access, level)
+
+    @app.get("/api/items", response_model=list[ItemSummary], responses=errors(*_ALWAYS))
+    def api_items(
+        access: Reviewer,
+        level: Annotated[Level | None, Query(description="turn, trajectory or session.")] = None,
+        evaluator: Annotated[str | None, Query(max_length=128)] = None,
+        status: Annotated[ReviewStatus | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[ItemSummary]:
+        """Review items in the caller's tenants (without their traces), most urgent first."""
+        return queue.listing(scope(access, evaluator, level), status, limit)
 
     @app.post("/api/claim", response_model=list[ReviewItem], responses=errors(400, *_ALWAYS))
     def api_claim(body: ClaimRequest, access: Reviewer) -> list[ReviewItem]:
         claimed: list[Claimed] = act(
-            queue.claim, access.reviewer, body.n, scope(access, body.evaluator)
+            queue.claim, access.reviewer, body.n, scope(access, body.evaluator, body.level)
         )
         return [c.item for c in claimed]
 
@@ -530,19 +598,36 @@ def create_app(
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
     def queue_page(access: Reviewer, empty: bool = False) -> HTMLResponse:
-        return page("queue.html", access=access, counts=counts(access), empty=empty)
+        return page(
+            "queue.html", access=access, counts=counts(access), empty=empty, levels=list(Level)
+        )
 
     @app.post("/review/next", include_in_schema=False)
     def next_item(
-        access: Reviewer, evaluator: Annotated[str, Form(max_length=128)] = ""
+        access: Reviewer,
+        evaluator: Annotated[str, Form(max_length=128)] = "",
+        level: Annotated[str, Form(max_length=16)] = "",
     ) -> Response:
-        claimed = act(queue.claim, access.reviewer, 1, scope(access, evaluator or None))
-        return see_other(f"/review/items/{claimed[0].item.id}" if claimed else "/review?empty=1")
+        wanted = form_level(level)
+        claimed = act(queue.claim, access.reviewer, 1, scope(access, evaluator or None, wanted))
+        if not claimed:
+            return see_other("/review?empty=1")
+        # The level asked for rides along, so "Label and next" keeps to it.
+        keep = f"?level={wanted.value}" if wanted else ""
+        return see_other(f"/review/items/{claimed[0].item.id}{keep}")
 
     @app.get("/review/items/{item_id}", response_class=HTMLResponse, include_in_schema=False)
-    def item_page(item_id: ItemId, access: Reviewer) -> HTMLResponse:
+    def item_page(item_id: ItemId, access: Reviewer, level: Level | None = None) -> HTMLResponse:
         view = item_view(visible_item(item_id, access))
-        return page("item.html", access=access, view=view)
+        return page(
+            "item.html",
+            access=access,
+            view=view,
+            next_level=level.value if level else "",
+            blocks=message_blocks(view.conversation),
+            show=display_value,
+            show_arguments=display_arguments,
+        )
 
     @app.post("/review/items/{item_id}/label", include_in_schema=False)
     def label_form(
@@ -550,10 +635,12 @@ def create_app(
         access: Reviewer,
         verdict: Annotated[Verdict, Form()],
         note: Annotated[str, Form(max_length=4000)] = "",
+        level: Annotated[str, Form(max_length=16)] = "",
     ) -> Response:
         visible_item(item_id, access)
+        form_level(level)  # refused before the label is stored, not after
         record_label(act(queue.label, item_id, access.reviewer, verdict, {}, note))
-        return next_item(access)
+        return next_item(access, "", level)
 
     @app.post("/review/items/{item_id}/{action}", include_in_schema=False)
     def release_form(item_id: ItemId, action: str, access: Reviewer) -> Response:

@@ -9,6 +9,10 @@ label per item, whoever asks; the same reviewer repeating the same label gets it
 (idempotent); anyone else gets ``AlreadyLabelled``; a reviewer whose lease was taken over gets
 ``LeaseLost``. Only then is the entry acknowledged, so a crash in between re-serves the item,
 and ``claim`` acknowledges items it finds already labelled.
+
+Items are turns, agent trajectories or whole sessions (``ReviewItem.level``); a reviewer may
+ask for one level (``QueueFilter.level``), which claims read from that level's queues only and
+``listing`` / ``counts`` (SQL) filter by (items stored before levels existed are turns).
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from pydantic import BaseModel
+from sqlalchemy import func, or_
+from sqlalchemy import select as sa_select
+from sqlmodel import col, select
 
 from evaluator.constants import REVIEW_ENTRIES, REVIEW_GROUP, REVIEW_QUEUES, SKIPPED_PREFIX
-from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Verdict
-from evaluator.review.routing import parse_entry_location, parse_queue_key
+from evaluator.models import Level, ReviewItem, ReviewLabel, ReviewStatus, Verdict
+from evaluator.review.routing import parse_entry_location, parse_queue_key, queue_level
 from evaluator.sinks.outbox import label_outbox_rows
 from evaluator.sinks.sql import SQLStore
+from evaluator.store.tables import ReviewItemRecord, as_utc
 from evaluator.streams import text
 
 RELEASED = "released"  # pseudo-consumer holding released items until someone reclaims them
@@ -56,18 +65,72 @@ class Claimed:
 
 @dataclass(frozen=True)
 class QueueFilter:
-    """Which queues a reviewer may see: tenants (None = all) and optionally one evaluator."""
+    """Which queues a reviewer may see: tenants (None = all), and optionally one evaluator and
+    one level (turn, trajectory, session)."""
 
     tenants: frozenset[str] | None = None
     evaluator: str | None = None
+    level: Level | None = None
 
-    def allows(self, tenant: str | None, evaluator: str) -> bool:
+    def allows(self, tenant: str | None, evaluator: str, level: Level | None = None) -> bool:
+        """``level`` None: not asked (visibility of one item does not depend on it)."""
         if self.evaluator is not None and evaluator != self.evaluator:
+            return False
+        if self.level is not None and level is not None and level is not self.level:
             return False
         # An empty tenant is no tenant, as its queue key says (``routing.NO_TENANT``).
         return self.tenants is None or (
             tenant is not None and tenant != "" and tenant in self.tenants
         )
+
+
+class ItemSummary(BaseModel):
+    """One review item as a list shows it: without its trace."""
+
+    id: str
+    trace_id: str
+    evaluator: str
+    evaluator_version: str
+    level: Level
+    session_id: str | None
+    priority: int
+    tenant: str | None
+    status: ReviewStatus
+    reasons: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: ReviewItemRecord) -> ItemSummary:
+        return cls(
+            id=record.id,
+            trace_id=record.trace_id,
+            evaluator=record.evaluator,
+            evaluator_version=record.evaluator_version,
+            level=Level(record.level or Level.TURN.value),
+            session_id=record.session_id,
+            priority=record.priority,
+            tenant=record.tenant,
+            status=ReviewStatus(record.status),
+            reasons=record.reasons,
+            created_at=as_utc(record.created_at),
+        )
+
+
+def _in_scope(scope: QueueFilter) -> list[Any]:
+    """SQL conditions for the items a filter allows (a NULL level is a turn: stored before)."""
+    conditions: list[Any] = []
+    if scope.tenants is not None:
+        # An empty tenant is no tenant (``QueueFilter.allows``): never in a tenant's scope.
+        tenants = sorted(t for t in scope.tenants if t)
+        conditions.append(col(ReviewItemRecord.tenant).in_(tenants))
+    if scope.evaluator is not None:
+        conditions.append(ReviewItemRecord.evaluator == scope.evaluator)
+    if scope.level is Level.TURN:
+        conditions.append(or_(col(ReviewItemRecord.level).is_(None),
+                              col(ReviewItemRecord.level) == Level.TURN.value))  # fmt: skip
+    elif scope.level is not None:
+        conditions.append(ReviewItemRecord.level == scope.level.value)
+    return conditions
 
 
 class ReviewQueue:
@@ -100,12 +163,36 @@ class ReviewQueue:
             try:
                 _, tenant, evaluator = parse_queue_key(key)
             except ValueError:
-                if scope.tenants is None:
+                # Written before tenant encoding, so before levels too: a turn's queue.
+                if scope.tenants is None and scope.level in (None, Level.TURN):
                     in_scope.append(key)
                 continue
-            if scope.allows(tenant, evaluator):
+            if scope.allows(tenant, evaluator, queue_level(key)):
                 in_scope.append(key)
         return in_scope
+
+    def listing(
+        self, scope: QueueFilter, status: ReviewStatus | None = None, limit: int = 50
+    ) -> list[ItemSummary]:
+        """Review items in scope from SQL, most urgent first, oldest first within a priority."""
+        query = select(ReviewItemRecord).where(*_in_scope(scope))
+        if status is not None:
+            query = query.where(ReviewItemRecord.status == status.value)
+        query = query.order_by(
+            col(ReviewItemRecord.priority).desc(), col(ReviewItemRecord.created_at)
+        ).limit(limit)
+        with self.store.session() as session:
+            return [ItemSummary.of(record) for record in session.exec(query)]
+
+    def counts(self, scope: QueueFilter) -> list[tuple[str, str | None, Level, str, int]]:
+        """(evaluator, tenant, level, status, count) of the review items in scope."""
+        level = func.coalesce(col(ReviewItemRecord.level), Level.TURN.value)
+        columns = (col(ReviewItemRecord.evaluator), col(ReviewItemRecord.tenant), level,
+                   col(ReviewItemRecord.status))  # fmt: skip
+        query = sa_select(*columns, func.count()).where(*_in_scope(scope)).group_by(*columns)
+        with self.store.session() as session:
+            rows = session.execute(query).all()
+        return sorted((e, t, Level(lv), s, int(c)) for e, t, lv, s, c in rows)
 
     def locate(self, item_id: str) -> tuple[str, str]:
         where = self.client.hget(REVIEW_ENTRIES, item_id)
@@ -148,7 +235,9 @@ class ReviewQueue:
                 item = ReviewItem.model_validate_json(fields[b"item"])
                 if self.store.label(item.id) is not None:
                     self.client.xack(queue, REVIEW_GROUP, entry_id)  # labelled before a crash
-                elif item.id in skipped or not scope.allows(item.tenant, item.evaluator):
+                elif item.id in skipped or not scope.allows(
+                    item.tenant, item.evaluator, item.level
+                ):
                     # Out of scope despite its queue: a key from before tenant encoding.
                     self._release(queue, entry_id)
                 else:

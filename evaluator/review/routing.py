@@ -1,14 +1,18 @@
 """Review routing: which scores send a trace to humans, and the idempotent hand-off to the stream.
 
 Rules: any failed high-severity (or critical) check or judge score, or any numeric score under
-a threshold configured in settings.
+a threshold configured in settings, at every level: a turn's scores, an agent run's trajectory
+scores, and a completed session's scores (its Trace is ``sessions.conversation.session_trace``)
+route the same way, and the item knows its level (``ReviewItem.for_scores``). ``hand_off`` is
+the one call for scores already stored (session evaluation); batch scoring stores the items in
+its own transaction and calls ``route`` and ``publish``.
 A trace is routed at most once per (evaluator, evaluator version), however often its batch is
 redelivered: the ReviewItem id is deterministic, the SQL insert keeps an existing row, and the
 XADD to ``evalfleet:review`` is guarded by a SET NX marker in the same Lua script.
 
 ``evalfleet:review`` is the log of everything routed; the same script also adds the item to its
-claimable queue (one stream per priority, tenant and evaluator, with the reviewers' consumer
-group), which ``evaluator.review.queue`` serves.
+claimable queue (one stream per priority, level, tenant and evaluator, with the reviewers'
+consumer group), which ``evaluator.review.queue`` serves.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from evaluator.constants import (
     REVIEW_ROUTED_PREFIX,
     REVIEW_STREAM,
 )
-from evaluator.models import ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
+from evaluator.models import Level, ReviewItem, Score, ScoreStatus, ScoreType, Severity, Trace
 from evaluator.sinks.sql import SQLStore
 from evaluator.store.tables import as_utc
 
@@ -117,10 +121,36 @@ def decode_key_part(part: str) -> str:
     return raw.decode(errors="surrogatepass")  # total, as encoding is: lone surrogates too
 
 
-def queue_key(priority: int, tenant: str | None, evaluator: str) -> str:
-    """The claimable queue of a review item; the zero-padded priority sorts urgent first."""
+def queue_key(priority: int, tenant: str | None, evaluator: str, level: Level = Level.TURN) -> str:
+    """The claimable queue of a review item; the zero-padded priority sorts urgent first.
+
+    A trajectory or session item's queue carries its level after the priority
+    (``010/session:acme:goal``), so a reviewer who asks for one level reads only its queues;
+    a turn's key is as it always was. The level sits in the priority part because that part is
+    the only one our own code always wrote (a key from before tenant encoding may hold any
+    tenant text, ":" included, in the parts after it)."""
     tenant_part = encode_key_part(tenant) if tenant else NO_TENANT
-    return f"{REVIEW_QUEUE_PREFIX}{priority:03d}:{tenant_part}:{encode_key_part(evaluator)}"
+    head = f"{priority:03d}" if level is Level.TURN else f"{priority:03d}/{level.value}"
+    return f"{REVIEW_QUEUE_PREFIX}{head}:{tenant_part}:{encode_key_part(evaluator)}"
+
+
+def _key_head(part: str) -> tuple[int, Level] | None:
+    priority, slash, level = part.partition("/")
+    if not priority.isdigit() or (slash and level not in _QUEUED_LEVELS):
+        return None
+    return int(priority), Level(level) if slash else Level.TURN
+
+
+_QUEUED_LEVELS = frozenset({Level.TRAJECTORY.value, Level.SESSION.value})
+
+
+def queue_level(key: str) -> Level:
+    """The level of a ``queue_key`` (turn for a key from before levels); ValueError for a key
+    that is not one."""
+    head = _key_head(key.removeprefix(REVIEW_QUEUE_PREFIX).split(":", 1)[0])
+    if head is None:
+        raise ValueError(f"not a review queue key: {key!r}")
+    return head[1]
 
 
 def parse_queue_key(key: str) -> tuple[int, str | None, str]:
@@ -128,11 +158,12 @@ def parse_queue_key(key: str) -> tuple[int, str | None, str]:
     a key written before the encoding with a ":" in its tenant (``ReviewQueue.queues`` serves
     those to all-tenant reviewers only, never to a tenant it might be mistaken for)."""
     parts = key.removeprefix(REVIEW_QUEUE_PREFIX).split(":")
-    if len(parts) != 3 or not parts[0].isdigit():
+    head = _key_head(parts[0]) if len(parts) == 3 else None
+    if head is None:
         raise ValueError(f"not a review queue key: {key!r}")
-    priority, tenant, evaluator = parts
+    _, tenant, evaluator = parts
     tenant_name = None if tenant == NO_TENANT else decode_key_part(tenant)
-    return int(priority), tenant_name, decode_key_part(evaluator)
+    return head[0], tenant_name, decode_key_part(evaluator)
 
 
 def parse_entry_location(location: str) -> tuple[str, str]:
@@ -169,7 +200,8 @@ class ReviewRouter:
         return None
 
     def route(self, trace: Trace, scores: list[Score]) -> list[ReviewItem]:
-        """One ReviewItem per evaluator (version) with failing scores."""
+        """One ReviewItem per evaluator (version) with failing scores, at the scores' level
+        (a session's scores with its session Trace: a session item)."""
         by_evaluator: dict[tuple[str, str], list[tuple[int, Score]]] = defaultdict(list)
         for score in scores:
             priority = self.failing(score)
@@ -191,7 +223,7 @@ class ReviewRouter:
                 keys=[
                     REVIEW_ROUTED_PREFIX + item.id,
                     REVIEW_STREAM,
-                    queue_key(item.priority, item.tenant, item.evaluator),
+                    queue_key(item.priority, item.tenant, item.evaluator, item.level),
                     REVIEW_QUEUES,
                     REVIEW_ENTRIES,
                 ],
@@ -207,3 +239,17 @@ class ReviewRouter:
                 client=pipe,
             )
         return [item for item, added in zip(items, pipe.execute(), strict=True) if added]
+
+    def hand_off(
+        self, client: redis.Redis, store: SQLStore, trace: Trace, scores: list[Score]
+    ) -> list[ReviewItem]:
+        """Route ``scores`` of ``trace`` (any level) to review: the items are stored
+        (insert-if-absent, so a repeated hand-off keeps a reviewer's state) and then published
+        once; returns the items published now. For callers whose scores are stored already,
+        such as session evaluation with ``session_trace(session)`` and its scores. A crash
+        between the two steps leaves the item in SQL, where ``republish_unrouted`` finds it."""
+        items = self.route(trace, scores)
+        if not items:
+            return []
+        store.write_batch([], [], items)
+        return self.publish(client, items)

@@ -22,8 +22,8 @@ from typing import Any
 import redis
 
 from evaluator.constants import FIRST_SEEN_KEY
-from evaluator.judging.files import Judge
-from evaluator.models import SampleDecision, Trace
+from evaluator.judging.files import Judge, judge_level
+from evaluator.models import Level, SampleDecision, Trace
 from evaluator.settings import Settings
 
 _TRUNCATED_OR_FILTERED = {"length", "max_tokens", "content_filter"}
@@ -102,7 +102,12 @@ class SamplingPolicy:
             short_output_chars=settings.always_evaluate_short_output_chars,
             high_cost_usd=settings.high_cost_usd,
             salt=settings.sampling_salt,
-            judges=judges or {},
+            # Session judges see completed sessions (evaluator.sessions.judging), never a turn.
+            judges={
+                name: spec
+                for name, spec in (judges or {}).items()
+                if judge_level(spec) is not Level.SESSION
+            },
             settings=settings,
         )
 

@@ -98,6 +98,9 @@ def session_trace(session: Session) -> Trace:
         "session_version": session.version,
         "turn_ids": [turn.trace_id for turn in turns],
     }
+    for key in ("environment", "langfuse_environment"):  # where the app's scores belong
+        if key in last.metadata:
+            metadata[key] = last.metadata[key]
     if session.missing:
         metadata["missing_turns"] = len(session.missing)
     if dropped_messages:

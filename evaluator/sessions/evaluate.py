@@ -7,12 +7,16 @@ before the quiet period ended). A session with turns missing waits, up to ``pati
 its last turn; then it is evaluated with the turns there are, and says which were missing.
 Writes are upserts keyed on (session, version, evaluator), so a repeated hand-off changes
 nothing.
+
+With session judges enabled, the evaluated sessions are also sampled for them and the sampled
+ones handed to the judge workers as ordinary judge work (``sessions.judging``), before the
+batch's rows are written.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +24,11 @@ from typing import Any
 from sqlmodel import col, select
 
 from evaluator.evaluators.base import run_on
+from evaluator.judging.files import Judge
 from evaluator.ledger import LedgerState, ledger_row
-from evaluator.models import ScoreStatus, Trace, parse_trace
+from evaluator.models import Score, ScoreStatus, Trace, parse_trace
 from evaluator.ops import metrics
+from evaluator.sessions.conversation import session_trace
 from evaluator.sessions.heuristics import (
     Session,
     SessionEvaluator,
@@ -30,8 +36,11 @@ from evaluator.sessions.heuristics import (
     session_error,
     session_evaluators,
 )
+from evaluator.sessions.judging import JudgeHandOff, plan, session_judges
 from evaluator.sessions.tracker import CompletedSession
 from evaluator.settings import Settings
+from evaluator.sinks.base import Sink
+from evaluator.sinks.outbox import outbox_rows
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.store.tables import TracePayloadRecord
 
@@ -41,6 +50,7 @@ class SessionOutcome:
     evaluated: int = 0
     scores: int = 0
     waiting: list[CompletedSession] = field(default_factory=list)  # turns still on their way
+    judged: int = 0  # sessions handed to the session judges
 
 
 def stored_turns(store: SQLStore, trace_ids: Sequence[str], max_bytes: int) -> dict[str, Trace]:
@@ -67,11 +77,15 @@ def evaluate_sessions(
     budget_s: float,
     patience_s: float,
     now_ms: int | None = None,
+    judging: JudgeHandOff | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> SessionOutcome:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     outcome = SessionOutcome()
     turns = stored_turns(store, [t for s in completed for t in s.turn_ids], max_trace_bytes)
     score_rows, ledger = [], []
+    evaluated: list[Session] = []
+    scored: list[Score] = []
     written_at = datetime.fromtimestamp(now / 1000, UTC)
     for done in completed:
         missing = tuple(t for t in done.turn_ids if t not in turns)
@@ -88,7 +102,9 @@ def evaluate_sessions(
             outcome=done.outcome,
             overflow=done.overflow,
         )
+        evaluated.append(session)
         scores = run_on(evaluators, session, session_error, budget_s, "session")
+        scored += scores
         for score in scores:
             if missing:
                 score.metadata["missing_turns"] = len(missing)
@@ -117,8 +133,20 @@ def evaluate_sessions(
             )
         outcome.evaluated += 1
         outcome.scores += len(scores)
+    if judging is not None and evaluated:
+        work = plan(evaluated, judging.judges, store, judging.settings, written_at)
+        if work.entries:  # dispatched before the rows are written: see sessions.judging
+            judging.dispatch(work.entries)
+        ledger += work.ledger
+        outcome.judged = work.sampled
     if score_rows or ledger:
-        store.write_batch([], score_rows, [], ledger=ledger)
+        # Session scores reach the external sinks as a heuristics batch's do: outbox rows
+        # written with them, each score against its session's Trace (sessions.conversation).
+        traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if sinks else {}
+        ready = [score for score in scored if score.trace_id in traces]
+        outbox = outbox_rows(sinks, ready, traces, datetime.now(UTC))
+        store.write_batch([], score_rows, [], ledger=ledger, outbox=outbox)
+        metrics.record_scores(scored, {})
     return outcome
 
 
@@ -132,10 +160,21 @@ def session_batch(
     settings: Settings,
     requeue: RequeueSessions,
     evaluators: Sequence[SessionEvaluator] | None = None,
+    judges: Mapping[str, Judge] | None = None,
+    dispatch_judges: Callable[[list[dict[str, Any]]], None] | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> dict[str, int]:
     """What the session task does: evaluate the completed sessions of ``entries`` (their wire
-    form), and send the ones still waiting for a turn back after a short delay."""
+    form), and send the ones still waiting for a turn back after a short delay. ``judges``
+    (every judge the worker knows) and ``dispatch_judges`` (the hand-off to the judges queue):
+    the enabled session judges among them get the sampled sessions."""
     completed = [CompletedSession.from_wire(entry) for entry in entries]
+    enabled = session_judges(judges or {}, settings)
+    judging = (
+        JudgeHandOff(enabled, settings, dispatch_judges)
+        if enabled and dispatch_judges is not None
+        else None
+    )
     outcome = evaluate_sessions(
         completed,
         store,
@@ -143,6 +182,8 @@ def session_batch(
         max_trace_bytes=settings.max_trace_bytes,
         budget_s=settings.evaluator_budget_s,
         patience_s=settings.session_patience_s,
+        judging=judging,
+        sinks=sinks,
     )
     if outcome.waiting:
         delay = min(30.0, max(1.0, settings.session_patience_s / 10))

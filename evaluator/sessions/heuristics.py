@@ -19,7 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from evaluator.evaluators.base import Named
-from evaluator.models import Level, Score, ScoreStatus, ScoreType, Severity, Trace, stable_id
+from evaluator.models import (
+    SESSION_SUBJECT_PREFIX,
+    Level,
+    Score,
+    ScoreStatus,
+    ScoreType,
+    Severity,
+    Trace,
+    stable_id,
+)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NEVER = datetime.max.replace(tzinfo=UTC)
@@ -38,7 +47,7 @@ class Session:
 
     @property
     def subject(self) -> str:
-        return f"session:{self.digest}"
+        return SESSION_SUBJECT_PREFIX + self.digest
 
 
 def in_conversation_order(turns: list[Trace]) -> tuple[Trace, ...]:

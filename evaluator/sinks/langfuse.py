@@ -1,5 +1,11 @@
-"""Langfuse sink: every Score becomes a Langfuse score on its trace (and observation), every human
-review label an annotation score beside them.
+"""Langfuse sink: every Score becomes a Langfuse score on what it is about, every human review
+label an annotation score beside them. Turn and trajectory scores are trace scores (``traceId``,
+and ``observationId`` when the trace names its span); session scores (``Score.level`` session,
+whose ``trace_id`` is the session subject ``session:<digest>``) are Langfuse *session scores*:
+``sessionId`` is the app's session id (the one its traces carry, so the score sits on the
+session Langfuse already shows) and there is no ``traceId`` or ``observationId``.
+``metadata.level`` says a trajectory or session score's level (a turn score's body is what it
+was before levels, so its outbox digest does not change).
 
 Sent as ``score-create`` events to ``POST /api/public/ingestion``, with the SDK's API client
 configuration (base URL, Basic auth, SDK headers), rather than through ``Langfuse().create_score``:
@@ -17,7 +23,11 @@ What the real server checks, and how this sink keeps to it (paths are of langfus
 - value by data type: BOOLEAN 0 or 1, NUMERIC a (finite) number, CATEGORICAL a string
   (packages/shared/src/server/ingestion/types.ts, ScoreBody): ``_value`` and ``_refusal``;
 - exactly one of traceId / sessionId / datasetRunId, observationId only with traceId
-  (packages/shared/src/utils/scores.ts): always traceId;
+  (packages/shared/src/utils/scores.ts, applyScoreValidation, on both ScoreBody and
+  PostScoresBody): ``_subject`` gives a trace score traceId (with observationId) and a session
+  score sessionId alone; a session score without a session id is not sent;
+- CORRECTION scores only on traces (validateAndInflateScore.ts drops one with a sessionId
+  later, silently): never sent, this sink sends NUMERIC, BOOLEAN and CATEGORICAL only;
 - a non-empty name, an id of 1 to 800 characters (types.ts: NonEmptyString, idSchema);
 - environment: at most 40 of ``[a-z0-9_-]``, not starting with "langfuse" (types.ts at v3.100;
   later servers rewrite such a value instead): ``normalize_environment`` gives what the server
@@ -73,6 +83,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evaluator.models import (
+    Level,
     ReviewLabel,
     Score,
     ScoreStatus,
@@ -80,6 +91,7 @@ from evaluator.models import (
     Trace,
     Verdict,
     display_name,
+    is_session_subject,
     stable_id,
 )
 from evaluator.sinks.base import SinkUnavailable
@@ -210,14 +222,42 @@ def _refusal(body: dict[str, Any]) -> str | None:
         return "invalid id"
     if not isinstance(name, str) or not name:
         return "empty name"
-    if not body.get("traceId"):
-        return "no trace id"
+    trace, session, run = (bool(body.get(k)) for k in ("traceId", "sessionId", "datasetRunId"))
+    if trace + session + run != 1:
+        return "not exactly one of trace, session, dataset run"
+    if body.get("observationId") and not trace:
+        return "observation without trace"
     environment = body.get("environment", "default")
     if len(environment) > 40 or not _ENVIRONMENT.fullmatch(environment):
         return "invalid environment"
     if environment.startswith("langfuse"):
         return "invalid environment"
     return None
+
+
+def _subject(
+    trace: Trace, session_level: bool, trace_id: str | None = None
+) -> dict[str, str] | str:
+    """Whom the score is on in Langfuse: ``{"traceId"}`` for a trace score (``trace_id``, else
+    the trace's; ``_observation`` adds its span), ``{"sessionId"}`` for a session score (the
+    app's session id), or why there is none."""
+    if session_level:
+        if not trace.session_id:
+            return "no session id"
+        return {"sessionId": trace.session_id}
+    return {"traceId": trace_id or trace.trace_id}
+
+
+def _observation(body: dict[str, Any], trace: Trace) -> None:
+    # Only with a trace id (an observation is a trace's), and last, where it always was: a turn
+    # score's body is byte for byte what it was before levels.
+    if "traceId" in body and trace.span_id:
+        body["observationId"] = trace.span_id
+
+
+def _is_session_subject(trace: Trace) -> bool:
+    # A session's Trace (sessions/conversation.py) has the session subject as its id.
+    return is_session_subject(trace.trace_id)
 
 
 def _trace_time(trace: Trace) -> str | None:
@@ -275,26 +315,33 @@ class LangfuseSink:
         if isinstance(typed, str):
             return typed
         data_type, value = typed
+        subject = _subject(trace, score.level is Level.SESSION or _is_session_subject(trace))
+        if isinstance(subject, str):
+            return subject
         metadata: dict[str, Any] = {
             "evaluator": score.evaluator,
             "evaluator_version": score.evaluator_version,
             "severity": score.severity.value,
             "source": "evalfleet",
         }
+        level = Level.SESSION if "sessionId" in subject else score.level
+        if level is not Level.TURN:  # a turn score's body stays as it was before levels
+            metadata["level"] = level.value
+        if level is Level.SESSION and "session_version" in score.metadata:
+            metadata["session_version"] = score.metadata["session_version"]
         if score.passed is not None:
             metadata["passed"] = score.passed
         metadata |= {k: score.metadata[k] for k in _JUDGE_METADATA if k in score.metadata}
         body: dict[str, Any] = {
             "id": score.id,
-            "traceId": trace.trace_id,
+            **subject,
             "name": display_name(score.evaluator, score.name),
             "value": value,
             "dataType": data_type,
             "environment": self._environment(trace),
             "metadata": metadata,
         }
-        if trace.span_id:
-            body["observationId"] = trace.span_id
+        _observation(body, trace)
         if score.reason:
             body["comment"] = score.reason[:_MAX_COMMENT_CHARS]
         at = _trace_time(trace)
@@ -308,7 +355,9 @@ class LangfuseSink:
         name, so they sit beside the judge's scores. A name with a score config in
         ``EVALFLEET_LANGFUSE_SCORE_CONFIGS`` is sent as an ANNOTATION score with that config;
         others as API scores named ``human.<name>`` (Langfuse drops ANNOTATION scores without a
-        config)."""
+        config). A label of a session (its trace is the session's) is a session score, like the
+        session's own scores."""
+        subject = _subject(label.trace, _is_session_subject(label.trace), label.trace_id)
         verdict = ("BOOLEAN", 1.0 if label.verdict is Verdict.PASS else 0.0)
         fields: list[tuple[str, tuple[str, float | str] | None]] = [
             (f"{label.evaluator}.verdict", verdict)
@@ -328,13 +377,15 @@ class LangfuseSink:
         payloads: list[tuple[str, dict[str, Any] | str]] = []
         for name, typed in fields:
             score_id = stable_id("review", label.id, name)
-            if typed is None:
-                payloads.append((score_id, "non-finite value"))
+            if typed is None or isinstance(subject, str):
+                payloads.append(
+                    (score_id, subject if isinstance(subject, str) else "non-finite value")
+                )
                 continue
             config = self.settings.score_configs.get(name)
             body: dict[str, Any] = {
                 "id": score_id,
-                "traceId": label.trace_id,
+                **subject,
                 "name": name if config else f"human.{name}",
                 "value": typed[1],
                 "dataType": typed[0],
@@ -344,8 +395,7 @@ class LangfuseSink:
             }
             if config:
                 body |= {"source": "ANNOTATION", "configId": config}
-            if label.trace.span_id:
-                body["observationId"] = label.trace.span_id
+            _observation(body, label.trace)
             if label.note:
                 body["comment"] = label.note[:_MAX_COMMENT_CHARS]
             payloads.append((score_id, self._checked(body)))

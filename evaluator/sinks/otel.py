@@ -14,6 +14,14 @@ the event names what it evaluated. Two signals, both exported over OTLP:
   attributes and the event as a span event, so Jaeger and Tempo show the score beside the app's
   spans. Its span id is derived from the score id (a re-sent score is the same span).
 
+Every record says its level (``evalfleet.level``: turn, trajectory, session) and, when the trace
+belongs to a conversation, the app's session id as ``gen_ai.conversation.id`` (the GenAI
+registry's attribute for a conversation, session or thread; OpenInference's ``session.id``). A
+session score has no trace of its own: it is placed in the trace of the session's last turn
+(``metadata.turn_ids`` of the session's Trace, sessions/conversation.py), as a root span and a
+log record without a span id, with ``evalfleet.session.version`` saying which turns it judged;
+querying ``gen_ai.conversation.id`` finds it beside the turns' scores.
+
 Only traces whose id is a W3C trace id (32 hex digits, what OTel-instrumented apps publish) can
 be placed; others are counted as skipped. The exporters read the standard
 ``OTEL_EXPORTER_OTLP_*`` variables; the relay sends synchronously and counts a batch as delivered
@@ -42,7 +50,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
-from evaluator.models import Score, ScoreStatus, Trace, display_name
+from evaluator.models import Level, Score, ScoreStatus, Trace, display_name, is_session_subject
 from evaluator.sinks.base import SinkUnavailable
 
 EVENT_NAME = "gen_ai.evaluation.result"
@@ -78,6 +86,25 @@ def _label(score: Score) -> str | None:
     if score.passed is not None:
         return "pass" if score.passed else "fail"
     return None
+
+
+def _is_session(score: Score, trace: Trace) -> bool:
+    # A session's Trace has the session subject ("session:<digest>") as its id.
+    return score.level is Level.SESSION or is_session_subject(trace.trace_id)
+
+
+def _placement(score: Score, trace: Trace) -> tuple[str, str] | str:
+    """(W3C trace id, evaluated span id or "") the record goes in, or why it cannot be placed."""
+    if _is_session(score, trace):
+        turns = trace.metadata.get("turn_ids")
+        last = turns[-1] if isinstance(turns, list) and turns else None
+        if not isinstance(last, str) or not _TRACE_ID.match(last.lower()):
+            return "not a W3C trace id"
+        return last.lower(), ""
+    trace_id = trace.trace_id.lower()
+    if not _TRACE_ID.match(trace_id):
+        return "not a W3C trace id"
+    return trace_id, (trace.span_id or "").lower()
 
 
 class OTelSink:
@@ -122,10 +149,11 @@ class OTelSink:
         )
 
     def payload(self, score: Score, trace: Trace) -> dict[str, Any] | str:
-        trace_id = trace.trace_id.lower()
-        if not _TRACE_ID.match(trace_id):
-            return "not a W3C trace id"
-        span_id = (trace.span_id or "").lower()
+        placed = _placement(score, trace)
+        if isinstance(placed, str):
+            return placed
+        trace_id, span_id = placed
+        session = _is_session(score, trace)
         attributes: dict[str, Any] = {
             "gen_ai.evaluation.name": display_name(score.evaluator, score.name)
         }
@@ -140,9 +168,15 @@ class OTelSink:
         response_id = trace.metadata.get("response_id")
         if isinstance(response_id, str) and response_id:
             attributes["gen_ai.response.id"] = response_id
+        if trace.session_id:
+            attributes["gen_ai.conversation.id"] = trace.session_id
         attributes["evalfleet.evaluator"] = score.evaluator
         attributes["evalfleet.evaluator.version"] = score.evaluator_version
         attributes["evalfleet.score.id"] = score.id
+        attributes["evalfleet.level"] = Level.SESSION.value if session else score.level.value
+        version = score.metadata.get("session_version") if session else None
+        if isinstance(version, str):
+            attributes["evalfleet.session.version"] = version
         return {
             "trace_id": trace_id,
             "span_id": span_id if _SPAN_ID.match(span_id) else None,

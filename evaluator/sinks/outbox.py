@@ -1,10 +1,14 @@
 """Durable delivery of scores to external sinks (Langfuse, OpenTelemetry): an outbox and a relay.
 
 Workers never call a sink. They write one outbox row per (sink, score) in the same transaction
-as the score itself; ``evalfleet relay`` delivers due rows in batches, marks them delivered only
-on the sink's confirmation, backs off while a sink is down and keeps permanent rejections with
-their reason. So a sink that is down for hours loses nothing and never slows scoring, and one
-sink failing never holds up another (each sink has its own rows and backoff).
+as the score itself, at every level: a heuristics or judge batch for turn and trajectory scores,
+the session task (sessions/evaluate.py) for session scores, each against the Trace it is about
+(a session's is its whole conversation, ``trace_id`` the session subject), and each sink decides
+from the score's level where it goes (a Langfuse session score, the last turn's OTel trace).
+``evalfleet relay`` delivers due rows in batches, marks them delivered only on the sink's
+confirmation, backs off while a sink is down and keeps permanent rejections with their reason.
+So a sink that is down for hours loses nothing and never slows scoring, and one sink failing
+never holds up another (each sink has its own rows and backoff).
 
 A redelivered Celery batch re-writes the same rows; the content digest leaves unchanged ones
 alone (no second delivery) and re-queues a score whose content changed.

@@ -18,7 +18,17 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from evaluator.ledger import rows as ledger_rows
-from evaluator.models import ReviewItem, ReviewLabel, ReviewStatus, Score, ScoreStatus, Trace
+from evaluator.models import (
+    SESSION_SUBJECT_PREFIX,
+    Level,
+    ReviewItem,
+    ReviewLabel,
+    ReviewStatus,
+    Score,
+    ScoreStatus,
+    Trace,
+    is_session_subject,
+)
 from evaluator.sampling.estimates import ScoreSums, Sums
 from evaluator.store.database import Database
 from evaluator.store.tables import (
@@ -51,6 +61,15 @@ def label_row(label: ReviewLabel) -> dict[str, Any]:
     }
 
 
+# The subject of a session's scores: sessions.heuristics.Session.subject ("session:<digest>").
+
+
+def stored_level(score: Score) -> Level:
+    """The score's level; a score on a session subject (``session:<digest>``) is a session
+    score whatever its field says (a judge that left the default): the rule every sink keeps."""
+    return Level.SESSION if is_session_subject(score.trace_id) else score.level
+
+
 def score_row(
     score: Score, tenant: str | None, feature: str | None, prompt_version: str | None
 ) -> dict[str, Any]:
@@ -72,6 +91,7 @@ def score_row(
         "prompt_version": prompt_version,
         "created_at": score.created_at,
         "details": score.metadata,
+        "level": stored_level(score).value,
     }
 
 
@@ -91,6 +111,26 @@ def review_row(item: ReviewItem) -> dict[str, Any]:
     row["created_at"] = item.created_at
     row["trace"] = item.trace.model_dump(mode="json", exclude_none=True)
     return row
+
+
+def _sql_text(value: str) -> Any:
+    # A constant rendered into the statement, not a parameter: PostgreSQL must see the same
+    # expression in SELECT and GROUP BY, and two bound parameters are two expressions to it.
+    return literal_column("'" + value.replace("'", "''") + "'")
+
+
+# A score's level as stored; rows from before the column read as a session score when their
+# trace id is a session subject, else as a turn score (store/schema.py: no rewrite of old rows).
+LEVEL: Any = func.coalesce(
+    col(ScoreRecord.level),
+    case(
+        (
+            col(ScoreRecord.trace_id).like(_sql_text(SESSION_SUBJECT_PREFIX + "%")),
+            _sql_text(Level.SESSION.value),
+        ),
+        else_=_sql_text(Level.TURN.value),
+    ),
+)
 
 
 def _sum_terms(w: Any, y: Any) -> list[Any]:
@@ -132,13 +172,15 @@ class SQLStore(Database):
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def score_summary(self) -> list[dict[str, Any]]:
-        """Per evaluator and score name: count, passed, failed, errors, mean value."""
+    def score_summary(self, by_level: bool = False) -> list[dict[str, Any]]:
+        """Per evaluator and score name: count, passed, failed, errors, mean value. With
+        ``by_level``, per level too (turn, trajectory, session; ``LEVEL``), each row saying its
+        ``level``: an evaluator scores at one level, so these are the same rows, with it."""
+        keys = [col(ScoreRecord.evaluator), col(ScoreRecord.name), *([LEVEL] if by_level else [])]
         with self.session() as session:
             rows = session.execute(
                 sa_select(
-                    col(ScoreRecord.evaluator),
-                    col(ScoreRecord.name),
+                    *keys,
                     func.count(),
                     func.sum(func.cast(col(ScoreRecord.passed).is_(True), Integer)),
                     func.sum(func.cast(col(ScoreRecord.passed).is_(False), Integer)),
@@ -147,21 +189,26 @@ class SQLStore(Database):
                     ),
                     func.avg(col(ScoreRecord.value)),
                 )
-                .group_by(ScoreRecord.evaluator, ScoreRecord.name)
-                .order_by(ScoreRecord.evaluator, ScoreRecord.name)
+                .group_by(*keys)
+                .order_by(*keys)
             ).all()
-        return [
-            {
-                "evaluator": evaluator,
-                "name": name,
-                "count": int(count),
-                "passed": int(passed or 0),
-                "failed": int(failed or 0),
-                "errors": int(errors or 0),
-                "mean": float(mean) if mean is not None else None,
-            }
-            for evaluator, name, count, passed, failed, errors, mean in rows
-        ]
+        summary = []
+        for row in rows:
+            evaluator, name, *level = row[: len(keys)]
+            count, passed, failed, errors, mean = row[len(keys) :]
+            summary.append(
+                {
+                    "evaluator": evaluator,
+                    "name": name,
+                    **({"level": level[0]} if by_level else {}),
+                    "count": int(count),
+                    "passed": int(passed or 0),
+                    "failed": int(failed or 0),
+                    "errors": int(errors or 0),
+                    "mean": float(mean) if mean is not None else None,
+                }
+            )
+        return summary
 
     def judge_sampled_count(self) -> int:
         with self.session() as session:

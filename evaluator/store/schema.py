@@ -1,10 +1,14 @@
 """Creating and upgrading the database schema: the one place that does it.
 
 Upgrades so far only add nullable columns (``scores.inclusion_probability``,
-``evaluation_ledger.dispatches``), which ``create_schema`` applies to a database an older
-version created, so a running fleet upgrades by restarting its processes. The first change that
-is not additive (a rename, a type change, a new constraint on existing rows) is the point to
-introduce Alembic migrations; until then they would be ceremony without a job.
+``evaluation_ledger.dispatches``, ``scores.level``), which ``create_schema`` applies to a
+database an older version created, so a running fleet upgrades by restarting its processes.
+Existing rows are not rewritten: a column's reader says what its absence means (a score without
+a level is a session score when its trace id is a session subject, else a turn score:
+``sinks.sql.LEVEL``), so an upgrade costs one ALTER per column, whatever the table's size.
+The first change that is not additive (a rename, a type change, a new constraint on existing
+rows) is the point to introduce Alembic migrations; until then they would be ceremony without a
+job.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ class ScoreRecord(SQLModel, table=True):
     # P(this evaluation ran on the trace): 1 for heuristics, the sampler's for judges. Aggregates
     # weight by its inverse (evaluator.sampling.estimates). Rows from before it existed read as 1.
     inclusion_probability: float | None = None
+    # What the score is about (models.Level: turn, trajectory, session). Rows from before it
+    # existed have none: read as "session" when their trace id is a session subject
+    # ("session:<digest>"), else as "turn" (sinks.sql.LEVEL, the one place that reads it).
+    level: str | None = Field(default=None, max_length=16)
 
 
 class TraceRecord(SQLModel, table=True):
@@ -126,6 +130,7 @@ class JudgeCallRecord(SQLModel, table=True):
     model: str = Field(max_length=256)
     input_tokens: int
     output_tokens: int
+    cached_tokens: int | None = None  # of input_tokens, from the provider's prompt cache
     cost_usd: float | None = None
     latency_ms: float
     attempts: int
@@ -177,6 +182,11 @@ class ReviewItemRecord(SQLModel, table=True):
     status: str = Field(max_length=16, index=True)
     created_at: datetime = _tz_datetime(nullable=False)
     trace: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    # Issue 15: what is reviewed (turn / trajectory / session), the session, the failing steps
+    # and turns. Nullable, so create_schema adds them to an older database; None reads as turn.
+    level: str | None = Field(default=None, max_length=16)
+    session_id: str | None = Field(default=None, max_length=256)
+    focus: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class ReviewLabelRecord(SQLModel, table=True):

@@ -12,6 +12,14 @@ Beside the judge the report fits trivial baselines on the same examples — the 
 threshold on answer length, and on word overlap between the answer and its contexts or
 reference — with the same metrics and their ROC-AUC: public sets have shortcuts (on HaluEval-QA
 length alone reaches AUC 0.975), and a judge that does not beat them has shown no skill there.
+
+A pairwise judge (its examples carry ``metadata.response_b``) is calibrated on both orders of
+every pair (``trust/pairwise.py``: ``both_orders`` adds an order the set lacks; ``subsample``
+keeps pairs whole): the report's ``position`` says how often its verdict followed the position
+rather than the answer, and its baselines include "prefer the longer answer".
+
+A run against a protocol peer (a test model, ``not_judgements``) is labelled so in the report:
+its figures test the plumbing, they say nothing of a judge.
 """
 
 from __future__ import annotations
@@ -32,6 +40,14 @@ from evaluator.judging.runtime import run_judgements
 from evaluator.models import Score, ScoreStatus, Trace, Verdict
 from evaluator.settings import Settings
 from evaluator.trust.golden import GoldenExample, read_golden
+from evaluator.trust.pairwise import (
+    PositionBias,
+    both_orders,
+    is_pairwise,
+    length_difference,
+    pair_of,
+    position_bias,
+)
 
 PASS, FAIL = Verdict.PASS, Verdict.FAIL
 
@@ -184,6 +200,8 @@ def baselines(examples: Sequence[GoldenExample]) -> list[Baseline]:
     ]
     if any(e.trace.contexts or e.trace.reference for e in examples):
         features.append(("overlap", "word overlap with contexts/reference", _overlap))
+    if any(is_pairwise(e) for e in examples):
+        features.append(("length A - B", "prefer the longer answer", length_difference))
     found = []
     for short, feature, measure in features:
         values = [measure(e.trace) for e in examples]
@@ -206,48 +224,25 @@ def baselines(examples: Sequence[GoldenExample]) -> list[Baseline]:
     return found
 
 
-@dataclass
-class PositionBias:
-    """A pairwise judge over both orders of the same pairs (examples with metadata ``pair``)."""
-
-    pairs: int  # judged in both orders
-    consistent: int  # the same answer preferred whichever came first
-    first_both: int  # the first-shown answer preferred in both orders
-    second_both: int
-
-    @property
-    def consistency(self) -> float:
-        return self.consistent / self.pairs if self.pairs else 0.0
-
-
-def position_bias(
-    judged: Sequence[tuple[GoldenExample, Verdict]],
-) -> PositionBias | None:
-    """Both orders of a pair: "pass" means the judge preferred the answer shown first
-    (``output``); a consistent judge passes exactly one of the two orders."""
-    by_pair: dict[str, list[Verdict]] = {}
-    for example, verdict in judged:
-        pair = example.trace.metadata.get("pair")
-        if isinstance(pair, str):
-            by_pair.setdefault(pair, []).append(verdict)
-    both = [v for v in by_pair.values() if len(v) == 2]
-    if not both:
-        return None
-    passes = [sum(v is PASS for v in verdicts) for verdicts in both]
-    return PositionBias(len(both), passes.count(1), passes.count(2), passes.count(0))
-
-
 def subsample(examples: Sequence[GoldenExample], limit: int) -> list[GoldenExample]:
     """At most ``limit`` examples, taken in turn from each (dataset, human verdict) group in
-    file order, so every source and both classes stay represented (a quick or CI run)."""
-    groups: dict[tuple[str, str], list[GoldenExample]] = {}
+    file order, so every source and both classes stay represented (a quick or CI run). The
+    two orders of a pair count as one choice and stay together."""
+    orders: dict[str, list[GoldenExample]] = {}
     for example in examples:
-        groups.setdefault((example.dataset, example.verdict.value), []).append(example)
+        key = pair_of(example) if is_pairwise(example) else example.trace.trace_id
+        orders.setdefault(key, []).append(example)
+    groups: dict[tuple[str, str], list[list[GoldenExample]]] = {}
+    for together in orders.values():
+        first = together[0]
+        groups.setdefault((first.dataset, first.verdict.value), []).append(together)
     queues = [groups[key] for key in sorted(groups)]
     chosen: list[GoldenExample] = []
     depth = 0
     while len(chosen) < limit and any(depth < len(q) for q in queues):
-        chosen += [q[depth] for q in queues if depth < len(q)][: limit - len(chosen)]
+        for queue in queues:
+            if depth < len(queue) and len(chosen) + len(queue[depth]) <= limit:
+                chosen += queue[depth]
         depth += 1
     return chosen
 
@@ -293,6 +288,9 @@ class CalibrationReport:
     by_source: dict[str, Agreement] = field(default_factory=dict)
     source_baselines: dict[str, Baseline] = field(default_factory=dict)
     position: PositionBias | None = None
+    # Why these scores are not judgements (the endpoint is a protocol peer, e.g. a test model),
+    # or None: a real judge model's run.
+    not_judgements: str | None = None
 
     @property
     def best_baseline(self) -> Baseline | None:
@@ -349,7 +347,11 @@ class CalibrationReport:
         return problems
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed, "beats_baseline": self.beats_baseline}
+        data = {**asdict(self), "passed": self.passed, "beats_baseline": self.beats_baseline}
+        if self.position is not None:
+            data["position"]["follows_position"] = self.position.follows_position
+        data["judgements"] = self.not_judgements is None
+        return data
 
 
 def _strength(result: Agreement | Baseline) -> tuple[float, float]:
@@ -442,10 +444,11 @@ def calibrate(
     settings: Settings,
     on_done: Callable[[], None] | None = None,
 ) -> CalibrationReport:
-    """Run the judge over the examples it applies to and compare with the human labels."""
+    """Run the judge over the examples it applies to and compare with the human labels (a
+    pairwise judge's in both orders)."""
     applicable = []
     skipped: Counter[str] = Counter()
-    for example in examples:
+    for example in both_orders(examples):
         reason = spec.applies_when.why_not(example.trace)
         if reason is None:
             applicable.append(example)

@@ -5,6 +5,11 @@ sorted keys, so a diff shows exactly which labels changed. ``export`` merges the
 into the file; ``import`` loads labels made elsewhere (JSONL in this format, or CSV; the public
 formats are mapped in ``golden_public.py``). Starter sets from other sources sit beside it as
 ``<judge>.<source>.jsonl`` (one licence per file); ``read_golden`` reads all of a judge's files.
+
+A label on a session review item becomes an example whose trace is the whole session as one
+Trace (``trace_id`` ``session:<digest>``, the conversation in ``messages``, every turn's steps;
+``sessions.conversation.session_trace``): calibration runs a session judge on exactly what the
+reviewer saw. Its few-shot text shows the conversation rather than one question and answer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from evaluator.models import ReviewLabel, Trace, Verdict, describe_validation_error, stable_id
+from evaluator.models import (
+    ReviewLabel,
+    Trace,
+    Verdict,
+    describe_validation_error,
+    is_session_subject,
+    stable_id,
+)
 from evaluator.resources import resource
 
 GOLDEN_DIR = Path("datasets/golden")
@@ -55,6 +67,13 @@ class GoldenExample(BaseModel):
         "halueval-qa-183); None: the review queue. The licence of public rows is in "
         "trace.metadata['licence'].",
     )
+
+    @property
+    def is_session(self) -> bool:
+        """The example is a whole session (labelled on a session review item)."""
+        return is_session_subject(self.trace.trace_id) or (
+            self.trace.metadata.get("level") == "session"
+        )
 
     @property
     def dataset(self) -> str:
@@ -252,9 +271,35 @@ def few_shot_examples(judge: str, k: int, exclude_trace: str, directory: Path) -
     return [_example_text(e) for e in (first + alternating)[:k]]
 
 
+# A few-shot session example shows at most this many messages (its first and last ones) and
+# this many characters of each: an example must not crowd out the conversation being judged.
+FEW_SHOT_MESSAGES = 12
+FEW_SHOT_MESSAGE_CHARS = 500
+
+
+def _conversation_lines(trace: Trace) -> list[str]:
+    messages = trace.messages or []
+    head = FEW_SHOT_MESSAGES // 2
+    kept = list(enumerate(messages))
+    if len(kept) > FEW_SHOT_MESSAGES:
+        kept = kept[:head] + kept[len(kept) - (FEW_SHOT_MESSAGES - head) :]
+    lines, previous = ["Conversation:"], -1
+    for index, message in kept:
+        if index != previous + 1:
+            lines.append(f"  ... {index - previous - 1} messages left out ...")
+        previous = index
+        text = message.text[:FEW_SHOT_MESSAGE_CHARS]
+        calls = ", ".join(call.function.name for call in message.tool_calls or ())
+        lines.append(f"  {message.role}: {text}" + (f" [calls {calls}]" if calls else ""))
+    return lines
+
+
 def _example_text(example: GoldenExample) -> str:
     trace = example.trace
-    lines = [f"Question: {trace.input}", f"Answer: {trace.output}"]
+    if example.is_session and trace.messages:
+        lines = _conversation_lines(trace)
+    else:
+        lines = [f"Question: {trace.input}", f"Answer: {trace.output}"]
     lines += [f"Context: {context}" for context in trace.contexts]
     if trace.reference:
         lines.append(f"Reference: {trace.reference}")
