@@ -33,6 +33,13 @@ def stable_id(*parts: str) -> str:
     return digest[:32]
 
 
+def sample_point(key: str, salt: str = "") -> float:
+    """A uniform number in [0, 1) derived from ``key`` (a trace id, a session's digest and
+    version): the same key always lands the same, so sampling is deterministic everywhere."""
+    digest = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def display_name(evaluator: str, score_name: str) -> str:
     """A score's name outside Evalfleet: the score name, prefixed by its evaluator when a judge
     returns several fields (``correctness.completeness``)."""

@@ -201,9 +201,8 @@ def test_decision_is_recorded_per_entry(redis_client: redis.Redis) -> None:
 
 
 def test_unknown_enabled_judge_is_a_clear_startup_error(redis_client: redis.Redis) -> None:
-    with pytest.raises(
-        JudgeFileError, match=r"unknown judge.*: nonsense \(available: answer_relevance"
-    ):
+    available = r"\(available: agent_tool_use, answer_relevance"
+    with pytest.raises(JudgeFileError, match=r"unknown judge.*: nonsense " + available):
         sampler(redis_client, Collect(), enabled_judges=["safety", "nonsense"])
 
 

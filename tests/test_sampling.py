@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from helpers import make_trace
 
-from evaluator.models import Score, ScoreType, Trace
+from evaluator.models import Score, ScoreType, Trace, sample_point
 from evaluator.sampling.estimates import hajek, score_estimates, unweighted
-from evaluator.sampling.strata import SamplingPolicy, VersionTracker, sample_point
+from evaluator.sampling.strata import SamplingPolicy, VersionTracker
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, score_row
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+import time
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from evaluator.constants import SESSIONS_DUE
 from evaluator.sessions.tracker import (
@@ -163,3 +168,115 @@ def test_samplers_racing_finish_each_session_once(redis_client: redis.Redis) -> 
     # Handed over at least once each; a repeat is the same (session, version): idempotent.
     assert len(set(handed)) == 400
     assert trackers[0].open_count() == 0
+
+
+def test_a_turn_moves_completion_later_without_writing_the_due_set(
+    tracker: SessionTracker, redis_client: redis.Redis
+) -> None:
+    tracker.observe([turn("s1", 1)], now_ms=T0)
+    digest = session_digest("acme", "s1")
+    tracker.observe([turn("s1", 2)], now_ms=T0 + 5_000)
+    assert redis_client.zscore(SESSIONS_DUE, digest) == T0 + 10_000  # a lower bound only
+    # Not quiet yet at its first due time: moved to the real one instead of handed over.
+    assert tracker.complete_due(lambda _: None, now_ms=T0 + 10_000) == 0
+    assert redis_client.zscore(SESSIONS_DUE, digest) == T0 + 15_000
+    handed: list[CompletedSession] = []
+    assert tracker.complete_due(handed.extend, now_ms=T0 + 15_000) == 1
+    assert handed[0].turn_ids == ("s1-turn-1", "s1-turn-2") and handed[0].seen == 2
+
+
+def test_a_turn_during_the_hand_off_at_the_maximum_age_is_not_lost(
+    tracker: SessionTracker,
+) -> None:
+    # At its maximum age a session's due time no longer moves with a new turn: the finish is
+    # guarded by the turns seen, so the turn that arrived during the hand-off is evaluated too.
+    for n in range(11):
+        tracker.observe([turn("s1", n)], now_ms=T0 + 9_000 * n)
+    first: list[CompletedSession] = []
+
+    def hand_off_while_a_turn_arrives(sessions: list[CompletedSession]) -> None:
+        first.extend(sessions)
+        tracker.observe([turn("s1", 11)], now_ms=T0 + 100_000)
+
+    assert tracker.complete_due(hand_off_while_a_turn_arrives, now_ms=T0 + 100_000) == 0
+    assert len(first[0].turn_ids) == 11
+    second: list[CompletedSession] = []
+    assert tracker.complete_due(second.extend, now_ms=T0 + 100_000) == 1
+    assert len(second[0].turn_ids) == 12 and second[0].version != first[0].version
+
+
+def test_completing_a_backlog_goes_past_sessions_that_were_not_due_yet(
+    tracker: SessionTracker,
+) -> None:
+    now = int(time.time() * 1000)
+    # The busy ten have the lowest due times, so they fill the first page of the due set; a
+    # turn a second ago means they are not due yet, and the twenty behind them are.
+    tracker.observe([turn(f"busy-{n}", 1) for n in range(10)], now_ms=now - 70_000)
+    tracker.observe([turn(f"quiet-{n}", 1) for n in range(20)], now_ms=now - 60_000)
+    tracker.observe([turn(f"busy-{n}", 2) for n in range(10)], now_ms=now - 1_000)
+    handed: list[CompletedSession] = []
+    assert tracker.complete_all_due(handed.extend, limit=10) == 20
+    assert {s.session_id for s in handed} == {f"quiet-{n}" for n in range(20)}
+    assert tracker.open_count() == 10
+
+
+def test_an_observation_given_up_is_safely_observed_again(tracker: SessionTracker) -> None:
+    turns = [turn("s1", n) for n in range(3)]
+    tracker.start_observing(turns, now_ms=T0).cancel()  # recorded or not: either is safe
+    # Its answer is never read as another's: two new sessions are two, whatever s1's was.
+    assert tracker.observe([turn("s2", 1), turn("s3", 1)], now_ms=T0) == 2
+    tracker.observe(turns, now_ms=T0 + 1_000)
+    by_id = {s.session_id: s for s in tracker.read_due(now_ms=T0 + 20_000)}
+    assert by_id["s1"].turn_ids == tuple(t.trace_id for t in turns) and by_id["s1"].seen == 3
+
+
+def test_observing_goes_on_after_redis_lost_its_scripts(
+    tracker: SessionTracker, redis_client: redis.Redis
+) -> None:
+    tracker.observe([turn("s1", 1)], now_ms=T0)
+    redis_client.script_flush()  # as after a restart without persistence of scripts
+    assert tracker.observe([turn("s2", 1)], now_ms=T0) == 1
+    assert {s.session_id for s in tracker.read_due(now_ms=T0 + 10_000)} == {"s1", "s2"}
+
+
+names = st.text(max_size=80)
+
+
+@given(tenant=st.none() | names, session_id=names)
+def test_a_session_is_the_digest_of_the_json_of_its_tenant_and_id(
+    tenant: str | None, session_id: str
+) -> None:
+    who = json.dumps([tenant, session_id], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert session_digest(tenant, session_id) == hashlib.blake2b(who, digest_size=16).hexdigest()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    turns=st.lists(
+        st.builds(TurnSeen, st.none() | names, names, st.text(min_size=1, max_size=80),
+                  st.booleans()),
+        min_size=1, max_size=12,
+    )
+)  # fmt: skip
+def test_whatever_names_and_trace_ids_hold_they_come_back_as_they_went_in(
+    redis_client: redis.Redis, turns: list[TurnSeen]
+) -> None:
+    redis_client.flushdb()
+    tracker = SessionTracker(redis_client, POLICY)
+    tracker.observe(turns, now_ms=T0)
+    expected: dict[tuple[str | None, str], set[str]] = {}
+    outcome = set()
+    for t in turns:
+        held = expected.setdefault((t.tenant, t.session_id), set())
+        if t.trace_id not in held and t.outcome:  # a turn seen again is the same turn
+            outcome.add((t.tenant, t.session_id))
+        held.add(t.trace_id)
+    sessions = tracker.read_due(now_ms=T0 + 10_000)
+    assert {(s.tenant, s.session_id): set(s.turn_ids) for s in sessions} == expected
+    assert {(s.tenant, s.session_id) for s in sessions if s.outcome} == outcome
+    assert tracker.observe(turns, now_ms=T0 + 5_000) == 0  # again: nothing changes
+    assert sorted(s.seen for s in tracker.read_due(now_ms=T0 + 10_000)) == sorted(
+        len(ids) for ids in expected.values()
+    )

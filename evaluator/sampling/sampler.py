@@ -1,10 +1,12 @@
 """The consumer-group loop: read traces, validate, decide, dispatch, and only then acknowledge.
 
 Guarantees (see DESIGN.md): an entry is XACKed only after its batch was handed to the broker or
-it was dead-lettered with a reason; entries left pending by a crashed consumer are reclaimed with
-XAUTOCLAIM; the loop pauses while the worker queues are deeper than their limits. A sampler's
-consumer name is stable and leased (evaluator.streams.lease_consumer_name): a restart takes it
-back and re-reads its own pending entries first, and no two samplers read under one name.
+it was dead-lettered with a reason, and a turn of a conversation only once Redis has recorded it
+for its session (evaluator.sessions.tracker; sent before the dispatch, answered before the XACK);
+entries left pending by a crashed consumer are reclaimed with XAUTOCLAIM; the loop pauses while
+the worker queues are deeper than their limits. A sampler's consumer name is stable and leased
+(evaluator.streams.lease_consumer_name): a restart takes it back and re-reads its own pending
+entries first, and no two samplers read under one name.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ from evaluator.constants import (
     WORKER_ROLES,
 )
 from evaluator.judging.files import Judge, enabled_judges
-from evaluator.models import SampleDecision, Trace, parse_trace
+from evaluator.models import SampleDecision, Trace, parse_published_trace
 from evaluator.ops import logs, metrics
 from evaluator.sampling import inflight
 from evaluator.sampling.budget import BudgetPlanner, record_traffic
 from evaluator.sampling.strata import SESSION_OUTCOME_STRATA, SamplingPolicy, VersionTracker
-from evaluator.sessions.tracker import SessionTracker, TurnSeen
+from evaluator.sessions.tracker import Observation, SessionTracker, TurnSeen
 from evaluator.settings import Settings
 from evaluator.streams import (
     ConsumerLease,
@@ -82,7 +84,7 @@ def parse_entry(fields: dict[bytes, bytes], max_bytes: int) -> Trace | str:
     if payload is None:
         names = ", ".join(sorted(text(k) for k in fields)[:10]) or "none"
         return f"entry has no {TRACE_FIELD!r} field (fields: {names})"[:1000]
-    return parse_trace(payload, max_bytes)
+    return parse_published_trace(payload, max_bytes)
 
 
 def _chunks(items: Sequence[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -313,22 +315,23 @@ class Sampler:
         # (Judge work has the ledger for that.)
         heuristics = {batch_id: c for queue, batch_id, c in batches if queue == HEURISTICS_QUEUE}
         inflight.add(self.client, heuristics, self.inflight_due_s)
+        # The batch's turns go to the session tracker now, and its answer is waited for only
+        # after the dispatch: Redis records them while this process hands the batch to the
+        # broker. Still before the XACK: a failure or a crash in between leaves the entries
+        # pending, and re-read they are observed again (observing a turn twice changes nothing).
+        observing = self._start_observing(session_turns)
         try:
             for queue, batch_id, chunk in batches:
                 self.dispatch(queue, chunk, batch_id)
                 self.counts.batches_dispatched += 1
-        except DispatchError:
-            inflight.remove(self.client, list(heuristics))  # the entries stay pending instead
+        except BaseException as exc:
+            observing.cancel()
+            if isinstance(exc, DispatchError):
+                inflight.remove(self.client, list(heuristics))  # the entries stay pending instead
             raise
+        observing.wait()
         if self.sessions is not None:
-            # After the dispatch, before the XACK: a failure leaves the entries pending and
-            # they are observed again (observing a turn twice changes nothing).
-            turns = [
-                TurnSeen(trace.tenant, session, trace.trace_id, stratum in SESSION_OUTCOME_STRATA)
-                for trace, session, stratum in session_turns
-            ]
-            self.sessions.observe(turns)
-            metrics.SESSIONS_OBSERVED.inc(len(turns))
+            metrics.SESSIONS_OBSERVED.inc(len(session_turns))
         sampled = sum(n for (_, judged), n in outcomes.items() if judged)
         self.counts.judge_sampled += sampled
         for (stratum, judged), n in outcomes.items():
@@ -345,6 +348,15 @@ class Sampler:
         metrics.TRACES_CONSUMED.inc(len(entries))
         metrics.TRACES_DEAD_LETTERED.inc(len(dead))
         metrics.TRACES_SAMPLED.inc(len(judge_tasks))
+
+    def _start_observing(self, session_turns: list[tuple[Trace, str, str]]) -> Observation:
+        if self.sessions is None:
+            return Observation.nothing()
+        turns = [
+            TurnSeen(trace.tenant, session, trace.trace_id, stratum in SESSION_OUTCOME_STRATA)
+            for trace, session, stratum in session_turns
+        ]
+        return self.sessions.start_observing(turns)
 
     @staticmethod
     def _decide(

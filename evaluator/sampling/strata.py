@@ -12,7 +12,6 @@ ever zero: a stratum never sampled would make those estimates biased.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,7 @@ import redis
 
 from evaluator.constants import FIRST_SEEN_KEY
 from evaluator.judging.files import Judge, judge_level
-from evaluator.models import Level, SampleDecision, Trace
+from evaluator.models import Level, SampleDecision, Trace, sample_point
 from evaluator.settings import Settings
 
 _TRUNCATED_OR_FILTERED = {"length", "max_tokens", "content_filter"}
@@ -53,12 +52,6 @@ DEFAULT_STRATUM_RATES: dict[str, float] = {
     Stratum.CANARY: 0.5,
     Stratum.SHORT_OUTPUT: 1.0,
 }
-
-
-def sample_point(trace_id: str, salt: str = "") -> float:
-    """A uniform number in [0, 1) derived from the trace id: the same id always lands the same."""
-    digest = hashlib.blake2b(f"{salt}{trace_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def version_keys(trace: Trace) -> list[str]:

@@ -66,7 +66,7 @@ def _keep_ends(items: list[Any], limit: int) -> tuple[list[Any], int]:
     return items[:head] + items[len(items) - (limit - head) :], len(items) - limit
 
 
-def _tool_calls_answered(messages: list[Message]) -> list[Message]:
+def answered_tool_calls(messages: list[Message]) -> list[Message]:
     """Drop tool messages whose call was cut out with the middle (a Trace requires the call)."""
     called: set[str] = set()
     kept = []
@@ -128,6 +128,6 @@ def session_trace(session: Session) -> Trace:
         started_at=first.started_at,
         ended_at=last.ended_at,
         session_id=session.session_id,
-        messages=_tool_calls_answered(messages),
+        messages=answered_tool_calls(messages),
         steps=steps or None,
     )

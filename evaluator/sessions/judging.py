@@ -24,7 +24,6 @@ uses. The evaluation version of a session judge is ``<judge version>/<session ve
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ from sqlmodel import col, select
 
 from evaluator.judging.files import Judge, evaluation_spec, judge_level
 from evaluator.ledger import decision_rows
-from evaluator.models import Level, Message, SampleDecision, Trace, stable_id
-from evaluator.sessions.conversation import session_trace
+from evaluator.models import Level, SampleDecision, Trace, sample_point, stable_id
+from evaluator.sessions.conversation import answered_tool_calls, session_trace
 from evaluator.sessions.heuristics import Session
 from evaluator.settings import Settings
 from evaluator.store.database import Database
@@ -44,13 +43,6 @@ from evaluator.store.tables import LedgerRecord
 from evaluator.work import WireEntry, judge_entry
 
 OUTCOME, CONTROL = "outcome", "control"
-
-
-def sample_point(key: str, salt: str) -> float:
-    """Uniform in [0, 1) from ``key``: the hash ``sampling.strata.sample_point`` uses (not
-    imported: the sampler imports this room, and rooms import one way)."""
-    digest = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def session_judges(judges: Mapping[str, Judge], settings: Settings) -> dict[str, Judge]:
@@ -192,7 +184,7 @@ def fit_to_bytes(trace: Trace, max_bytes: int) -> Trace:
             for step in steps
         ]  # fmt: skip
         update = {
-            "messages": _answered(messages) or None,
+            "messages": answered_tool_calls(messages) or None,
             "steps": steps or None,
             "metadata": {**trace.metadata, "judge_fitted": dropped},
         }
@@ -214,15 +206,3 @@ def _halve(
     middle = [item for item in items[keep:-keep] if failed(item)]
     kept = items[:keep] + middle + items[-keep:]
     return kept, len(items) - len(kept)
-
-
-def _answered(messages: list[Message]) -> list[Message]:
-    """Tool messages whose call was dropped with the middle go too (a Trace requires the call)."""
-    called: set[str] = set()
-    kept = []
-    for message in messages:
-        if message.role == "tool" and message.tool_call_id not in called:
-            continue
-        called.update(call.id for call in message.tool_calls or ())
-        kept.append(message)
-    return kept

@@ -1,17 +1,21 @@
 """Deciding, once, that a conversation is over.
 
 A session is complete when no new turn arrived for ``quiet_s``, or ``max_age_s`` after its
-window opened, whichever comes first. Its state lives in Redis, never in a sampler's memory: a
-hash per session (who it is, when its window opened, its last turn, whether any turn was an
-outcome stratum), the set of its turns' trace ids, and one sorted set of open sessions by due
-time. Any number of samplers observe turns and complete sessions:
+window opened, whichever comes first. Its state lives in Redis, never in a sampler's memory: one
+hash per session (who it is, when its window opened, its last turn, how many turns were seen,
+whether any turn was an outcome stratum, and its turns' trace ids as fields) and one sorted set
+of open sessions by due time. Any number of samplers observe turns and complete sessions:
 
-- ``observe`` adds a batch's turns in one script call. A turn already seen (a redelivered batch)
-  changes nothing, so observing is idempotent; a new turn pushes the due time back.
-- ``complete_due`` reads due sessions, hands them to ``dispatch``, then finishes only those whose
-  due time did not move since the read (one script, guarded like the OTLP flusher's). A sampler
-  that dies between the hand-off and the finish leaves the session due: the next chore hands it
-  over again with the same turns, so the same evaluation version, and downstream writes are
+- ``observe`` adds a batch's turns in one script call (``start_observing`` sends it and lets
+  the caller go on; its ``wait`` returns once Redis has recorded them). A turn already seen (a
+  redelivered batch) changes nothing, so observing is idempotent. A new turn moves the
+  session's last turn; the due time in the sorted set is only a lower bound, set when the
+  window opens and moved forward by the read when turns arrived since (a turn into an open
+  session writes one hash, never the large sorted set).
+- ``complete_due`` reads due sessions, hands them to ``dispatch``, then finishes only those that
+  saw no new turn since the read (one script, guarded like the OTLP flusher's). A sampler that
+  dies between the hand-off and the finish leaves the session due: the next chore hands it over
+  again with the same turns, so the same evaluation version, and downstream writes are
   idempotent upserts on (session, evaluator, version). Effects happen once.
 - A turn after completion re-opens the session with a new window. Its next completion holds a
   different set of turns, so a different evaluation version: a new evaluation, never a
@@ -25,93 +29,115 @@ a Cluster (like the OTLP assembler).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from json.encoder import encode_basestring as _json_string
+from typing import Any, Protocol
 
 import redis
 
-from evaluator.constants import SESSION_PREFIX, SESSION_TURNS_PREFIX, SESSIONS_DUE
+from evaluator.constants import SESSION_PREFIX, SESSIONS_DUE
 from evaluator.settings import Settings
 from evaluator.streams import text
 
-# KEYS: due zset. ARGV: session prefix, turns prefix, now ms, quiet ms, max age ms, max turns,
-# then per turn: digest, who (JSON [tenant, session id]), trace id, outcome flag.
-# Returns how many sessions were opened (first turn ever seen).
+# A session's hash holds its turns as fields '#' .. trace id, beside the meta fields below
+# (none starts with '#', so no trace id, whatever it holds, can overwrite one): state (open,
+# done), first (ms the window opened), last (ms of the last new turn), who (JSON [tenant,
+# session id]), seen (new turns observed, kept or not: the finish's guard), outcome, overflow,
+# completed, completions.
+#
+# KEYS: due zset. ARGV: session prefix, now ms, quiet ms, max age ms, max turns, then the batch as
+# one JSON array (one argument to encode and parse rather than four per turn), per turn: digest,
+# who, trace id, outcome flag (true/false). Returns how many sessions were opened (first turn
+# ever seen). A turn into an open session does not touch the due zset: the session's due time
+# there is a lower bound, and the read script moves it when turns arrived since (so a turn costs
+# three commands, not four; ZADD into a large sorted set is the dearest of them).
 _OBSERVE = """
 local now, quiet, max_age, max_turns =
-  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, due_key, call = ARGV[1], KEYS[1], redis.call
+local turns = cjson.decode(ARGV[6])
 local opened = 0
-for i = 7, #ARGV, 4 do
-  local digest, who, trace_id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local h, t = ARGV[1] .. digest, ARGV[2] .. digest
-  -- Five commands for an ordinary turn: it is new when SADD adds it (below the cap).
-  local new
-  if redis.call('SCARD', t) < max_turns then
-    new = redis.call('SADD', t, trace_id) == 1
-  else
-    new = redis.call('SISMEMBER', t, trace_id) == 0
-    if new then redis.call('HSET', h, 'overflow', '1') end
-  end
-  if new then
-    local known = redis.call('HMGET', h, 'state', 'first')
-    local first = tonumber(known[2])
+for i = 1, #turns, 4 do
+  local digest = turns[i]
+  local h, turn = prefix .. digest, '#' .. turns[i + 2]
+  -- A turn already held (a redelivered batch) is one command and changes nothing.
+  if call('HSETNX', h, turn, '') == 1 then
+    local known = call('HMGET', h, 'state', 'seen')
+    local seen = tonumber(known[2]) or 0
+    local set = {'last', now, 'seen', seen + 1}
+    if seen >= max_turns then
+      -- over the cap: counted, not kept (so a redelivery of it counts again, as a new turn)
+      call('HDEL', h, turn)
+      set[5], set[6] = 'overflow', '1'
+    end
+    if turns[i + 3] then
+      local n = #set
+      set[n + 1], set[n + 2] = 'outcome', '1'
+    end
     if known[1] ~= 'open' then
       -- a new session, or a completed one re-opened by a late turn: a new window
-      if not known[1] then opened = opened + 1 end
-      first = now
-      redis.call('HSET', h, 'state', 'open', 'first', now, 'who', who)
-      redis.call('PERSIST', h)
-      redis.call('PERSIST', t)
+      if known[1] then call('PERSIST', h) else opened = opened + 1 end
+      local n = #set
+      set[n + 1], set[n + 2], set[n + 3], set[n + 4] = 'state', 'open', 'first', now
+      set[n + 5], set[n + 6] = 'who', turns[i + 1]
+      call('ZADD', due_key, now + math.min(quiet, max_age), digest)
     end
-    if ARGV[i + 3] == '1' then
-      redis.call('HSET', h, 'last', now, 'outcome', '1')
-    else
-      redis.call('HSET', h, 'last', now)
-    end
-    redis.call('ZADD', KEYS[1], math.min(now + quiet, first + max_age), digest)
+    call('HSET', h, unpack(set))
   end
 end
 return opened
 """
 
-# KEYS: due zset. ARGV: session prefix, turns prefix, now ms, limit.
-# Returns per due session: digest, due score, who, first, last, outcome, overflow, trace ids...
+# KEYS: due zset. ARGV: session prefix, now ms, limit, quiet ms, max age ms.
+# Returns how many sessions the due zset held due, then per session really due (no turn within
+# ``quiet`` of now, or the window ``max_age`` old): digest, due score, who, first, last,
+# outcome, overflow, seen, trace ids... A session with turns since its due time was set is moved
+# to its new due time instead (min(last + quiet, first + max age)).
 _READ = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0,
-  tonumber(ARGV[4]))
-local out = {}
+local now, quiet, max_age = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[3]))
+local out = {#due / 2}
 for i = 1, #due, 2 do
   local digest = due[i]
   local h = ARGV[1] .. digest
-  local fields = redis.call('HMGET', h, 'who', 'first', 'last', 'outcome', 'overflow')
-  local row = {digest, due[i + 1]}
-  for j = 1, 5 do row[#row + 1] = fields[j] or '' end
-  for _, id in ipairs(redis.call('SMEMBERS', ARGV[2] .. digest)) do row[#row + 1] = id end
-  out[#out + 1] = row
+  local m = redis.call('HMGET', h, 'who', 'first', 'last', 'outcome', 'overflow', 'seen')
+  local first, last = tonumber(m[2]), tonumber(m[3])
+  local real = first and last and math.min(last + quiet, first + max_age)
+  if real and real > now then
+    redis.call('ZADD', KEYS[1], real, digest)
+  else
+    local row = {digest, due[i + 1]}
+    for j = 1, 6 do row[j + 2] = m[j] or '' end
+    for _, name in ipairs(redis.call('HKEYS', h)) do
+      if string.byte(name, 1) == 35 then row[#row + 1] = string.sub(name, 2) end  -- '#'
+    end
+    out[#out + 1] = row
+  end
 end
 return out
 """
 
-# KEYS: due zset. ARGV: session prefix, turns prefix, now ms, retention ms, then per session:
-# digest, the due score read. Per session 1 when finished, 0 when a turn arrived since the read
-# (it completes later, with that turn) or another sampler finished it first.
+# KEYS: due zset. ARGV: session prefix, now ms, retention ms, then per session: digest, the due
+# score read, the turns seen when read. Per session 1 when finished, 0 when a turn arrived since
+# the read (it completes later, with that turn) or another sampler finished it first.
 _FINISH = """
 local out = {}
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   local digest = ARGV[i]
+  local h = ARGV[1] .. digest
   local done = 0
   local due = redis.call('ZSCORE', KEYS[1], digest)
-  if due and due == ARGV[i + 1] then
-    local h, t = ARGV[1] .. digest, ARGV[2] .. digest
+  if due and due == ARGV[i + 1] and (redis.call('HGET', h, 'seen') or '') == ARGV[i + 2] then
     redis.call('ZREM', KEYS[1], digest)
-    redis.call('HSET', h, 'state', 'done', 'completed', ARGV[3])
+    redis.call('HSET', h, 'state', 'done', 'completed', ARGV[2])
     redis.call('HINCRBY', h, 'completions', 1)
-    redis.call('PEXPIRE', h, ARGV[4])
-    redis.call('PEXPIRE', t, ARGV[4])
+    redis.call('PEXPIRE', h, ARGV[3])
     done = 1
   end
   out[#out + 1] = done
@@ -121,8 +147,11 @@ return out
 
 
 def _who(tenant: str | None, session_id: str) -> str:
-    """Tenant and session id as one JSON text: what a session is, kept in its hash."""
-    return json.dumps([tenant, session_id], ensure_ascii=False)
+    """Tenant and session id as one JSON text: what a session is, kept in its hash. Exactly
+    ``json.dumps([tenant, session_id], ensure_ascii=False)`` (the digest is of this text), built
+    without an encoder per call: it runs once per turn on the sampler's path."""
+    tenant_json = "null" if tenant is None else _json_string(tenant)
+    return f"[{tenant_json}, {_json_string(session_id)}]"
 
 
 def _digest_of(who: str) -> str:
@@ -132,6 +161,16 @@ def _digest_of(who: str) -> str:
 def session_digest(tenant: str | None, session_id: str) -> str:
     """The session's identity: tenants never share a session, whatever their names hold."""
     return _digest_of(_who(tenant, session_id))
+
+
+def _packed(turns: Sequence[TurnSeen]) -> bytes:
+    """The observe script's batch argument, in one pass: per turn digest, who, trace id, outcome,
+    as one JSON array (Redis parses it with cjson)."""
+    flat: list[str | bool] = []
+    for turn in turns:
+        who = _who(turn.tenant, turn.session_id)
+        flat += (_digest_of(who), who, turn.trace_id, turn.outcome)
+    return json.dumps(flat, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -161,6 +200,7 @@ class CompletedSession:
     outcome: bool  # any turn was an outcome stratum: the session is one too
     overflow: bool  # more turns arrived than ``max_turns``; only the first ones are held
     due: str  # the due score read, for the guarded finish
+    seen: int = 0  # new turns observed when read: a turn since then defers the finish
 
     def wire(self) -> dict[str, Any]:
         """The JSON form handed to a worker (``from_wire`` reads it back)."""
@@ -176,6 +216,61 @@ class CompletedSession:
         hand-off is the same evaluation), a late turn gives a new one."""
         joined = "\n".join(self.turn_ids).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(joined, digest_size=6).hexdigest()
+
+
+class _Connection(Protocol):
+    """What an observation uses of a redis-py connection (whose methods carry no hints)."""
+
+    def send_command(self, *args: Any) -> None: ...
+    def read_response(self) -> Any: ...
+    def disconnect(self) -> None: ...
+
+
+class Observation:
+    """Turns sent to Redis whose answer was not read yet. ``wait`` reads it: the turns are then
+    recorded (or it raises). ``cancel`` gives the answer up: the turns may or may not have been
+    recorded, and either is safe, since observing a turn again changes nothing."""
+
+    def __init__(
+        self,
+        connection: _Connection | None,
+        release: Callable[[], None],
+        again: Callable[[], int],
+    ) -> None:
+        self._connection = connection
+        self._release = release  # hands the connection back to its pool
+        self._again = again  # the same call, waited for, when Redis did not have the script
+
+    @classmethod
+    def nothing(cls) -> Observation:
+        """An observation of no turns: answered already."""
+        return cls(None, lambda: None, lambda: 0)
+
+    def wait(self) -> int:
+        """How many sessions the turns opened, once Redis has recorded them."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return 0
+        try:
+            reply = connection.read_response()
+        except redis.exceptions.NoScriptError:
+            self._release()  # an answer like any other: the connection is fine
+            return self._again()
+        except BaseException:
+            self._drop(connection)
+            raise
+        self._release()
+        return int(reply)
+
+    def cancel(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        # Its answer may still be on the way: the connection is closed, never reused as is.
+        connection.disconnect()
+        self._release()
 
 
 # Hands completed sessions to the fleet; must be idempotent on (digest, version).
@@ -195,25 +290,54 @@ class SessionTracker:
 
     def observe(self, turns: Sequence[TurnSeen], now_ms: int | None = None) -> int:
         """Record turns (one script call); returns how many sessions they opened."""
+        return self.start_observing(turns, now_ms).wait()
+
+    def start_observing(self, turns: Sequence[TurnSeen], now_ms: int | None = None) -> Observation:
+        """Send the turns to Redis without waiting for its answer, on a connection of their
+        own: Redis records them while the caller goes on (the sampler hands its batch to the
+        broker meanwhile). They are recorded once ``wait()`` on the result has returned."""
         if not turns:
-            return 0
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+            return Observation.nothing()
         p = self.policy
-        args: list[Any] = [
-            SESSION_PREFIX, SESSION_TURNS_PREFIX, now,
-            int(p.quiet_s * 1000), int(p.max_age_s * 1000), p.max_turns,
-        ]  # fmt: skip
-        for turn in turns:
-            who = _who(turn.tenant, turn.session_id)  # once per turn: the sampler's hot path
-            args += [_digest_of(who), who, turn.trace_id, "1" if turn.outcome else "0"]
-        return int(self._observe(keys=[SESSIONS_DUE], args=args))
+        args = (
+            SESSION_PREFIX,
+            int(time.time() * 1000) if now_ms is None else now_ms,
+            int(p.quiet_s * 1000),
+            int(p.max_age_s * 1000),
+            p.max_turns,
+            _packed(turns),
+        )
+        pool = self.client.connection_pool
+        pooled = pool.get_connection()
+        connection: _Connection = pooled
+        observation = Observation(
+            connection,
+            functools.partial(pool.release, pooled),
+            # Redis without the script (restarted, SCRIPT FLUSH): the script object loads it.
+            lambda: int(self._observe([SESSIONS_DUE], args)),
+        )
+        try:
+            connection.send_command("EVALSHA", self._observe.sha, 1, SESSIONS_DUE, *args)
+        except BaseException:
+            observation.cancel()
+            raise
+        return observation
 
     def read_due(self, now_ms: int | None = None, limit: int = 500) -> list[CompletedSession]:
+        """Sessions due now (at most ``limit`` looked at); ones with turns since their due time
+        was set are moved to their new due time instead of returned."""
+        return self._read_due(now_ms, limit)[1]
+
+    def _read_due(self, now_ms: int | None, limit: int) -> tuple[int, list[CompletedSession]]:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        rows: Any = self._read(keys=[SESSIONS_DUE], args=[SESSION_PREFIX, SESSION_TURNS_PREFIX,
-                                                          now, limit])  # fmt: skip
+        p = self.policy
+        reply: Any = self._read(
+            keys=[SESSIONS_DUE],
+            args=[SESSION_PREFIX, now, limit, int(p.quiet_s * 1000), int(p.max_age_s * 1000)],
+        )
+        looked_at, *rows = reply
         sessions = []
-        for digest, due, who, first, last, outcome, overflow, *turn_ids in rows:
+        for digest, due, who, first, last, outcome, overflow, seen, *turn_ids in rows:
             tenant, session_id = json.loads(text(who)) if who else (None, "")
             sessions.append(
                 CompletedSession(
@@ -226,19 +350,20 @@ class SessionTracker:
                     outcome=text(outcome) == "1",
                     overflow=text(overflow) == "1",
                     due=text(due),
+                    seen=int(seen or 0),
                 )
             )
-        return sessions
+        return int(looked_at), sessions
 
     def finish(self, sessions: Sequence[CompletedSession], now_ms: int | None = None) -> int:
         """Mark handed-over sessions complete, unless a turn arrived since they were read."""
         if not sessions:
             return 0
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        args: list[Any] = [SESSION_PREFIX, SESSION_TURNS_PREFIX, now,
-                           int(self.policy.retention_s * 1000)]  # fmt: skip
+        args: list[Any] = [SESSION_PREFIX, now, int(self.policy.retention_s * 1000)]
         for session in sessions:
-            args += [session.digest, session.due]
+            # a hash without the field (gone: evicted) reads as '', and is finished as read
+            args += [session.digest, session.due, str(session.seen) if session.seen else ""]
         finished: Any = self._finish(keys=[SESSIONS_DUE], args=args)
         return sum(int(done) for done in finished)
 
@@ -247,11 +372,16 @@ class SessionTracker:
     ) -> int:
         """Hand due sessions to ``dispatch``, then finish them; returns how many finished. If
         ``dispatch`` raises, nothing is finished: the sessions are handed over again later."""
-        sessions = self.read_due(now_ms, limit)
+        return self._complete_due(dispatch, now_ms, limit)[1]
+
+    def _complete_due(
+        self, dispatch: DispatchSessions, now_ms: int | None, limit: int
+    ) -> tuple[int, int]:
+        looked_at, sessions = self._read_due(now_ms, limit)
         if not sessions:
-            return 0
+            return looked_at, 0
         dispatch(sessions)
-        return self.finish(sessions, now_ms)
+        return looked_at, self.finish(sessions, now_ms)
 
     def complete_all_due(
         self, dispatch: DispatchSessions, limit: int = 500, rounds: int = 20
@@ -260,9 +390,9 @@ class SessionTracker:
         backlog is worked off over several chore runs rather than in one long one)."""
         finished = 0
         for _ in range(rounds):
-            done = self.complete_due(dispatch, limit=limit)
+            looked_at, done = self._complete_due(dispatch, None, limit)
             finished += done
-            if done < limit:
+            if looked_at < limit:
                 break
         return finished
 
