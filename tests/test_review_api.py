@@ -92,6 +92,18 @@ def test_a_reviewer_cannot_read_or_label_another_tenants_items(
     assert client.get(f"/api/items/{foreign.id}", headers=OPS).status_code == 200
 
 
+def test_an_undeclared_query_parameter_is_refused_not_ignored(
+    items: tuple[TestClient, list[ReviewItem]],
+) -> None:
+    # "?levle=session" ignored would list every level as if it were the session queue.
+    client, _ = items
+    assert client.get("/api/queues?level=session", headers=OPS).status_code == 200
+    refused = client.get("/api/queues?levle=session", headers=OPS)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["query", "levle"]
+    assert client.get("/api/items?limit=5&x=1", headers=OPS).status_code == 422
+
+
 def test_claim_label_flow_and_conflicts(items: tuple[TestClient, list[ReviewItem]]) -> None:
     client, seeded = items
     [claimed] = client.post("/api/claim", json={"n": 1}, headers=ANA).json()

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 
 import sqlalchemy
@@ -63,3 +66,29 @@ def test_an_older_database_gains_the_level_column(database_url: str) -> None:
         assert stored == {"old-turn": None, "old-session": None, trajectory.id: "trajectory"}
     finally:
         store.close()
+
+
+def test_processes_starting_together_create_the_schema_once(database_url: str) -> None:
+    # A fleet's sampler, workers and relay start at once against a fresh database: each
+    # creates the schema, and none may fail because another created a table a moment before.
+    url = Settings(database_url=database_url).sqlalchemy_url
+    start_at = time.time() + 3.0  # after every interpreter has imported the store
+    script = (
+        "import sys, time\n"
+        "from evaluator.store.database import Database\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "Database(sys.argv[1]).close()\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, url, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(6)
+    ]
+    outputs = [process.communicate(timeout=60)[0].decode() for process in processes]
+    assert [p.returncode for p in processes] == [0] * 6, "\n".join(outputs)
+    engine = sqlalchemy.create_engine(url)
+    assert "level" in columns(engine)
+    engine.dispose()

@@ -56,6 +56,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -350,6 +351,29 @@ _ALWAYS = (401, 413, 429, 503)
 _ITEM = (403, 404, 409)  # routes on one item: another tenant's, an unknown one, not held
 
 
+def _declared_query_only(request: Request) -> None:
+    """An API request with a query parameter its route does not declare is refused (422), as
+    its OpenAPI document says (FastAPI would ignore it: a typo such as ``?levle=session`` would
+    silently list every level). The HTML pages keep ignoring unknown parameters."""
+    route = request.scope.get("route")
+    if not request.url.path.startswith("/api/") or not isinstance(route, APIRoute):
+        return
+    declared: set[str] = set()
+    pending = [route.dependant]
+    while pending:  # the route's own parameters and its dependencies'
+        dependant = pending.pop()
+        declared.update(param.alias for param in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ["query", name], "msg": "unknown parameter"}
+                for name in unknown[:10]
+            ]
+        )
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (422 FastAPI adds by itself)."""
     return {
@@ -428,6 +452,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(_declared_query_only)],
     )
     app.state.settings = settings
     app.state.readiness = readiness

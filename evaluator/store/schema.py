@@ -13,27 +13,43 @@ job.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import SQLModel
 
 from evaluator.store import tables as _tables  # noqa: F401 - registers every table's metadata
 
+# A fleet starts its processes together against one database: without a lock, two of them
+# create the same table at once and one fails (PostgreSQL: a unique violation on pg_type).
+_SCHEMA_LOCK_KEY = 0x65766C66  # "evlf": the advisory lock every process takes for the schema
+_ATTEMPTS = 3
+
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables and indexes, and add nullable columns a newer version declares."""
-    SQLModel.metadata.create_all(engine)
-    _add_missing_columns(engine)
+    """Create missing tables and indexes, and add nullable columns a newer version declares;
+    one process at a time (a PostgreSQL advisory lock; SQLite, which has none, retries once
+    another process's tables appear under it)."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                SQLModel.metadata.create_all(connection)
+                _add_missing_columns(connection)
+            return
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            if attempt == _ATTEMPTS or "already exists" not in str(exc).lower():
+                raise
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    existing = inspect(engine)
+def _add_missing_columns(connection: Connection) -> None:
+    existing = inspect(connection)
     for table in SQLModel.metadata.sorted_tables:
         if not existing.has_table(table.name):
             continue
         present = {c["name"] for c in existing.get_columns(table.name)}
         for missing in [c for c in table.columns if c.name not in present and c.nullable]:
-            kind = missing.type.compile(dialect=engine.dialect)
-            with engine.begin() as connection:
-                connection.exec_driver_sql(
-                    f'ALTER TABLE {table.name} ADD COLUMN "{missing.name}" {kind}'
-                )
+            kind = missing.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(
+                f'ALTER TABLE {table.name} ADD COLUMN "{missing.name}" {kind}'
+            )
