@@ -76,12 +76,10 @@ class JudgeEvaluator(Protocol):
     ) -> JudgeResult: ...
 
 
-@dataclass(frozen=True)
-class LLMJudge:
-    """A judge file as an evaluator: render it for the trace, one structured call, one Score
-    per output field."""
+class _NamedBySpec:
+    """An evaluator whose name and version are its spec's."""
 
-    spec: JudgeSpec
+    spec: JudgeSpec | RagasSpec
 
     @property
     def name(self) -> str:
@@ -90,6 +88,14 @@ class LLMJudge:
     @property
     def version(self) -> str:
         return self.spec.version
+
+
+@dataclass(frozen=True)
+class LLMJudge(_NamedBySpec):
+    """A judge file as an evaluator: render it for the trace, one structured call, one Score
+    per output field."""
+
+    spec: JudgeSpec
 
     async def evaluate(
         self, trace: Trace, transport: JudgeClient, slot: asyncio.Semaphore | None
@@ -203,21 +209,13 @@ def judge_scores(
 
 
 @dataclass
-class RagasJudge:
+class RagasJudge(_NamedBySpec):
     """RAGAS as an evaluator: its metrics, their requests made through the transport's retry
     policy (``JudgeClient.policed_http_client``), holding the in-flight slot only while a
     request is out. One per event loop (its SDK client belongs to the loop)."""
 
     spec: RagasSpec
     _runner: RagasRunner | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def version(self) -> str:
-        return self.spec.version
 
     async def evaluate(
         self, trace: Trace, transport: JudgeClient, slot: asyncio.Semaphore | None

@@ -78,18 +78,24 @@ def answered_tool_calls(messages: list[Message]) -> list[Message]:
     return kept
 
 
+def without_dangling_parents(steps: list[Step]) -> list[Step]:
+    """Steps whose parent was cut out with the middle become roots (a Trace requires a step's
+    parent to be an earlier step of it)."""
+    kept = {step.id for step in steps}
+    return [
+        step if step.parent_id is None or step.parent_id in kept
+        else step.model_copy(update={"parent_id": None})
+        for step in steps
+    ]  # fmt: skip
+
+
 def session_trace(session: Session) -> Trace:
     """The session as one Trace (see the module docstring)."""
     turns = session.turns
     messages, dropped_messages = _keep_ends(conversation(turns), MAX_MESSAGES)
     steps = [_prefixed(i, step) for i, turn in enumerate(turns, 1) for step in turn.steps or ()]
     steps, dropped_steps = _keep_ends(steps, MAX_STEPS)
-    kept_ids = {step.id for step in steps}
-    steps = [
-        step if step.parent_id is None or step.parent_id in kept_ids
-        else step.model_copy(update={"parent_id": None})
-        for step in steps
-    ]  # fmt: skip
+    steps = without_dangling_parents(steps)
     tokens = [turn.tokens for turn in turns if turn.tokens is not None]
     costs = [turn.cost_usd for turn in turns if turn.cost_usd is not None]
     first, last = turns[0], turns[-1]

@@ -35,7 +35,11 @@ from sqlmodel import col, select
 from evaluator.judging.files import Judge, evaluation_spec, judge_level
 from evaluator.ledger import decision_rows
 from evaluator.models import Level, SampleDecision, Trace, sample_point, stable_id
-from evaluator.sessions.conversation import answered_tool_calls, session_trace
+from evaluator.sessions.conversation import (
+    answered_tool_calls,
+    session_trace,
+    without_dangling_parents,
+)
 from evaluator.sessions.heuristics import Session
 from evaluator.settings import Settings
 from evaluator.store.database import Database
@@ -177,12 +181,7 @@ def fit_to_bytes(trace: Trace, max_bytes: int) -> Trace:
             break  # all that is left is kept by the rule: the judge worker will say so
         dropped = {"messages": dropped["messages"] + cut_messages,
                    "steps": dropped["steps"] + cut_steps}  # fmt: skip
-        kept = {step.id for step in steps}
-        steps = [
-            step if step.parent_id is None or step.parent_id in kept
-            else step.model_copy(update={"parent_id": None})
-            for step in steps
-        ]  # fmt: skip
+        steps = without_dangling_parents(steps)
         update = {
             "messages": answered_tool_calls(messages) or None,
             "steps": steps or None,
