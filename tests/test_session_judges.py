@@ -20,11 +20,13 @@ from hypothesis import strategies as st
 from openai_server import OpenAIServer
 from sqlmodel import col, select
 
+from evaluator.evaluation import reeval
 from evaluator.evaluation.scoring import ScoringContext, judge_batch, score_batch
 from evaluator.evaluators import heuristic_evaluators
 from evaluator.ingest import publish_many
 from evaluator.judging.files import (
     FENCE_CLOSE,
+    JudgeSpec,
     default_judges_dir,
     evaluation_spec,
     load_judges,
@@ -49,7 +51,7 @@ from evaluator.sessions.heuristics import Session
 from evaluator.sessions.judging import decide, fit_to_bytes
 from evaluator.sessions.tracker import CompletedSession, session_digest
 from evaluator.settings import Settings
-from evaluator.sinks.sql import SQLStore
+from evaluator.sinks.sql import SQLStore, payload_row
 from evaluator.store.tables import JudgeCallRecord, ScoreRecord
 from evaluator.trust.calibrate import calibrate
 from evaluator.trust.golden import read_golden
@@ -481,7 +483,7 @@ def test_the_fleet_judges_a_quiet_session_and_again_when_a_late_turn_reopens_it(
         store.close()
 
 
-def test_the_reaper_fails_a_stuck_session_judge_row_with_the_right_reason(
+def test_the_reaper_fails_a_stuck_session_judge_row_whose_session_was_not_kept(
     store: SQLStore, redis_url: str, server: OpenAIServer
 ) -> None:
     settings = judge_settings(redis_url, server)
@@ -494,7 +496,37 @@ def test_the_reaper_fails_a_stuck_session_judge_row_with_the_right_reason(
     counts = reap(store, dict(JUDGES), settings, lambda e, r: dispatched.append(e), now=T0)
     assert counts.failed == 1 and dispatched == []
     [row] = rows_for_trace(store, subject)
-    assert row.state == "failed" and "session task only" in row.reason
+    assert row.state == "failed" and "Trace is not stored" in row.reason
+
+
+def test_a_stuck_session_judge_row_is_redispatched_or_failed_by_its_version(
+    store: SQLStore, redis_url: str, server: OpenAIServer
+) -> None:
+    settings = judge_settings(redis_url, server)
+    then = T0 - timedelta(days=1)
+    subject = f"session:{session_digest('acme', 's-1')}"
+    queued = ledger_row(subject, "session_goal_achieved", "1.0.0/abc", LedgerState.QUEUED, then,
+                        attempt=1, deadline_at=then, dispatches=1)  # fmt: skip
+    write_rows(store, [queued])
+
+    def store_session(version: str) -> None:
+        trace = Trace(trace_id=subject, output="ok", session_id="s-1",
+                      metadata={"session_version": version})  # fmt: skip
+        row = payload_row(trace, trace.model_dump_json(), then)
+        store.write_batch([], [], [], latest_payloads=[row])
+
+    store_session("abc")  # the stored Trace is the row's version: handed out again
+    dispatched: list[Any] = []
+    counts = reap(store, dict(JUDGES), settings, lambda e, r: dispatched.extend(e), now=T0)
+    assert counts.redispatched == 1 and len(dispatched) == 1
+    [row] = rows_for_trace(store, subject)
+    assert row.state == "queued" and row.dispatches == 2
+    # A late turn re-opened the session since: its stored Trace moved on, the old row fails.
+    store_session("def")
+    later = T0 + timedelta(days=1)  # past the re-dispatched row's deadline
+    counts = reap(store, dict(JUDGES), settings, lambda e, r: dispatched.extend(e), now=later)
+    [row] = rows_for_trace(store, subject)
+    assert counts.failed == 1 and row.state == "failed" and "later version" in row.reason
 
 
 def test_a_trajectory_judge_scores_at_its_level_on_the_trace_path(
@@ -517,3 +549,44 @@ def test_a_trajectory_judge_scores_at_its_level_on_the_trace_path(
     assert {s.inclusion_probability for s in scores} == {0.5}
     request = server.fake.requests[-1].body
     assert 'tool "weather" id="s2" parent="s1"' in request["messages"][1]["content"]
+
+
+def test_a_new_session_judge_version_re_evaluates_the_kept_sessions(
+    store: SQLStore, redis_client: redis.Redis, redis_url: str, server: OpenAIServer
+) -> None:
+    # evalfleet reeval at session level: the session task kept each judged session's Trace;
+    # a new judge version is planned over them with their inclusion probability, recorded
+    # under the session's evaluation version, and judged beside the old version's scores.
+    settings = judge_settings(redis_url, server)
+    ctx = ScoringContext(heuristic_evaluators(settings), store, ReviewRouter(), redis_client,
+                         settings, judges=dict(JUDGES))  # fmt: skip
+    turns = chat(3)
+    score_batch([{"id": f"1-{i}", "trace": t.model_dump_json(),
+                  "decision": {"judge": False, "rate": 0.1}} for i, t in enumerate(turns)],
+                ctx)  # fmt: skip
+    now_ms = int(T0.timestamp() * 1000)
+    ids = tuple(t.trace_id for t in turns)
+    digest = session_digest("acme", "s-1")
+    done = CompletedSession(digest, "acme", "s-1", ids, now_ms, now_ms, False, False, "0")
+    sent: list[list[dict[str, Any]]] = []
+    session_batch([done.wire()], store, settings, lambda e, d: None, judges=ctx.judges,
+                  dispatch_judges=sent.append)  # fmt: skip
+    judge_batch(sent[0], ctx)
+    old = JUDGES["session_goal_achieved"]
+    assert isinstance(old, JudgeSpec)
+    since = T0 - timedelta(days=365)
+    assert reeval.plan(store, settings, old, since).already == 1  # this version judged it
+    new = old.model_copy(update={"version": "9.0.0"})
+    planned = reeval.plan(store, settings, new, since)
+    assert [(t, p) for t, _, p in planned.selected] == [(f"session:{done.digest}", 1.0)]
+    runs: list[list[dict[str, Any]]] = []
+    reeval.start(store, settings, planned, lambda entries, run: runs.append(entries), None)
+    [row] = [r for r in rows_for_trace(store, f"session:{done.digest}")
+             if r.evaluator_version.startswith("9.0.0")]  # fmt: skip
+    assert (row.state, row.evaluator_version) == ("queued", f"9.0.0/{done.version}")
+    new_ctx = ScoringContext(heuristic_evaluators(settings), store, ReviewRouter(), redis_client,
+                             settings, judges={**JUDGES, "session_goal_achieved": new})  # fmt: skip
+    judge_batch(runs[0], new_ctx)
+    versions = {s.evaluator_version for s in session_scores(store, "session_goal_achieved")}
+    assert versions == {f"1.0.0/{done.version}", f"9.0.0/{done.version}"}
+    assert reeval.plan(store, settings, new, since).already == 1  # an interrupted run resumes

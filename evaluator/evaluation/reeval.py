@@ -24,9 +24,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 
 from evaluator.ingest.langfuse import BackfillQuery, LangfuseBackfill
-from evaluator.judging.files import Judge, JudgeSpec, render_messages
+from evaluator.judging.files import Judge, JudgeSpec, evaluation_spec, render_messages
 from evaluator.ledger import DispatchJudges, LedgerState, ledger_row
-from evaluator.models import Trace, Verdict
+from evaluator.models import SESSION_SUBJECT_PREFIX, Level, Trace, Verdict
 from evaluator.settings import Settings
 from evaluator.sinks.sql import SQLStore, payload_row
 from evaluator.store.tables import (
@@ -102,14 +102,20 @@ def plan(
     stored traces (e.g. ``langfuse_candidates``); the filters then have been applied by it."""
     result = ReevalPlan(spec, [])
     done = _already_scored(store, spec)
-    if candidates is None:
+    sessions = spec.level is Level.SESSION
+    if candidates is None and sessions:
+        candidates = _stored_sessions(store, spec.name, since, until, tenant, all_traces)
+    elif candidates is None:
         candidates = _stored_traces(store, since, until, prompt_version, tenant, all_traces)
     for trace_id, payload, rate in candidates:
         result.considered += 1
-        if trace_id in done:
+        if not sessions and (trace_id, spec.version) in done:  # before parsing: cheap
             result.already += 1
             continue
         trace = Trace.model_validate_json(payload)
+        if sessions and (trace_id, evaluation_spec(spec, trace).version) in done:
+            result.already += 1  # this version of the session was judged by this version
+            continue
         if spec.applies_when.why_not(trace):
             result.filtered += 1
             continue
@@ -167,14 +173,55 @@ def _stored_traces(
         yield from session.exec(query.execution_options(yield_per=1000))
 
 
-def _already_scored(store: SQLStore, spec: JudgeSpec) -> set[str]:
+def _stored_sessions(
+    store: SQLStore,
+    judge: str,
+    since: datetime,
+    until: datetime | None,
+    tenant: str | None,
+    all_traces: bool,
+) -> Iterator[Candidate]:
+    """Completed sessions as their session task kept them (``sessions.judging``: the Trace at
+    its latest version), each with the probability this judge's sampling gave it; with
+    ``all_traces`` every kept session, at 1. (A session judge new to the fleet has sampled no
+    session yet: re-evaluate it with ``all_traces``.)"""
     with store.session() as session:
-        query = select(LedgerRecord.trace_id).where(
+        query = select(TracePayloadRecord.trace_id, TracePayloadRecord.payload).where(
+            col(TracePayloadRecord.trace_id).startswith(SESSION_SUBJECT_PREFIX),
+            col(TracePayloadRecord.published_at) >= since,
+        )
+        if until is not None:
+            query = query.where(col(TracePayloadRecord.published_at) < until)
+        if tenant is not None:
+            query = query.where(TracePayloadRecord.tenant == tenant)
+        kept = list(session.exec(query.order_by(col(TracePayloadRecord.published_at))))
+        sampled: dict[str, float] = {}
+        if not all_traces:
+            decided = select(LedgerRecord.trace_id, LedgerRecord.inclusion_probability).where(
+                LedgerRecord.evaluator == judge,
+                col(LedgerRecord.trace_id).startswith(SESSION_SUBJECT_PREFIX),
+                col(LedgerRecord.inclusion_probability).is_not(None),
+                col(LedgerRecord.state).not_in(
+                    [LedgerState.SAMPLED_OUT.value, LedgerState.FILTERED.value]
+                ),
+            )
+            sampled = {trace_id: p or 1.0 for trace_id, p in session.exec(decided)}
+    for trace_id, payload in kept:
+        if all_traces or trace_id in sampled:
+            yield trace_id, payload, 1.0 if all_traces else sampled[trace_id]
+
+
+def _already_scored(store: SQLStore, spec: JudgeSpec) -> set[tuple[str, str]]:
+    """(trace id, evaluation version) of this judge version's evaluations that need no rerun;
+    a session's evaluation version is ``<judge version>/<session version>``."""
+    with store.session() as session:
+        query = select(LedgerRecord.trace_id, LedgerRecord.evaluator_version).where(
             LedgerRecord.evaluator == spec.name,
-            LedgerRecord.evaluator_version == spec.version,
+            col(LedgerRecord.evaluator_version).in_([spec.version])
+            | col(LedgerRecord.evaluator_version).startswith(spec.version + "/"),
             col(LedgerRecord.state).in_([s.value for s in _SKIP_STATES]),
         )
-        return set(session.exec(query))
+        return {(trace_id, version) for trace_id, version in session.exec(query)}
 
 
 def _price(store: SQLStore, settings: Settings, result: ReevalPlan) -> None:
@@ -269,18 +316,19 @@ def start(
     size = settings.judge_backfill_batch_size
     for start_at in range(0, planned.count, size):
         chunk = planned.selected[start_at : start_at + size]
-        queued = [
-            ledger_row(
-                trace_id, spec.name, spec.version, LedgerState.QUEUED, now, attempt=1,
-                inclusion=p, run=run, deadline_at=deadline, reason=f"re-evaluation {run}",
-                dispatches=1,
-            )
-            for trace_id, _, p in chunk
-        ]  # fmt: skip
-        # Payloads kept for the reaper (a no-op for traces the store already holds).
-        kept = []
-        for _, payload, _ in chunk:
+        queued, kept = [], []
+        for trace_id, payload, p in chunk:
             trace = Trace.model_validate_json(payload)
+            # A session's evaluation version carries its own (judging.files.evaluation_spec).
+            version = evaluation_spec(spec, trace).version
+            queued.append(
+                ledger_row(
+                    trace_id, spec.name, version, LedgerState.QUEUED, now, attempt=1,
+                    inclusion=p, run=run, deadline_at=deadline, reason=f"re-evaluation {run}",
+                    dispatches=1,
+                )
+            )  # fmt: skip
+            # Payloads kept for the reaper (a no-op for traces the store already holds).
             kept.append(payload_row(trace, payload, trace.ended_at or now))
         store.write_batch([], [], [], ledger=queued, payloads=kept)
         entries = [

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlmodel import col, select
 
-from evaluator.judging.files import Judge
+from evaluator.judging.files import Judge, evaluation_spec
 from evaluator.ledger.rows import OPEN_RANK, LedgerState, ledger_row, write_rows
-from evaluator.models import is_session_subject
+from evaluator.models import Trace, is_session_subject
 from evaluator.ops import metrics
 from evaluator.settings import LedgerSettings, Settings
 from evaluator.store.database import Database
@@ -82,10 +82,13 @@ def reap(
         elif spec is None:
             reason = f"judge {record.evaluator!r} is not configured on this fleet any more"
         elif payload is None and is_session_subject(record.trace_id):
-            # Its version is "<judge version>/<session version>" (sessions.judging).
-            reason = "a session's judge work is handed out by its session task only"
-        elif spec.version != record.evaluator_version:
-            reason = f"judge {record.evaluator} is now at version {spec.version}"
+            reason = "the session's Trace is not stored (it is kept once its judges are decided)"
+        elif _evaluated_version(spec, record.trace_id, payload) != record.evaluator_version:
+            reason = (
+                f"judge {record.evaluator} is now at version {spec.version}"
+                if not is_session_subject(record.trace_id)
+                else "the session was evaluated again at a later version (a late turn)"
+            )
         elif payload is None and stored is None:
             reason = "its trace was never stored (the heuristics batch did not complete)"
         elif payload is None:
@@ -137,6 +140,14 @@ def reap(
             dispatch(batch[start : start + settings.judge_batch_size], run)
     counts.payloads_pruned = prune(store, settings, now)
     return counts
+
+
+def _evaluated_version(spec: Judge, trace_id: str, payload: str | None) -> str:
+    """The version an evaluation of ``spec`` on this trace has now: the judge's, and for a
+    session its stored Trace's version too (``judging.files.evaluation_spec``)."""
+    if payload is None or not is_session_subject(trace_id):
+        return spec.version
+    return evaluation_spec(spec, Trace.model_validate_json(payload)).version
 
 
 def prune(store: Database, settings: LedgerSettings, now: datetime) -> int:

@@ -133,11 +133,13 @@ def evaluate_sessions(
             )
         outcome.evaluated += 1
         outcome.scores += len(scores)
+    payloads: list[dict[str, Any]] = []
     if judging is not None and evaluated:
         work = plan(evaluated, judging.judges, store, judging.settings, written_at)
         if work.entries:  # dispatched before the rows are written: see sessions.judging
             judging.dispatch(work.entries)
         ledger += work.ledger
+        payloads = work.payloads
         outcome.judged = work.sampled
     if score_rows or ledger:
         # Session scores reach the external sinks as a heuristics batch's do: outbox rows
@@ -145,7 +147,9 @@ def evaluate_sessions(
         traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if sinks else {}
         ready = [score for score in scored if score.trace_id in traces]
         outbox = outbox_rows(sinks, ready, traces, datetime.now(UTC))
-        store.write_batch([], score_rows, [], ledger=ledger, outbox=outbox)
+        store.write_batch(
+            [], score_rows, [], ledger=ledger, outbox=outbox, latest_payloads=payloads
+        )
         metrics.record_scores(scored, {})
     return outcome
 

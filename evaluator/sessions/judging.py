@@ -42,6 +42,7 @@ from evaluator.sessions.conversation import (
 )
 from evaluator.sessions.heuristics import Session
 from evaluator.settings import Settings
+from evaluator.sinks.sql import payload_row
 from evaluator.store.database import Database
 from evaluator.store.tables import LedgerRecord
 from evaluator.work import WireEntry, judge_entry
@@ -121,6 +122,9 @@ class SessionJudging:
 
     entries: list[WireEntry] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
+    # Each decided session's Trace at this version: what the reaper re-dispatches and a
+    # re-evaluation of a session judge reads (``evaluation.reeval``).
+    payloads: list[dict[str, Any]] = field(default_factory=list)
     sampled: int = 0
 
 
@@ -155,14 +159,13 @@ def plan(
             continue
         decision = decide(session, trace, fresh, settings)
         out.ledger += decision_rows(trace.trace_id, decision, fresh, settings, now)
+        payload = trace.model_dump_json(exclude_none=True)
+        out.payloads.append(payload_row(trace, payload, trace.ended_at or now))
         if decision.judges:
             out.sampled += 1
             entry_id = f"{session.subject}:{session.version}"
             out.entries.append(
-                judge_entry(
-                    entry_id, trace.model_dump_json(exclude_none=True), decision.judges,
-                    decision.inclusion, time.time(),
-                )
+                judge_entry(entry_id, payload, decision.judges, decision.inclusion, time.time())
             )  # fmt: skip
     return out
 

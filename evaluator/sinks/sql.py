@@ -156,12 +156,15 @@ class SQLStore(Database):
         outbox: Sequence[dict[str, Any]] = (),
         ledger: Sequence[dict[str, Any]] = (),
         payloads: Sequence[dict[str, Any]] = (),
+        latest_payloads: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Upsert traces, scores and judge calls; insert-if-absent review items (keeping their
-        reviewer state) and trace payloads; queue sink deliveries whose content changed; move
-        ledger rows forward."""
+        reviewer state) and trace payloads; replace ``latest_payloads`` (a session's Trace at
+        its latest version); queue sink deliveries whose content changed; move ledger rows
+        forward."""
         with self.session() as session:
             upsert(session, TracePayloadRecord, payloads, "trace_id", update=False)
+            upsert(session, TracePayloadRecord, latest_payloads, "trace_id", update=True)
             ledger_rows.write_rows(self, ledger, session)
             upsert(session, OutboxRecord, outbox, "id", update=True, guard=_digest_changed)
             upsert(session, JudgeCallRecord, calls, "id", update=True)
