@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,44 +212,39 @@ def _replay_and_wait(
             chunk = lines[start : start + 50]
             publish_many(client, chunk, settings)
             progress.advance(publishing, len(chunk))
-        finishing = progress.add_task("scored or dead-lettered", total=len(lines))
         deadline = time.monotonic() + timeout_s
-        while True:
-            done = store.count(TraceRecord) + int(client.xlen(DEAD_STREAM))
-            progress.update(finishing, completed=done)
-            if done >= len(lines):
-                break
-            fleet.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {done} of {len(lines)} traces finished in {timeout_s:.0f}s"
-                )
-            time.sleep(0.2)
+        _wait_until(
+            lambda: store.count(TraceRecord) + int(client.xlen(DEAD_STREAM)),
+            len(lines), "traces", "scored or dead-lettered", progress, fleet, deadline, timeout_s,
+        )  # fmt: skip
         expected = len(_sessions_in(lines, settings.max_trace_bytes))
-        if expected:
-            _wait_for_sessions(expected, store, fleet, progress, deadline, timeout_s)
+        if expected:  # then until every conversation has gone quiet and been scored
+            _wait_until(
+                lambda: sessions_scored(store), expected, "sessions", "evaluated", progress,
+                fleet, deadline, timeout_s,
+            )  # fmt: skip
 
 
-def _wait_for_sessions(
-    expected: int,
-    store: SQLStore,
-    fleet: _Fleet,
+def _wait_until(
+    count: Callable[[], int],
+    total: int,
+    noun: str,
+    done_as: str,
     progress: Progress,
+    fleet: _Fleet,
     deadline: float,
     timeout_s: float,
 ) -> None:
-    """Until every conversation has gone quiet and been scored as a session."""
-    sessions = progress.add_task("sessions evaluated", total=expected)
+    """Poll ``count`` with a progress bar until it reaches ``total``, while the fleet lives."""
+    task = progress.add_task(f"{noun} {done_as}", total=total)
     while True:
-        evaluated = sessions_scored(store)
-        progress.update(sessions, completed=evaluated)
-        if evaluated >= expected:
+        done = count()
+        progress.update(task, completed=done)
+        if done >= total:
             return
         fleet.check_alive()
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"only {evaluated} of {expected} sessions evaluated in {timeout_s:.0f}s"
-            )
+            raise TimeoutError(f"only {done} of {total} {noun} {done_as} in {timeout_s:.0f}s")
         time.sleep(0.2)
 
 
