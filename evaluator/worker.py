@@ -276,6 +276,7 @@ def session_batch_task(task: Task, entries: list[dict[str, Any]]) -> dict[str, i
     return session_batch(
         entries, ctx.store, ctx.settings, requeue, judges=ctx.judges,
         dispatch_judges=lambda work: dispatch_judges(work, None), sinks=ctx.sinks,
+        review=lambda trace, scores: ctx.router.hand_off(ctx.client, ctx.store, trace, scores),
     )  # fmt: skip
 
 

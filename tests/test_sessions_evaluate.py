@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
+import redis
 from sqlmodel import col, select
 
+from evaluator.constants import REVIEW_STREAM
 from evaluator.ledger import rows_for_trace
-from evaluator.models import Trace
+from evaluator.models import Level, ReviewItem, Score, Severity, Trace
+from evaluator.review import ReviewRouter
 from evaluator.sessions.evaluate import evaluate_sessions
-from evaluator.sessions.heuristics import session_evaluators
+from evaluator.sessions.heuristics import Session, session_evaluators, session_score
 from evaluator.sessions.tracker import CompletedSession, session_digest
 from evaluator.sinks.sql import SQLStore, payload_row
 from evaluator.store.tables import ScoreRecord
@@ -84,3 +89,37 @@ def test_a_late_turn_gives_new_scores_beside_the_old(store: SQLStore) -> None:
         by_version[version] = by_version.get(version, 0) + 1
     # The one-turn version's scores stay; the two-turn version adds its own (user_repeats too).
     assert sorted(by_version.values()) == [first, first + 1]
+
+
+@dataclass
+class GaveUp:
+    """A high-severity session check, as a team might add one: the user gave up."""
+
+    name: ClassVar[str] = "gave_up"
+    version: ClassVar[str] = "1"
+
+    def evaluate(self, session: Session) -> list[Score]:
+        return [session_score(self, session, passed=False, severity=Severity.HIGH,
+                              reason="the user left mid-conversation")]  # fmt: skip
+
+
+def test_a_failing_high_severity_session_score_goes_to_review_as_a_session_item(
+    store: SQLStore, redis_client: redis.Redis
+) -> None:
+    store_turns(store, turn(1, "Where is my order?"), turn(2, "Hello??"))
+    routed: list[ReviewItem] = []
+    router = ReviewRouter()
+
+    def review(trace: Trace, scores: list[Score]) -> None:
+        routed.extend(router.hand_off(redis_client, store, trace, scores))
+
+    for _ in range(2):  # a repeated hand-off of the same session routes nothing twice
+        evaluate_sessions(
+            [completed("chat-1", "chat-2")], store, [GaveUp()], max_trace_bytes=256 * 1024,
+            budget_s=5.0, patience_s=300, now_ms=NOW_MS, review=review,
+        )  # fmt: skip
+    [item] = routed
+    assert item.level is Level.SESSION and item.session_id == "s1" and item.evaluator == "gave_up"
+    assert item.trace.trace_id == f"session:{session_digest('acme', 's1')}"
+    assert [m.text for m in item.trace.messages or []][:2] == ["Where is my order?", "Here you go."]
+    assert redis_client.xlen(REVIEW_STREAM) == 1

@@ -44,6 +44,9 @@ from evaluator.sinks.outbox import outbox_rows
 from evaluator.sinks.sql import SQLStore, score_row
 from evaluator.store.tables import TracePayloadRecord
 
+# Routes a session's scores to human review with its session Trace (``ReviewRouter.hand_off``).
+RouteToReview = Callable[[Trace, list[Score]], object]
+
 
 @dataclass
 class SessionOutcome:
@@ -79,7 +82,11 @@ def evaluate_sessions(
     now_ms: int | None = None,
     judging: JudgeHandOff | None = None,
     sinks: Sequence[Sink] = (),
+    review: RouteToReview | None = None,
 ) -> SessionOutcome:
+    """Evaluate the completed sessions whose turns are stored (the rest wait, see the module
+    docstring); write scores, ledger rows, outbox rows and the kept session Traces in one
+    transaction; then hand failing scores to ``review`` with their session's Trace."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     outcome = SessionOutcome()
     turns = stored_turns(store, [t for s in completed for t in s.turn_ids], max_trace_bytes)
@@ -144,12 +151,16 @@ def evaluate_sessions(
     if score_rows or ledger:
         # Session scores reach the external sinks as a heuristics batch's do: outbox rows
         # written with them, each score against its session's Trace (sessions.conversation).
-        traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if sinks else {}
+        wanted = bool(sinks) or review is not None
+        traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if wanted else {}
         ready = [score for score in scored if score.trace_id in traces]
         outbox = outbox_rows(sinks, ready, traces, datetime.now(UTC))
         store.write_batch(
             [], score_rows, [], ledger=ledger, outbox=outbox, latest_payloads=payloads
         )
+        if review is not None:  # after the scores are stored, as a heuristics batch does
+            for subject, trace in traces.items():
+                review(trace, [score for score in scored if score.trace_id == subject])
         metrics.record_scores(scored, {})
     return outcome
 
@@ -167,11 +178,13 @@ def session_batch(
     judges: Mapping[str, Judge] | None = None,
     dispatch_judges: Callable[[list[dict[str, Any]]], None] | None = None,
     sinks: Sequence[Sink] = (),
+    review: RouteToReview | None = None,
 ) -> dict[str, int]:
     """What the session task does: evaluate the completed sessions of ``entries`` (their wire
     form), and send the ones still waiting for a turn back after a short delay. ``judges``
     (every judge the worker knows) and ``dispatch_judges`` (the hand-off to the judges queue):
-    the enabled session judges among them get the sampled sessions."""
+    the enabled session judges among them get the sampled sessions. ``review``: failing session
+    scores go to people (``ReviewRouter.hand_off``), as a turn's do."""
     completed = [CompletedSession.from_wire(entry) for entry in entries]
     enabled = session_judges(judges or {}, settings)
     judging = (
@@ -188,6 +201,7 @@ def session_batch(
         patience_s=settings.session_patience_s,
         judging=judging,
         sinks=sinks,
+        review=review,
     )
     if outcome.waiting:
         delay = min(30.0, max(1.0, settings.session_patience_s / 10))
