@@ -14,32 +14,29 @@ job.
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, inspect
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import SQLModel
 
 from evaluator.store import tables as _tables  # noqa: F401 - registers every table's metadata
 
 # A fleet starts its processes together against one database: without a lock, two of them
-# create the same table at once and one fails (PostgreSQL: a unique violation on pg_type).
+# create the same table at once and one fails (PostgreSQL: a unique violation on pg_type;
+# SQLite: "table ... already exists").
 _SCHEMA_LOCK_KEY = 0x65766C66  # "evlf": the advisory lock every process takes for the schema
-_ATTEMPTS = 3
 
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and indexes, and add nullable columns a newer version declares;
-    one process at a time (a PostgreSQL advisory lock; SQLite, which has none, retries once
-    another process's tables appear under it)."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            with engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
-                SQLModel.metadata.create_all(connection)
-                _add_missing_columns(connection)
-            return
-        except (IntegrityError, OperationalError, ProgrammingError) as exc:
-            if attempt == _ATTEMPTS or "already exists" not in str(exc).lower():
-                raise
+    one process at a time, the others wait and then find the work done (PostgreSQL: an
+    advisory lock held until the commit; SQLite: one exclusive transaction, which others wait
+    for within the busy timeout: pysqlite would otherwise run each CREATE on its own)."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN EXCLUSIVE")
+        elif connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+        SQLModel.metadata.create_all(connection)
+        _add_missing_columns(connection)
+        connection.commit()
 
 
 def _add_missing_columns(connection: Connection) -> None:
