@@ -582,6 +582,14 @@ class Score(BaseModel):
     created_at: datetime = Field(default_factory=_now)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _session_subject_is_a_session_score(self) -> Score:
+        # The one place of the rule every sink relies on: a score on a session's subject is a
+        # session score, whichever evaluator made it and whatever level it was given.
+        if is_session_subject(self.trace_id):
+            self.level = Level.SESSION
+        return self
+
     @classmethod
     def for_trace(
         cls, trace_id: str, evaluator: str, evaluator_version: str, name: str, **fields: Any

@@ -483,15 +483,23 @@ def test_the_fleet_judges_a_quiet_session_and_again_when_a_late_turn_reopens_it(
         store.close()
 
 
+STUCK_SINCE = T0 - timedelta(days=1)
+
+
+def stuck_session_row(store: SQLStore) -> str:
+    """A session judge's row queued a day ago and never run (its worker died); its subject."""
+    subject = f"session:{session_digest('acme', 's-1')}"
+    queued = ledger_row(subject, "session_goal_achieved", "1.0.0/abc", LedgerState.QUEUED,
+                        STUCK_SINCE, attempt=1, deadline_at=STUCK_SINCE, dispatches=1)  # fmt: skip
+    write_rows(store, [queued])
+    return subject
+
+
 def test_the_reaper_fails_a_stuck_session_judge_row_whose_session_was_not_kept(
     store: SQLStore, redis_url: str, server: OpenAIServer
 ) -> None:
     settings = judge_settings(redis_url, server)
-    then = T0 - timedelta(days=1)
-    subject = f"session:{session_digest('acme', 's-1')}"
-    queued = ledger_row(subject, "session_goal_achieved", "1.0.0/abc", LedgerState.QUEUED, then,
-                        attempt=1, deadline_at=then, dispatches=1)  # fmt: skip
-    write_rows(store, [queued])
+    subject = stuck_session_row(store)
     dispatched: list[Any] = []
     counts = reap(store, dict(JUDGES), settings, lambda e, r: dispatched.append(e), now=T0)
     assert counts.failed == 1 and dispatched == []
@@ -503,16 +511,12 @@ def test_a_stuck_session_judge_row_is_redispatched_or_failed_by_its_version(
     store: SQLStore, redis_url: str, server: OpenAIServer
 ) -> None:
     settings = judge_settings(redis_url, server)
-    then = T0 - timedelta(days=1)
-    subject = f"session:{session_digest('acme', 's-1')}"
-    queued = ledger_row(subject, "session_goal_achieved", "1.0.0/abc", LedgerState.QUEUED, then,
-                        attempt=1, deadline_at=then, dispatches=1)  # fmt: skip
-    write_rows(store, [queued])
+    subject = stuck_session_row(store)
 
     def store_session(version: str) -> None:
         trace = Trace(trace_id=subject, output="ok", session_id="s-1",
                       metadata={"session_version": version})  # fmt: skip
-        row = payload_row(trace, trace.model_dump_json(), then)
+        row = payload_row(trace, trace.model_dump_json(), STUCK_SINCE)
         store.write_batch([], [], [], latest_payloads=[row])
 
     store_session("abc")  # the stored Trace is the row's version: handed out again

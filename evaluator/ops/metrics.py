@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from evaluator.models import Level, Score, ScoreStatus, is_session_subject
+from evaluator.models import Level, Score, ScoreStatus
 
 # A session's scores are on "session:<digest>" (models.Level): one whose judge left the default
 # level is still a session score, as in every sink.
@@ -214,7 +214,7 @@ def record_scores(scores: Iterable[Score], prompt_versions: dict[str, str | None
     """Count written scores: a session score in the session series, any other in the trace
     series (see the module docstring)."""
     for score in scores:
-        if score.level is Level.SESSION or is_session_subject(score.trace_id):
+        if score.level is Level.SESSION:
             SESSION_SCORES.labels(score.evaluator, session_outcome(score)).inc()
             continue
         EVALUATIONS.labels(score.evaluator, score.status.value).inc()

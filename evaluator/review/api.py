@@ -356,7 +356,9 @@ def _declared_query_only(request: Request) -> None:
     its OpenAPI document says (FastAPI would ignore it: a typo such as ``?levle=session`` would
     silently list every level). The HTML pages keep ignoring unknown parameters."""
     route = request.scope.get("route")
-    if not request.url.path.startswith("/api/") or not isinstance(route, APIRoute):
+    if not request.query_params or not request.url.path.startswith("/api/"):
+        return  # most requests: nothing to check
+    if not isinstance(route, APIRoute):
         return
     declared: set[str] = set()
     pending = [route.dependant]

@@ -16,6 +16,7 @@ batch's rows are written.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,9 +141,12 @@ def evaluate_sessions(
             )
         outcome.evaluated += 1
         outcome.scores += len(scores)
+    # Each session as one Trace, built once: for its judges, the sinks and review.
+    wanted = judging is not None or bool(sinks) or review is not None
+    traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if wanted else {}
     payloads: list[dict[str, Any]] = []
     if judging is not None and evaluated:
-        work = plan(evaluated, judging.judges, store, judging.settings, written_at)
+        work = plan(evaluated, traces, judging.judges, store, judging.settings, written_at)
         if work.entries:  # dispatched before the rows are written: see sessions.judging
             judging.dispatch(work.entries)
         ledger += work.ledger
@@ -151,16 +155,17 @@ def evaluate_sessions(
     if score_rows or ledger:
         # Session scores reach the external sinks as a heuristics batch's do: outbox rows
         # written with them, each score against its session's Trace (sessions.conversation).
-        wanted = bool(sinks) or review is not None
-        traces = {s.subject: session_trace(s) for s in evaluated if s.turns} if wanted else {}
         ready = [score for score in scored if score.trace_id in traces]
         outbox = outbox_rows(sinks, ready, traces, datetime.now(UTC))
         store.write_batch(
             [], score_rows, [], ledger=ledger, outbox=outbox, latest_payloads=payloads
         )
         if review is not None:  # after the scores are stored, as a heuristics batch does
-            for subject, trace in traces.items():
-                review(trace, [score for score in scored if score.trace_id == subject])
+            by_subject: dict[str, list[Score]] = defaultdict(list)
+            for score in ready:
+                by_subject[score.trace_id].append(score)
+            for subject, scores_of in by_subject.items():
+                review(traces[subject], scores_of)
         metrics.record_scores(scored, {})
     return outcome
 

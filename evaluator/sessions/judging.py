@@ -35,11 +35,7 @@ from sqlmodel import col, select
 from evaluator.judging.files import Judge, evaluation_spec, judge_level
 from evaluator.ledger import decision_rows
 from evaluator.models import Level, SampleDecision, Trace, sample_point, stable_id
-from evaluator.sessions.conversation import (
-    answered_tool_calls,
-    session_trace,
-    without_dangling_parents,
-)
+from evaluator.sessions.conversation import answered_tool_calls, without_dangling_parents
 from evaluator.sessions.heuristics import Session
 from evaluator.settings import Settings
 from evaluator.sinks.sql import payload_row
@@ -130,18 +126,21 @@ class SessionJudging:
 
 def plan(
     sessions: Sequence[Session],
+    session_traces: Mapping[str, Trace],
     judges: Mapping[str, Judge],
     store: Database,
     settings: Settings,
     now: datetime,
 ) -> SessionJudging:
     """Decide each session, leave out the judges an earlier hand-off of the same version
-    already decided, and build the judge entries and ledger rows of the rest."""
+    already decided, and build the judge entries and ledger rows of the rest.
+    ``session_traces``: each session's Trace by subject (``conversation.session_trace``); a
+    session without one (none of its turns stored) has nothing a judge could read."""
     out = SessionJudging()
-    sessions = [s for s in sessions if s.turns]  # none stored: nothing a judge could read
+    sessions = [s for s in sessions if s.subject in session_traces]
     if not judges or not sessions:
         return out
-    traces = [fit_to_bytes(session_trace(s), settings.max_trace_bytes) for s in sessions]
+    traces = [fit_to_bytes(session_traces[s.subject], settings.max_trace_bytes) for s in sessions]
     versioned = [{n: evaluation_spec(spec, t) for n, spec in judges.items()} for t in traces]
     ids = [
         stable_id(t.trace_id, spec.name, spec.version)

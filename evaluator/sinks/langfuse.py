@@ -255,11 +255,6 @@ def _observation(body: dict[str, Any], trace: Trace) -> None:
         body["observationId"] = trace.span_id
 
 
-def _is_session_subject(trace: Trace) -> bool:
-    # A session's Trace (sessions/conversation.py) has the session subject as its id.
-    return is_session_subject(trace.trace_id)
-
-
 def _trace_time(trace: Trace) -> str | None:
     """The trace's time (end, else start), ISO with offset: a timestamp no re-run changes."""
     moment = trace.ended_at or trace.started_at
@@ -315,7 +310,7 @@ class LangfuseSink:
         if isinstance(typed, str):
             return typed
         data_type, value = typed
-        subject = _subject(trace, score.level is Level.SESSION or _is_session_subject(trace))
+        subject = _subject(trace, score.level is Level.SESSION)
         if isinstance(subject, str):
             return subject
         metadata: dict[str, Any] = {
@@ -357,7 +352,7 @@ class LangfuseSink:
         others as API scores named ``human.<name>`` (Langfuse drops ANNOTATION scores without a
         config). A label of a session (its trace is the session's) is a session score, like the
         session's own scores."""
-        subject = _subject(label.trace, _is_session_subject(label.trace), label.trace_id)
+        subject = _subject(label.trace, is_session_subject(label.trace.trace_id), label.trace_id)
         verdict = ("BOOLEAN", 1.0 if label.verdict is Verdict.PASS else 0.0)
         fields: list[tuple[str, tuple[str, float | str] | None]] = [
             (f"{label.evaluator}.verdict", verdict)

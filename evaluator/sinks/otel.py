@@ -50,7 +50,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
-from evaluator.models import Level, Score, ScoreStatus, Trace, display_name, is_session_subject
+from evaluator.models import Level, Score, ScoreStatus, Trace, display_name
 from evaluator.sinks.base import SinkUnavailable
 
 EVENT_NAME = "gen_ai.evaluation.result"
@@ -88,14 +88,9 @@ def _label(score: Score) -> str | None:
     return None
 
 
-def _is_session(score: Score, trace: Trace) -> bool:
-    # A session's Trace has the session subject ("session:<digest>") as its id.
-    return score.level is Level.SESSION or is_session_subject(trace.trace_id)
-
-
 def _placement(score: Score, trace: Trace) -> tuple[str, str] | str:
     """(W3C trace id, evaluated span id or "") the record goes in, or why it cannot be placed."""
-    if _is_session(score, trace):
+    if score.level is Level.SESSION:
         turns = trace.metadata.get("turn_ids")
         last = turns[-1] if isinstance(turns, list) and turns else None
         if not isinstance(last, str) or not _TRACE_ID.match(last.lower()):
@@ -153,7 +148,7 @@ class OTelSink:
         if isinstance(placed, str):
             return placed
         trace_id, span_id = placed
-        session = _is_session(score, trace)
+        session = score.level is Level.SESSION
         attributes: dict[str, Any] = {
             "gen_ai.evaluation.name": display_name(score.evaluator, score.name)
         }

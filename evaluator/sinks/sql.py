@@ -27,7 +27,6 @@ from evaluator.models import (
     Score,
     ScoreStatus,
     Trace,
-    is_session_subject,
 )
 from evaluator.sampling.estimates import ScoreSums, Sums
 from evaluator.store.database import Database
@@ -61,15 +60,6 @@ def label_row(label: ReviewLabel) -> dict[str, Any]:
     }
 
 
-# The subject of a session's scores: sessions.heuristics.Session.subject ("session:<digest>").
-
-
-def stored_level(score: Score) -> Level:
-    """The score's level; a score on a session subject (``session:<digest>``) is a session
-    score whatever its field says (a judge that left the default): the rule every sink keeps."""
-    return Level.SESSION if is_session_subject(score.trace_id) else score.level
-
-
 def score_row(
     score: Score, tenant: str | None, feature: str | None, prompt_version: str | None
 ) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def score_row(
         "prompt_version": prompt_version,
         "created_at": score.created_at,
         "details": score.metadata,
-        "level": stored_level(score).value,
+        "level": score.level.value,
     }
 
 
