@@ -112,6 +112,7 @@ def test_each_provider_adds_its_own_rules() -> None:
     # OpenAI's own 500s are outages even when they mention response_format.
     wrapped = status_error(500, "1 validation error: ('body', 'response_format') literal_error")
     assert isinstance(classify(wrapped, OPENAI), Transient)
+    assert isinstance(classify(wrapped, VLLM), Transient)
     assert isinstance(classify(wrapped, GENERIC), SchemaUnsupported)
 
 

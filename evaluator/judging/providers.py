@@ -110,7 +110,13 @@ GROQ = Provider(
     # JSON: a new sample may well be.
     transient_codes=frozenset({"json_validate_failed"}),
 )
-VLLM = Provider("vllm", schema_refusals=("response_format", "json_schema", "guided_"))
+# vLLM names its guided decoding in a refusal, and answers request validation with a 400: a 500
+# from it is an outage, even one that mentions response_format.
+VLLM = Provider(
+    "vllm",
+    schema_refusals=("response_format", "json_schema", "guided_"),
+    wrapped_schema_refusals=False,
+)
 LLAMA_CPP = Provider(
     # llama-cpp-python's server refuses json_schema (a 500 wrapping its validation) and takes the
     # schema inside json_object: start there and save every worker a refused first call.
